@@ -1,0 +1,36 @@
+"""Byte-exact token alignment between two tokenizers. Imports nothing from ``gold``."""
+
+from alignment.align import Alignment, align_batch, align_ids, align_text_batch, align_texts
+from alignment.bytespans import (
+    TokenBytesTable,
+    TokenizerBytesError,
+    build_token_bytes_table,
+    token_byte_spans,
+    token_bytes_table,
+)
+from alignment.render import format_stats, html_page, render_html, render_text
+from alignment.specials import encode_text
+from alignment.stats import AlignmentStats
+from alignment.vocab import NearMatch, VocabMap, raw_string_overlap
+
+__all__ = [
+    "Alignment",
+    "AlignmentStats",
+    "NearMatch",
+    "TokenBytesTable",
+    "TokenizerBytesError",
+    "VocabMap",
+    "align_batch",
+    "align_ids",
+    "align_text_batch",
+    "align_texts",
+    "build_token_bytes_table",
+    "encode_text",
+    "format_stats",
+    "html_page",
+    "raw_string_overlap",
+    "render_html",
+    "render_text",
+    "token_byte_spans",
+    "token_bytes_table",
+]

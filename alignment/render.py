@@ -1,0 +1,114 @@
+"""Views of an alignment: a terminal table and an HTML page for notebooks.
+
+Each group shows its bytes and the student and teacher tokens it pairs; approximate groups are
+flagged, and bytes that are not valid UTF-8 on their own (half of an emoji) are shown escaped.
+"""
+
+from __future__ import annotations
+
+import html
+
+from alignment.align import Alignment
+from alignment.stats import AlignmentStats
+
+
+def _show(data: bytes) -> str:
+    """Bytes as readable text: valid UTF-8 decoded with whitespace made visible, the rest escaped."""
+    text = data.decode("utf-8", errors="backslashreplace")
+    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·")
+
+
+def _token_texts(alignment: Alignment, group: int, side: str) -> list[str]:
+    if side == "student":
+        positions, spans = alignment.student_positions(group), alignment.student_spans
+    else:
+        positions, spans = alignment.teacher_positions(group), alignment.teacher_spans
+    return [_show(alignment.text_bytes[spans[p, 0] : spans[p, 1]]) for p in positions.tolist()]
+
+
+def format_stats(stats: AlignmentStats) -> str:
+    """The statistics as aligned ``name: value`` lines."""
+    rows = [
+        ("groups", f"{stats.num_groups}"),
+        ("1:1 groups", f"{stats.one_to_one_fraction:.1%}"),
+        ("max group size", f"{stats.max_group_size}"),
+        ("student tokens / group", f"{stats.student_tokens_per_group:.3f}"),
+        ("teacher tokens / group", f"{stats.teacher_tokens_per_group:.3f}"),
+        ("aligned bytes", f"{stats.aligned_bytes}"),
+        ("approximate bytes", f"{stats.approximate_bytes} ({stats.approximate_fraction:.1%})"),
+        ("ungrouped student tokens", f"{stats.student_tokens - stats.student_grouped}"),
+        ("ungrouped teacher tokens", f"{stats.teacher_tokens - stats.teacher_grouped}"),
+        ("group sizes (s:t)", ", ".join(f"{k}×{v}" for k, v in sorted(stats.size_histogram.items()))),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def render_text(alignment: Alignment, *, max_groups: int = 200) -> str:
+    """A terminal table, one line per group: bytes | student tokens | teacher tokens.
+
+    Args:
+        alignment: the alignment to show.
+        max_groups: groups shown before the table is cut (the count of the rest is printed).
+    """
+    lines = [f"{'#':>4}  {'bytes':<24} {'student':<36} teacher"]
+    for group in range(min(alignment.num_groups, max_groups)):
+        flag = "~" if alignment.approximate[group] else " "
+        student = " | ".join(_token_texts(alignment, group, "student"))
+        teacher = " | ".join(_token_texts(alignment, group, "teacher"))
+        lines.append(f"{group:>4}{flag} {_show(alignment.group_text(group)):<24} {student:<36} {teacher}")
+    if alignment.num_groups > max_groups:
+        lines.append(f"… {alignment.num_groups - max_groups} more groups")
+    return "\n".join(lines)
+
+
+_STYLE = """
+<style>
+.gold-align { font-family: ui-monospace, monospace; line-height: 2.1; }
+.gold-align .g { display: inline-block; margin: 1px; padding: 0 3px; border-radius: 4px; }
+.gold-align .g0 { background: #e3f2fd; } .gold-align .g1 { background: #fff3e0; }
+.gold-align .one { outline: 1px solid #90caf9; } .gold-align .many { outline: 2px solid #ef6c00; }
+.gold-align .approx { background: #ffcdd2 !important; outline: 2px dashed #c62828; }
+.gold-align .tok { border-right: 1px dotted #888; }
+.gold-align table { border-collapse: collapse; } .gold-align td { padding: 2px 8px; }
+</style>
+"""
+
+
+def render_html(alignment: Alignment, *, title: str = "", student_name: str = "student",
+                teacher_name: str = "teacher") -> str:  # fmt: skip
+    """A self-contained HTML fragment: the text coloured by group, token splits on hover.
+
+    Groups alternate colours; a thick outline marks groups that are not 1:1, a dashed red one marks
+    approximate groups. Hovering a group shows both sides' tokens and ids.
+    """
+    cells = []
+    for group in range(alignment.num_groups):
+        student = _token_texts(alignment, group, "student")
+        teacher = _token_texts(alignment, group, "teacher")
+        s_ids = alignment.student_ids[alignment.student_positions(group)].tolist()
+        t_ids = alignment.teacher_ids[alignment.teacher_positions(group)].tolist()
+        classes = ["g", f"g{group % 2}", "one" if len(student) == len(teacher) == 1 else "many"]
+        if alignment.approximate[group]:
+            classes.append("approx")
+        tip = f"{student_name}: {' | '.join(student)} {s_ids}\n{teacher_name}: {' | '.join(teacher)} {t_ids}"
+        cells.append(
+            f'<span class="{" ".join(classes)}" title="{html.escape(tip)}">'
+            f"{html.escape(_show(alignment.group_text(group)))}</span>"
+        )
+    stats_rows = "".join(
+        f"<tr><td>{html.escape(line.split('  ', 1)[0])}</td><td>{html.escape(line.split('  ', 1)[-1].strip())}</td></tr>"
+        for line in format_stats(alignment.stats).splitlines()
+    )
+    heading = f"<h3>{html.escape(title)}</h3>" if title else ""
+    return (
+        f'{_STYLE}<div class="gold-align">{heading}'
+        f"<p><b>{html.escape(student_name)}</b> vs <b>{html.escape(teacher_name)}</b></p>"
+        f"<div>{''.join(cells)}</div><table>{stats_rows}</table></div>"
+    )
+
+
+def html_page(fragments: list[str], *, title: str = "gold alignment") -> str:
+    """A complete HTML document around one or more :func:`render_html` fragments."""
+    body = "<hr>".join(fragments)
+    return f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head><body>{body}</body></html>'

@@ -1,0 +1,143 @@
+"""Student ↔ teacher vocabulary map on canonical bytes.
+
+Two tokens match when they spell the same bytes: ``Ġworld`` (byte-level), ``▁world`` (SentencePiece)
+and `` world`` all become ``b" world"``, and ``<0xE6>`` becomes ``b"\\xe6"``. Matching raw piece
+strings (what TRL's GOLD does) misses every pair whose families write spaces or bytes differently;
+:func:`raw_string_overlap` counts that for comparison.
+
+When one side holds several ids with the same bytes (SentencePiece's ``<0x41>`` next to ``A``), the
+lowest id stands for them in the map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from alignment.bytespans import TokenBytesTable, token_bytes_table
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class NearMatch:
+    """An unmatched student token and its closest teacher token by rapidfuzz similarity (0–100)."""
+
+    student_id: int
+    teacher_id: int
+    score: float
+
+
+def _text_tokens(table: TokenBytesTable) -> dict[bytes, int]:
+    """Canonical bytes → lowest id, over the non-special, non-empty tokens."""
+    lengths = table.lengths
+    candidates = np.flatnonzero(table.known_mask & ~table.special_mask & (lengths > 0))
+    mapping: dict[bytes, int] = {}
+    buffer = table.buffer.tobytes()
+    for token_id in candidates.tolist():
+        mapping.setdefault(buffer[table.offsets[token_id] : table.offsets[token_id + 1]], token_id)
+    return mapping
+
+
+@dataclass(frozen=True, eq=False)
+class VocabMap:
+    """Matched token pairs of two vocabularies.
+
+    Attributes:
+        student_ids: (M,) int64 student ids with a teacher token of identical bytes.
+        teacher_ids: (M,) int64 the matching teacher ids, pairwise.
+        student_text_tokens: distinct byte strings in the student vocabulary (specials excluded).
+        teacher_text_tokens: likewise for the teacher.
+    """
+
+    student_ids: IntArray
+    teacher_ids: IntArray
+    student_text_tokens: int
+    teacher_text_tokens: int
+    _student_table: TokenBytesTable
+    _teacher_table: TokenBytesTable
+
+    @classmethod
+    def build(cls, student_tokenizer: Any, teacher_tokenizer: Any) -> VocabMap:
+        """Match every student token to the teacher token with the same canonical bytes."""
+        student_table = token_bytes_table(student_tokenizer)
+        teacher_table = token_bytes_table(teacher_tokenizer)
+        student_tokens = _text_tokens(student_table)
+        teacher_tokens = _text_tokens(teacher_table)
+        pairs = sorted(
+            (sid, teacher_tokens[piece]) for piece, sid in student_tokens.items() if piece in teacher_tokens
+        )
+        array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        return cls(
+            array[:, 0].copy(),
+            array[:, 1].copy(),
+            len(student_tokens),
+            len(teacher_tokens),
+            student_table,
+            teacher_table,
+        )
+
+    @property
+    def num_matched(self) -> int:
+        return int(self.student_ids.shape[0])
+
+    @property
+    def matched_fraction(self) -> float:
+        """Share of the student's distinct text tokens that have a teacher token with the same bytes."""
+        return self.num_matched / self.student_text_tokens if self.student_text_tokens else 0.0
+
+    @property
+    def teacher_matched_fraction(self) -> float:
+        """Share of the teacher's distinct text tokens that have a student token with the same bytes."""
+        return self.num_matched / self.teacher_text_tokens if self.teacher_text_tokens else 0.0
+
+    def student_to_teacher(self) -> IntArray:
+        """(Vs,) int64: the matched teacher id of each student id, -1 where none."""
+        lookup = np.full(self._student_table.vocab_size, -1, dtype=np.int64)
+        lookup[self.student_ids] = self.teacher_ids
+        return lookup
+
+    def near_matches(
+        self, student_ids: Any = None, *, score_cutoff: float = 80.0, limit: int = 1000
+    ) -> list[NearMatch]:
+        """Closest teacher token for unmatched student tokens (rapidfuzz ``ratio`` on the bytes).
+
+        Cost grows with (student tokens asked) × (unmatched teacher tokens): pass the ids you care
+        about, or rely on ``limit``, which caps how many unmatched student ids are looked at.
+
+        Args:
+            student_ids: student ids to look up; default the first ``limit`` unmatched ones.
+            score_cutoff: minimum similarity (0–100) for a match to be returned.
+            limit: most student ids looked at when ``student_ids`` is not given.
+        """
+        from rapidfuzz import fuzz, process
+
+        teacher_tokens = _text_tokens(self._teacher_table)
+        matched_teacher = set(self.teacher_ids.tolist())
+        choices = {tid: piece.decode("latin-1") for piece, tid in teacher_tokens.items() if tid not in matched_teacher}
+        if student_ids is None:
+            matched = set(self.student_ids.tolist())
+            student_ids = [sid for sid in _text_tokens(self._student_table).values() if sid not in matched][:limit]
+        found = []
+        for sid in student_ids:
+            query = self._student_table.token_bytes(int(sid)).decode("latin-1")
+            best = process.extractOne(query, choices, scorer=fuzz.ratio, score_cutoff=score_cutoff)
+            if best is not None:
+                found.append(NearMatch(int(sid), int(best[2]), float(best[1])))
+        return found
+
+
+def raw_string_overlap(student_tokenizer: Any, teacher_tokenizer: Any) -> int:
+    """How many piece strings the two vocabularies share verbatim (TRL's matching), specials excluded."""
+    student_vocab = _raw_pieces(student_tokenizer)
+    teacher_vocab = _raw_pieces(teacher_tokenizer)
+    return len(student_vocab & teacher_vocab)
+
+
+def _raw_pieces(tokenizer: Any) -> set[str]:
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    specials = {tok.content for tok in backend.get_added_tokens_decoder().values() if tok.special}
+    return set(backend.get_vocab(with_added_tokens=True)) - specials
