@@ -83,6 +83,13 @@ class TokenBytesTable:
         """(V,) int64 byte length of every token (0 for specials)."""
         return np.diff(self.offsets)
 
+    @property
+    def missing_bytes(self) -> set[int]:
+        """Byte values no single token spells; a byte-level tokenizer silently drops them from text
+        (SmolLM2 lacks 0x04, 0xF1, …), so texts holding them align only approximately."""
+        singles = self.offsets[:-1][(self.lengths == 1) & ~self.special_mask]
+        return set(range(256)) - set(self.buffer[singles].tolist())
+
     def token_bytes(self, token_id: int) -> bytes:
         """The exact bytes of one token (``b""`` for a special token)."""
         self.check_ids(np.asarray([token_id]))
@@ -139,7 +146,9 @@ def token_byte_spans(tokenizer: Any, ids: Any, *, starts_text: bool = True) -> n
         ids: (T,) token ids.
         starts_text: the ids encode a text from its start, so a synthetic prefix space that the
             tokenizer prepended (SentencePiece dummy prefix) is not part of the text. Pass ``False``
-            for a continuation, e.g. a completion generated after a prompt.
+            for a continuation, e.g. a completion generated after a prompt, and for a text that
+            itself starts with a space (a Metaspace pre-tokenizer adds no prefix then, so from ids
+            alone ``▁a`` may spell ``"a"`` or ``" a"``).
 
     Returns:
         (T, 2) int64 ``[start, end)`` into the UTF-8 bytes the ids spell; contiguous, specials

@@ -84,7 +84,7 @@ def group_batch(
     result = []
     for b in range(len(students)):
         ends = shared[first[b] : first[b + 1]] - shift[b]
-        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        starts = np.concatenate([[0], ends])[:-1].astype(np.int64)
         group_bytes = np.stack([starts, ends], axis=1)
         approximate = mark_approximate(group_bytes, edits[b])
         result.append(Grouping(student_groups[b], teacher_groups[b], group_bytes, approximate))
