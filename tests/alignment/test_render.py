@@ -17,7 +17,7 @@ def test_text_view_lists_groups_and_flags_approximate(qwen, llama) -> None:
 def test_html_view_escapes_and_marks_groups(qwen, llama) -> None:
     alignment = align_texts(qwen, llama, "<b>x</b> 👍🏽")
     fragment = render_html(alignment, student_name="qwen", teacher_name="llama")
-    assert "&lt;" in fragment and "&gt;" in fragment and "</b> " not in fragment
+    assert "&lt;" in fragment and "&gt;" in fragment and "x</b>" not in fragment
     assert fragment.count('class="g ') == alignment.num_groups
     assert html_page([fragment]).startswith("<!doctype html>")
     assert alignment._repr_html_() == render_html(alignment)
