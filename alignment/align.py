@@ -151,7 +151,9 @@ def align_text_batch(
     """:func:`align_texts` for many texts, grouped in one vectorized pass."""
     student_table = token_bytes_table(student_tokenizer)
     teacher_table = token_bytes_table(teacher_tokenizer)
-    students, teachers, references = [], [], []
+    students: list[_Side] = []
+    teachers: list[_Side] = []
+    references: list[bytes] = []
     for text in texts:
         reference = text.encode("utf-8")
         student_ids = np.asarray(encode_text(student_tokenizer, text), dtype=np.int64)
@@ -206,10 +208,26 @@ def align_batch(
         else:
             reference = s_stream
         students.append(
-            _side_onto(student_table, s_ids, s_stream, reference, "student", max_edit_fraction, starts_text=starts_text)
+            _side_onto(
+                student_table,
+                s_ids,
+                s_stream,
+                reference,
+                "student",
+                max_edit_fraction,
+                starts_text=starts_text,
+            )
         )
         teachers.append(
-            _side_onto(teacher_table, t_ids, t_stream, reference, "teacher", max_edit_fraction, starts_text=starts_text)
+            _side_onto(
+                teacher_table,
+                t_ids,
+                t_stream,
+                reference,
+                "teacher",
+                max_edit_fraction,
+                starts_text=starts_text,
+            )
         )
         references.append(reference)
     return _assemble(students, teachers, references)

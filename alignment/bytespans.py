@@ -131,7 +131,7 @@ class TokenBytesTable:
         ends = np.cumsum(lengths)
         # index of byte k = start of its token + (k - bytes before its token)
         positions = np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - lengths), lengths)
-        return self.buffer[positions].tobytes()
+        return bytes(self.buffer[positions].tobytes())
 
     def _first_text_token(self, ids: npt.NDArray[np.int64]) -> int | None:
         text_positions = np.flatnonzero(~self.special_mask[ids])

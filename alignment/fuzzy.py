@@ -52,9 +52,9 @@ def map_positions(stream: bytes, reference: bytes, positions: npt.NDArray[np.int
     if stream == reference:
         return identity_mapping(positions)
     ops = Levenshtein.opcodes(stream, reference)
-    table = np.asarray(
-        [(op.src_start, op.src_end, op.dest_start, op.dest_end) for op in ops], dtype=np.int64
-    ).reshape(-1, 4)
+    table = np.asarray([(op.src_start, op.src_end, op.dest_start, op.dest_end) for op in ops], dtype=np.int64).reshape(
+        -1, 4
+    )
     src_start, src_end, dest_start, dest_end = table.T
     equal = np.asarray([op.tag == "equal" for op in ops], dtype=bool)
     # first block whose source range reaches the position: an insertion before a boundary is then

@@ -96,9 +96,9 @@ def render_html(alignment: Alignment, *, title: str = "", student_name: str = "s
             f'<span class="{" ".join(classes)}" title="{html.escape(tip)}">'
             f"{html.escape(_show(alignment.group_text(group)))}</span>"
         )
+    rows = [line.split("  ", 1) for line in format_stats(alignment.stats).splitlines()]
     stats_rows = "".join(
-        f"<tr><td>{html.escape(line.split('  ', 1)[0])}</td><td>{html.escape(line.split('  ', 1)[-1].strip())}</td></tr>"
-        for line in format_stats(alignment.stats).splitlines()
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(value.strip())}</td></tr>" for name, value in rows
     )
     heading = f"<h3>{html.escape(title)}</h3>" if title else ""
     return (
@@ -111,4 +111,5 @@ def render_html(alignment: Alignment, *, title: str = "", student_name: str = "s
 def html_page(fragments: list[str], *, title: str = "gold alignment") -> str:
     """A complete HTML document around one or more :func:`render_html` fragments."""
     body = "<hr>".join(fragments)
-    return f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head><body>{body}</body></html>'
+    head = f'<meta charset="utf-8"><title>{html.escape(title)}</title>'
+    return f"<!doctype html><html><head>{head}</head><body>{body}</body></html>"

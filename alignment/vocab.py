@@ -67,9 +67,7 @@ class VocabMap:
         teacher_table = token_bytes_table(teacher_tokenizer)
         student_tokens = _text_tokens(student_table)
         teacher_tokens = _text_tokens(teacher_table)
-        pairs = sorted(
-            (sid, teacher_tokens[piece]) for piece, sid in student_tokens.items() if piece in teacher_tokens
-        )
+        pairs = sorted((sid, teacher_tokens[piece]) for piece, sid in student_tokens.items() if piece in teacher_tokens)
         array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         return cls(
             array[:, 0].copy(),

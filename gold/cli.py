@@ -1,8 +1,8 @@
 """The ``gold`` command line: ``gold align`` and ``gold demo``.
 
-    gold align --student qwen2.5 --teacher llama-3 "Some text"
-    gold align --student gemma-3 --teacher smollm2 --file notes.txt --html out.html
-    gold demo
+gold align --student qwen2.5 --teacher llama-3 "Some text"
+gold align --student gemma-3 --teacher smollm2 --file notes.txt --html out.html
+gold demo
 """
 
 from __future__ import annotations

@@ -91,9 +91,7 @@ def _build_qwen(folder: Path) -> Any:
 
 def _build_llama3(folder: Path) -> Any:
     tok = zoo_tiktoken.llama3_tokenizer(folder / "llama3" / "tokenizer.model")
-    return _fast(
-        tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>"
-    )
+    return _fast(tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>")
 
 
 def _build_tekken(folder: Path) -> Any:
@@ -163,7 +161,12 @@ TOKENIZERS: dict[str, ZooTokenizer] = {
     ]
 }  # fmt: skip
 
-ALIASES = {"smollm2-135m-instruct": "smollm2", "gemma-3-270m": "gemma-3", "qwen": "qwen2.5", "llama3": "llama-3"}
+ALIASES = {
+    "smollm2-135m-instruct": "smollm2",
+    "gemma-3-270m": "gemma-3",
+    "qwen": "qwen2.5",
+    "llama3": "llama-3",
+}
 
 
 def tokenizer_names() -> list[str]:

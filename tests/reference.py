@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-
 _BYTE_DECODER = {char: byte for byte, char in bytes_to_unicode().items()}
 
 
@@ -69,4 +68,3 @@ def reference_groups(
     student = [group_of(s, sp) for s, sp in zip(student_spans, student_special, strict=True)]
     teacher = [group_of(t, tp) for t, tp in zip(teacher_spans, teacher_special, strict=True)]
     return student, teacher, intervals
-

@@ -72,7 +72,7 @@ def test_invariants_on_every_pair(student_name: str, teacher_name: str, text: st
     if "qwen2.5" not in (student_name, teacher_name) or unicodedata.is_normalized("NFC", text):
         assert not alignment.approximate.any()
     # the fast grouping equals the byte-level reference definition
-    ref_s, ref_t, intervals = reference_groups(
+    ref_s, ref_t, _ = reference_groups(
         [tuple(s) for s in alignment.student_spans.tolist()],
         token_bytes_table(student).special_mask[alignment.student_ids].tolist(),
         [tuple(t) for t in alignment.teacher_spans.tolist()],
