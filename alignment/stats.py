@@ -104,8 +104,10 @@ def compute_stats(
     student_sizes = np.bincount(student_groups[student_groups >= 0], minlength=num_groups)
     teacher_sizes = np.bincount(teacher_groups[teacher_groups >= 0], minlength=num_groups)
     widths = group_bytes[:, 1] - group_bytes[:, 0]
-    pairs, counts = np.unique(np.stack([student_sizes, teacher_sizes], axis=1), axis=0, return_counts=True)
-    histogram = {f"{s}:{t}": int(c) for (s, t), c in zip(pairs.tolist(), counts.tolist(), strict=True)}
+    # (student size, teacher size) pairs as one integer each, counted by sorting
+    base = int(teacher_sizes.max(initial=0)) + 1
+    codes, counts = np.unique(student_sizes * base + teacher_sizes, return_counts=True)
+    histogram = {f"{c // base}:{c % base}": int(n) for c, n in zip(codes.tolist(), counts.tolist(), strict=True)}
     return AlignmentStats(
         num_groups=num_groups,
         one_to_one_groups=int(((student_sizes == 1) & (teacher_sizes == 1)).sum()),

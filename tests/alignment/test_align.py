@@ -69,7 +69,9 @@ def test_invariants_on_every_pair(student_name: str, teacher_name: str, text: st
     assert alignment.text_bytes == text.encode()
     assert b"".join(alignment.group_text(g) for g in range(alignment.num_groups)) == text.encode()
     check_exact_groups_match_streams(alignment, student, teacher)
-    if "qwen2.5" not in (student_name, teacher_name) or unicodedata.is_normalized("NFC", text):
+    # only two rewrites are expected: Qwen's NFC, and SentencePiece reading a literal "▁" as a space
+    nfc_rewrite = "qwen2.5" in (student_name, teacher_name) and not unicodedata.is_normalized("NFC", text)
+    if not nfc_rewrite and "\u2581" not in text:
         assert not alignment.approximate.any()
     # the fast grouping equals the byte-level reference definition
     ref_s, ref_t, _ = reference_groups(
