@@ -109,7 +109,8 @@ def _sorted_intersection(a: IntArray, b: IntArray) -> IntArray:
     if b.shape[0] == 0:
         return b
     index = np.minimum(np.searchsorted(b, a), b.shape[0] - 1)
-    return a[b[index] == a]
+    shared: IntArray = a[b[index] == a]
+    return shared
 
 
 def _assign(sides: Sequence[SideTokens], shift: IntArray, shared: IntArray, first: IntArray) -> list[IntArray]:
