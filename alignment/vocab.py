@@ -44,17 +44,20 @@ def _text_tokens(table: TokenBytesTable) -> dict[bytes, int]:
 
 @dataclass(frozen=True, eq=False)
 class VocabMap:
-    """Matched token pairs of two vocabularies.
+    """Matched token pairs of two vocabularies: text tokens with identical canonical bytes, and
+    special tokens with identical strings (``<|im_end|>`` on both sides).
 
     Attributes:
-        student_ids: (M,) int64 student ids with a teacher token of identical bytes.
+        student_ids: (M,) int64 student ids with a teacher token of identical bytes (or special string).
         teacher_ids: (M,) int64 the matching teacher ids, pairwise.
+        num_text_matched: how many of the pairs are text tokens (the rest are special tokens).
         student_text_tokens: distinct byte strings in the student vocabulary (specials excluded).
         teacher_text_tokens: likewise for the teacher.
     """
 
     student_ids: IntArray
     teacher_ids: IntArray
+    num_text_matched: int
     student_text_tokens: int
     teacher_text_tokens: int
     _student_table: TokenBytesTable
@@ -67,11 +70,17 @@ class VocabMap:
         teacher_table = token_bytes_table(teacher_tokenizer)
         student_tokens = _text_tokens(student_table)
         teacher_tokens = _text_tokens(teacher_table)
-        pairs = sorted((sid, teacher_tokens[piece]) for piece, sid in student_tokens.items() if piece in teacher_tokens)
-        array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        pairs = [(sid, teacher_tokens[piece]) for piece, sid in student_tokens.items() if piece in teacher_tokens]
+        num_text = len(pairs)
+        # control tokens cover no bytes; the same control string on both sides is the same control
+        teacher_specials = _special_tokens(teacher_tokenizer)
+        student_specials = _special_tokens(student_tokenizer)
+        pairs += [(sid, teacher_specials[name]) for name, sid in student_specials.items() if name in teacher_specials]
+        array = np.asarray(sorted(pairs), dtype=np.int64).reshape(-1, 2)
         return cls(
             array[:, 0].copy(),
             array[:, 1].copy(),
+            num_text,
             len(student_tokens),
             len(teacher_tokens),
             student_table,
@@ -85,12 +94,12 @@ class VocabMap:
     @property
     def matched_fraction(self) -> float:
         """Share of the student's distinct text tokens that have a teacher token with the same bytes."""
-        return self.num_matched / self.student_text_tokens if self.student_text_tokens else 0.0
+        return self.num_text_matched / self.student_text_tokens if self.student_text_tokens else 0.0
 
     @property
     def teacher_matched_fraction(self) -> float:
         """Share of the teacher's distinct text tokens that have a student token with the same bytes."""
-        return self.num_matched / self.teacher_text_tokens if self.teacher_text_tokens else 0.0
+        return self.num_text_matched / self.teacher_text_tokens if self.teacher_text_tokens else 0.0
 
     def student_to_teacher(self) -> IntArray:
         """(Vs,) int64: the matched teacher id of each student id, -1 where none."""
@@ -126,6 +135,11 @@ class VocabMap:
             if best is not None:
                 found.append(NearMatch(int(sid), int(best[2]), float(best[1])))
         return found
+
+
+def _special_tokens(tokenizer: Any) -> dict[str, int]:
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    return {tok.content: token_id for token_id, tok in backend.get_added_tokens_decoder().items() if tok.special}
 
 
 def raw_string_overlap(student_tokenizer: Any, teacher_tokenizer: Any) -> int:

@@ -98,7 +98,7 @@ def run_demo(args: argparse.Namespace) -> int:
     vocab = VocabMap.build(student, teacher)
     raw = raw_string_overlap(student, teacher)
     print(
-        f"\nvocabulary overlap: {vocab.num_matched} tokens on canonical bytes "
+        f"\nvocabulary overlap: {vocab.num_text_matched} tokens on canonical bytes "
         f"({vocab.matched_fraction:.1%} of the student's), {raw} by raw piece strings"
     )
     args.out.mkdir(parents=True, exist_ok=True)

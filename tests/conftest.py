@@ -17,6 +17,7 @@ settings.register_profile(
 )
 settings.load_profile("gold")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 ZOO = tokenizer_names()
 # WordPiece lower-cases, strips accents and drops whitespace: it is aligned approximately and is

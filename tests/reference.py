@@ -68,3 +68,76 @@ def reference_groups(
     student = [group_of(s, sp) for s, sp in zip(student_spans, student_special, strict=True)]
     teacher = [group_of(t, tp) for t, tp in zip(teacher_spans, teacher_special, strict=True)]
     return student, teacher, intervals
+
+
+# ---------------------------------------------------------------- losses (float64, explicit loops)
+import torch  # noqa: E402
+
+
+def reference_group_rows(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Chain-rule rows by looping over examples, groups and tokens (DESIGN §4)."""
+    rows = []
+    for b in range(ids.shape[0]):
+        count = int(groups[b].max().item()) + 1 if (groups[b] >= 0).any() else 0
+        for g in range(count):
+            positions = [t for t in range(ids.shape[1]) if int(groups[b, t]) == g]
+            prefix = logits.new_zeros(())
+            for t in positions[:-1]:
+                prefix = prefix + torch.log_softmax(logits[b, t - 1], dim=-1)[ids[b, t]]
+            rows.append(torch.log_softmax(logits[b, positions[-1] - 1], dim=-1) + prefix)
+    return torch.stack(rows) if rows else logits.new_zeros((0, logits.shape[-1]))
+
+
+def reference_kl(p_logprobs: torch.Tensor, q_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(P ‖ Q) per row by an explicit sum that skips zero-probability terms of P."""
+    out = []
+    for p_row, q_row in zip(p_logprobs, q_logprobs, strict=True):
+        total = p_row.new_zeros(())
+        for lp, lq in zip(p_row, q_row, strict=True):
+            if lp > float("-inf"):
+                total = total + lp.exp() * (lp - lq)
+        out.append(total)
+    return torch.stack(out)
+
+
+def reference_jsd(student: torch.Tensor, teacher: torch.Tensor, beta: float) -> torch.Tensor:
+    """Generalized JSD from its definition (β = 0: KL(T‖S), β = 1: KL(S‖T))."""
+    if beta == 0:
+        return reference_kl(teacher, student)
+    if beta == 1:
+        return reference_kl(student, teacher)
+    mixture = torch.log(beta * teacher.exp() + (1 - beta) * student.exp())
+    return beta * reference_kl(teacher, mixture) + (1 - beta) * reference_kl(student, mixture)
+
+
+def reference_uld(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Sorted-probability L1, one row at a time with Python's sort order (stable descending)."""
+    out = []
+    for s_row, t_row in zip(student.exp(), teacher.exp(), strict=True):
+        s_order = sorted(range(len(s_row)), key=lambda i: -float(s_row[i].detach()))
+        t_order = sorted(range(len(t_row)), key=lambda i: -float(t_row[i].detach()))
+        total = s_row.new_zeros(())
+        for k in range(max(len(s_order), len(t_order))):
+            a = s_row[s_order[k]] if k < len(s_order) else s_row.new_zeros(())
+            b = t_row[t_order[k]] if k < len(t_order) else t_row.new_zeros(())
+            total = total + (a - b).abs()
+        out.append(total)
+    return torch.stack(out)
+
+
+def reference_hybrid(
+    student: torch.Tensor, teacher: torch.Tensor, s_matched: list[int], t_matched: list[int], beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(matched JSD with an "other" bucket, unmatched ULD, teacher matched mass), row by row."""
+    matched, unmatched, masses = [], [], []
+    for s_row, t_row in zip(student, teacher, strict=True):
+        s_part = torch.stack([s_row[i] for i in s_matched])
+        t_part = torch.stack([t_row[i] for i in t_matched])
+        s_other = torch.log(1 - s_part.exp().sum()).reshape(1)
+        t_other = torch.log(1 - t_part.exp().sum()).reshape(1)
+        matched.append(reference_jsd(torch.cat([s_part, s_other])[None], torch.cat([t_part, t_other])[None], beta)[0])
+        s_rest = torch.stack([s_row[i] for i in range(len(s_row)) if i not in s_matched])
+        t_rest = torch.stack([t_row[i] for i in range(len(t_row)) if i not in t_matched])
+        unmatched.append(reference_uld(s_rest[None], t_rest[None])[0])
+        masses.append(t_part.exp().sum())
+    return torch.stack(matched), torch.stack(unmatched), torch.stack(masses)

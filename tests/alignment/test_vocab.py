@@ -25,14 +25,14 @@ def test_identical_tokenizers_match_every_text_token(qwen) -> None:
 
 def test_canonical_bytes_match_more_than_raw_strings_across_families() -> None:
     gemma, smollm = zoo("gemma-3"), zoo("smollm2")
-    canonical = VocabMap.build(smollm, gemma).num_matched
+    canonical = VocabMap.build(smollm, gemma).num_text_matched
     raw = raw_string_overlap(smollm, gemma)
     # "▁world" and "Ġworld" never match as strings; as bytes they are both b" world"
     assert canonical > 2 * raw, (canonical, raw)
 
 
 def test_byte_level_pairs_match_on_bytes_at_least_as_well_as_raw(qwen, llama) -> None:
-    assert VocabMap.build(qwen, llama).num_matched >= raw_string_overlap(qwen, llama) - 300
+    assert VocabMap.build(qwen, llama).num_text_matched >= raw_string_overlap(qwen, llama) - 300
 
 
 def test_near_matches_are_scored_and_unmatched(qwen, llama) -> None:

@@ -1,0 +1,38 @@
+"""Cross-tokenizer losses: pure tensor functions with shapes in their docstrings."""
+
+from gold.losses.batch import AlignedBatch, PairTables
+from gold.losses.byte_marginal import byte_marginal, first_byte_table, fold_to_bytes
+from gold.losses.composite import cross_tokenizer_loss
+from gold.losses.divergences import forward_kl, generalized_jsd, reverse_kl
+from gold.losses.hybrid import HybridParts, hybrid
+from gold.losses.merge import GroupIndex, GroupRows, group_logprobs, index_groups, rows_of, with_rest_bucket
+from gold.losses.reduce import NonFiniteLossError, check_finite, reduce_rows
+from gold.losses.span import span_likelihood
+from gold.losses.uld import uld, uld_topk, uld_topk_error_bound
+
+__all__ = [
+    "AlignedBatch",
+    "GroupIndex",
+    "GroupRows",
+    "HybridParts",
+    "NonFiniteLossError",
+    "PairTables",
+    "byte_marginal",
+    "check_finite",
+    "cross_tokenizer_loss",
+    "first_byte_table",
+    "fold_to_bytes",
+    "forward_kl",
+    "generalized_jsd",
+    "group_logprobs",
+    "hybrid",
+    "index_groups",
+    "reduce_rows",
+    "reverse_kl",
+    "rows_of",
+    "span_likelihood",
+    "uld",
+    "uld_topk",
+    "uld_topk_error_bound",
+    "with_rest_bucket",
+]

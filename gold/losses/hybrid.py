@@ -1,0 +1,96 @@
+"""GOLD hybrid loss: generalized JSD on the vocabulary both sides share, ULD on the rest.
+
+Shape legend: R rows, Vs / Vt student / teacher vocabularies, M matched token pairs.
+
+Matched columns come from :class:`alignment.VocabMap` (identical canonical bytes, so ``Ġworld``,
+``▁world`` and `` world`` match; TRL matches raw strings and misses them). The matched part is a JSD
+over the M matched outcomes plus one "other" outcome holding each side's remaining mass, so both
+are proper distributions; the unmatched part is ULD over the columns without a partner.
+
+Weights: ``"mass"`` (default) weights each row's matched part by the teacher's matched probability
+mass ``m`` and the unmatched part by ``1 - m`` (per row, not a per-pair constant like TRL's
+"adaptive" weights); a fixed pair ``(w_matched, w_unmatched)`` is also accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gold.losses.divergences import generalized_jsd
+from gold.losses.merge import log1mexp
+from gold.losses.uld import uld
+
+
+@dataclass(frozen=True)
+class HybridParts:
+    """Per-row pieces of the hybrid loss, for logging.
+
+    Attributes:
+        loss: (R,) the weighted sum.
+        matched: (R,) JSD on matched columns (+ the "other" bucket).
+        unmatched: (R,) ULD on unmatched columns.
+        matched_weight: (R,) weight of the matched part.
+        teacher_matched_mass: (R,) teacher probability on matched columns.
+    """
+
+    loss: torch.Tensor
+    matched: torch.Tensor
+    unmatched: torch.Tensor
+    matched_weight: torch.Tensor
+    teacher_matched_mass: torch.Tensor
+
+
+def _with_other(matched_logprobs: torch.Tensor) -> torch.Tensor:
+    """Matched columns plus one "other" column holding the rest of the unit mass: (R, M + 1)."""
+    matched_total = torch.logsumexp(matched_logprobs, dim=-1, keepdim=True).clamp(max=0.0)
+    return torch.cat([matched_logprobs, log1mexp(matched_total)], dim=-1)
+
+
+def hybrid(
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    *,
+    student_matched: torch.Tensor,
+    teacher_matched: torch.Tensor,
+    beta: float,
+    weights: str | tuple[float, float] = "mass",
+) -> HybridParts:
+    """The GOLD hybrid loss per row.
+
+    Args:
+        student_logprobs: (R, Vs) rows (may sum to less than 1).
+        teacher_logprobs: (R, Vt) rows.
+        student_matched: (M,) int64 student ids with a teacher partner.
+        teacher_matched: (M,) int64 the partners, pairwise.
+        beta: generalized-JSD β for the matched part (0 forward KL, 1 reverse KL).
+        weights: ``"mass"`` or a fixed ``(w_matched, w_unmatched)``.
+    """
+    if student_matched.shape != teacher_matched.shape:
+        raise ValueError(f"matched id lists differ in length: {student_matched.shape} vs {teacher_matched.shape}")
+    student_part = student_logprobs.index_select(-1, student_matched)  # (R, M)
+    teacher_part = teacher_logprobs.index_select(-1, teacher_matched)  # (R, M)
+    matched = generalized_jsd(_with_other(student_part), _with_other(teacher_part), beta=beta)
+    student_rest = _unmatched_columns(student_logprobs, student_matched)
+    teacher_rest = _unmatched_columns(teacher_logprobs, teacher_matched)
+    unmatched = uld(student_rest, teacher_rest)
+    teacher_mass = teacher_part.exp().sum(dim=-1).detach()
+    if weights == "mass":
+        w_matched = teacher_mass
+    elif isinstance(weights, tuple) and len(weights) == 2:
+        w_matched = torch.full_like(teacher_mass, float(weights[0]))
+        if float(weights[0]) + float(weights[1]) <= 0:
+            raise ValueError(f"hybrid weights must not both be zero, got {weights}")
+        loss = weights[0] * matched + weights[1] * unmatched
+        return HybridParts(loss, matched, unmatched, w_matched, teacher_mass)
+    else:
+        raise ValueError(f"weights must be 'mass' or (w_matched, w_unmatched), got {weights!r}")
+    loss = w_matched * matched + (1.0 - w_matched) * unmatched
+    return HybridParts(loss, matched, unmatched, w_matched, teacher_mass)
+
+
+def _unmatched_columns(logprobs: torch.Tensor, matched: torch.Tensor) -> torch.Tensor:
+    keep = torch.ones(logprobs.shape[-1], dtype=torch.bool, device=logprobs.device)
+    keep[matched] = False
+    return logprobs[:, keep]

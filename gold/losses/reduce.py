@@ -1,0 +1,43 @@
+"""Reduce per-row losses to one number, correctly under gradient accumulation.
+
+The loss of a step is the mean over the aligned groups of the *global* batch: the sum over this
+micro-batch's rows divided by the number of rows in all micro-batches of the optimizer step
+(``num_items_in_batch``, as transformers' Trainer passes it). A plain per-micro-batch mean would weigh
+short micro-batches more (TRL's ULD path does that). Empty micro-batches add nothing (an empty sum is
+0, still connected to the graph), and a non-finite value raises instead of poisoning the weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term came out NaN or infinite; the message names the term and the step."""
+
+
+def reduce_rows(rows: torch.Tensor, *, num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of ``rows`` over the global number of rows.
+
+    Args:
+        rows: (R,) per-row losses of this micro-batch.
+        num_items_in_batch: rows in the whole optimizer step (all micro-batches, all ranks);
+            defaults to R (a plain mean).
+    """
+    denominator = rows.shape[0] if num_items_in_batch is None else num_items_in_batch
+    if isinstance(denominator, torch.Tensor):
+        denominator = denominator.to(rows.device)
+    elif denominator <= 0:
+        return rows.sum()  # no rows anywhere: nothing to learn from, and no division by zero
+    return rows.sum() / denominator
+
+
+def check_finite(value: torch.Tensor, *, term: str, step: int | None = None) -> torch.Tensor:
+    """Return ``value`` or raise :class:`NonFiniteLossError` naming ``term`` and ``step``."""
+    if not torch.isfinite(value).all():
+        where = f" at step {step}" if step is not None else ""
+        raise NonFiniteLossError(
+            f"loss term {term!r} is {value.detach().flatten()[:4].tolist()}{where}; check the inputs of this term "
+            "(a teacher giving zero probability to text the student produced makes forward KL infinite)"
+        )
+    return value
