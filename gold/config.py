@@ -31,8 +31,10 @@ class LossConfig:
     hybrid_weighting: Literal["mass", "fixed"] = "mass"
     hybrid_matched_weight: float = 0.5
     hybrid_unmatched_weight: float = 0.5
-    # ULD over the top-k probabilities plus a tail bucket (None: exact sort); bound in gold.losses.uld
-    uld_top_k: int | None = None
+    # how ULD (and the hybrid's unmatched part) sorts: "auto" = "quantized" on CPU (no sort, error
+    # <= 2^-7, gold.losses.uld_quantized) and "exact" on GPUs; "topk" uses uld_top_k (gold.losses.uld)
+    uld_method: Literal["auto", "exact", "quantized", "topk"] = "auto"
+    uld_top_k: int = 256
     # groups per chunk; each chunk is recomputed in backward, bounding memory to ~chunk × V (None: all)
     chunk_groups: int | None = None
 
@@ -50,8 +52,10 @@ class LossConfig:
                 raise ValueError(f"LossConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.hybrid_weighting not in ("mass", "fixed"):
             raise ValueError(f"LossConfig.hybrid_weighting must be 'mass' or 'fixed', got {self.hybrid_weighting!r}")
-        if self.uld_top_k is not None and self.uld_top_k < 1:
-            raise ValueError(f"LossConfig.uld_top_k must be >= 1 or None, got {self.uld_top_k}")
+        if self.uld_method not in ("auto", "exact", "quantized", "topk"):
+            raise ValueError(f"LossConfig.uld_method must be auto, exact, quantized or topk, got {self.uld_method!r}")
+        if self.uld_top_k < 1:
+            raise ValueError(f"LossConfig.uld_top_k must be >= 1, got {self.uld_top_k}")
         if self.chunk_groups is not None and self.chunk_groups < 1:
             raise ValueError(f"LossConfig.chunk_groups must be >= 1 or None, got {self.chunk_groups}")
 

@@ -9,6 +9,7 @@ from gold.losses.merge import GroupIndex, GroupRows, group_logprobs, index_group
 from gold.losses.reduce import NonFiniteLossError, check_finite, reduce_rows
 from gold.losses.span import span_likelihood
 from gold.losses.uld import uld, uld_topk, uld_topk_error_bound
+from gold.losses.uld_quantized import uld_quantized
 
 __all__ = [
     "AlignedBatch",
@@ -32,6 +33,7 @@ __all__ = [
     "rows_of",
     "span_likelihood",
     "uld",
+    "uld_quantized",
     "uld_topk",
     "uld_topk_error_bound",
     "with_rest_bucket",

@@ -9,6 +9,7 @@ are recomputed in backward instead of being kept: peak memory grows with the chu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -22,6 +23,7 @@ from gold.losses.merge import GroupIndex, index_groups, rows_of, scale, start_ro
 from gold.losses.reduce import check_finite, reduce_rows
 from gold.losses.span import span_likelihood
 from gold.losses.uld import uld, uld_topk
+from gold.losses.uld_quantized import uld_quantized
 
 TERMS = ("hybrid", "uld", "span", "byte_marginal")
 
@@ -30,30 +32,41 @@ def _row_terms(
     config: LossConfig, batch: AlignedBatch, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     student_index: GroupIndex, teacher_index: GroupIndex, select: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
-    """(4, g) per-group values of hybrid, ULD, byte marginal and teacher matched mass for one chunk."""
+    """(6, g) per-group values for one chunk: hybrid, ULD, byte marginal, teacher matched mass, and
+    the hybrid's matched (JSD) and unmatched (ULD) parts before weighting."""
     tables = batch.tables
     student_rows = rows_of(student_logits, student_index, select)  # (g, Vs)
     teacher_rows = rows_of(teacher_logits, teacher_index, select).detach()  # (g, Vt)
     zeros = torch.zeros(student_rows.shape[0], dtype=student_rows.dtype, device=student_rows.device)
-    hybrid_rows, uld_rows, byte_rows, mass = zeros, zeros, zeros, zeros
+    hybrid_rows, uld_rows, byte_rows, mass, matched, unmatched = zeros, zeros, zeros, zeros, zeros, zeros
     if config.hybrid_weight > 0:
         weights = "mass" if config.hybrid_weighting == "mass" else (config.hybrid_matched_weight,
                                                                      config.hybrid_unmatched_weight)  # fmt: skip
         parts = hybrid(student_rows, teacher_rows, student_matched=tables.student_matched,
-                       teacher_matched=tables.teacher_matched, beta=config.beta, weights=weights)  # fmt: skip
-        hybrid_rows, mass = parts.loss, parts.teacher_matched_mass
+                       teacher_matched=tables.teacher_matched, beta=config.beta, weights=weights,
+                       distance=uld_distance(config, student_rows.device))  # fmt: skip
+        hybrid_rows, mass, matched, unmatched = parts.loss, parts.teacher_matched_mass, parts.matched, parts.unmatched
     if config.uld_weight > 0:
-        if config.uld_top_k is None:
-            uld_rows = uld(student_rows, teacher_rows)
-        else:
-            uld_rows = uld_topk(student_rows, teacher_rows, k=config.uld_top_k)
+        uld_rows = uld_distance(config, student_rows.device)(student_rows, teacher_rows)
     if config.byte_marginal_weight > 0:
         byte_rows = byte_marginal(
             start_rows(student_logits, student_index, select),
             start_rows(teacher_logits, teacher_index, select).detach(),
             student_bins=tables.student_bins, teacher_bins=tables.teacher_bins, beta=config.beta,
         )  # fmt: skip
-    return torch.stack([hybrid_rows, uld_rows, byte_rows, mass])
+    return torch.stack([hybrid_rows, uld_rows, byte_rows, mass, matched.detach(), unmatched.detach()])
+
+
+def uld_distance(config: LossConfig, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The ULD function ``config.uld_method`` names ("auto": quantized on CPU, exact elsewhere)."""
+    method = config.uld_method
+    if method == "auto":
+        method = "quantized" if device.type == "cpu" else "exact"
+    if method == "quantized":
+        return uld_quantized
+    if method == "topk":
+        return functools.partial(uld_topk, k=config.uld_top_k)
+    return uld
 
 
 def cross_tokenizer_loss(
@@ -88,7 +101,7 @@ def cross_tokenizer_loss(
             f"the student side has {student_index.num_groups} groups and the teacher side "
             f"{teacher_index.num_groups}; both must come from the same alignments"
         )
-    per_row = _chunked(config, batch, s_logits, t_logits, student_index, teacher_index)  # (4, G)
+    per_row = _chunked(config, batch, s_logits, t_logits, student_index, teacher_index)  # (6, G)
     span_rows = span_likelihood(student_index.observed, teacher_index.observed.detach(), beta=config.beta)
     rows = {"hybrid": per_row[0], "uld": per_row[1], "span": span_rows, "byte_marginal": per_row[2]}
     weights = {"hybrid": config.hybrid_weight, "uld": config.uld_weight, "span": config.span_weight,
@@ -100,7 +113,7 @@ def cross_tokenizer_loss(
             value = check_finite(reduce_rows(rows[term], num_items_in_batch=num_items_in_batch), term=term, step=step)
             loss = loss + weights[term] * value
             metrics[f"loss/{term}"] = float(value.detach())
-    metrics.update(_health(batch, per_row[3], config))
+    metrics.update(_health(batch, per_row[3:], config))
     return check_finite(loss, term="total", step=step), metrics
 
 
@@ -111,7 +124,7 @@ def _chunked(
     total = student_index.num_groups
     device = s_logits.device
     if total == 0:
-        return s_logits.new_zeros((4, 0))
+        return s_logits.new_zeros((6, 0))
     size = config.chunk_groups or total
     parts = []
     for start in range(0, total, size):
@@ -125,7 +138,9 @@ def _chunked(
     return torch.cat(parts, dim=1)
 
 
-def _health(batch: AlignedBatch, matched_mass: torch.Tensor, config: LossConfig) -> dict[str, float]:
+def _health(batch: AlignedBatch, hybrid_rows: torch.Tensor, config: LossConfig) -> dict[str, float]:
+    """Alignment coverage and, with the hybrid term, its parts: ``hybrid_rows`` is (3, G) of
+    teacher matched mass, matched JSD and unmatched ULD per group."""
     stats = batch.stats
     health = {
         "align/groups": float(stats.num_groups),
@@ -133,6 +148,9 @@ def _health(batch: AlignedBatch, matched_mass: torch.Tensor, config: LossConfig)
         "align/approximate_fraction": stats.approximate_fraction,
         "align/student_tokens_per_group": stats.student_tokens_per_group,
     }
-    if config.hybrid_weight > 0 and matched_mass.numel():
-        health["hybrid/teacher_matched_mass"] = float(matched_mass.detach().mean())
+    if config.hybrid_weight > 0 and hybrid_rows.shape[1]:
+        mass, matched, unmatched = hybrid_rows.detach().mean(dim=1).tolist()
+        health["hybrid/teacher_matched_mass"] = mass
+        health["hybrid/matched_jsd"] = matched
+        health["hybrid/unmatched_uld"] = unmatched
     return health

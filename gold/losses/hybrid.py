@@ -14,6 +14,7 @@ mass ``m`` and the unmatched part by ``1 - m`` (per row, not a per-pair constant
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,7 @@ def hybrid(
     teacher_matched: torch.Tensor,
     beta: float,
     weights: str | tuple[float, float] = "mass",
+    distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = uld,
 ) -> HybridParts:
     """The GOLD hybrid loss per row.
 
@@ -66,6 +68,7 @@ def hybrid(
         teacher_matched: (M,) int64 the partners, pairwise.
         beta: generalized-JSD β for the matched part (0 forward KL, 1 reverse KL).
         weights: ``"mass"`` or a fixed ``(w_matched, w_unmatched)``.
+        distance: the ULD variant for the unmatched part (:func:`gold.losses.uld` by default).
     """
     if student_matched.shape != teacher_matched.shape:
         raise ValueError(f"matched id lists differ in length: {student_matched.shape} vs {teacher_matched.shape}")
@@ -74,7 +77,7 @@ def hybrid(
     matched = generalized_jsd(_with_other(student_part), _with_other(teacher_part), beta=beta)
     student_rest = _unmatched_columns(student_logprobs, student_matched)
     teacher_rest = _unmatched_columns(teacher_logprobs, teacher_matched)
-    unmatched = uld(student_rest, teacher_rest)
+    unmatched = distance(student_rest, teacher_rest)
     teacher_mass = teacher_part.exp().sum(dim=-1).detach()
     if weights == "mass":
         w_matched = teacher_mass

@@ -136,9 +136,10 @@ def index_groups(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor) 
 
 def rows_of(logits: torch.Tensor, index: GroupIndex, select: torch.Tensor | slice = slice(None)) -> torch.Tensor:
     """(g, V) chain-rule rows of the selected groups (all by default); ``logits`` as for :func:`index_groups`."""
-    examples, positions = index.example[select], index.last_position[select]
+    flat = index.example[select] * logits.shape[1] + index.last_position[select] - 1  # (g,) rows of (B*T, V)
     offset = index.log_normalizer[select] - index.prefix[select]  # (g,)
-    return logits[examples, positions - 1] - offset.unsqueeze(1)  # (g, V)
+    # index_select's backward is an index_add, much cheaper on CPU than advanced indexing's index_put
+    return logits.flatten(0, 1).index_select(0, flat) - offset.unsqueeze(1)  # (g, V)
 
 
 def group_logprobs(

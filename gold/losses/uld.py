@@ -10,8 +10,24 @@ sub-probabilities (chain-rule group rows); they are compared as they are.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def sorted_descending(probs: torch.Tensor) -> torch.Tensor:
+    """(R, V) rows sorted in descending order, differentiable where ``probs`` needs a gradient.
+
+    On CPU, NumPy's vectorized sort (AVX-512 on x86) is several times faster than ``torch.sort``:
+    rows without a gradient are sorted by value with it, rows with one are ordered by
+    ``np.argsort`` and gathered, so autograd routes each rank's gradient back to its element.
+    """
+    if probs.device.type != "cpu" or probs.dtype not in (torch.float32, torch.float64):
+        return probs.sort(dim=-1, descending=True).values
+    if not probs.requires_grad:
+        return torch.from_numpy(np.ascontiguousarray(np.sort(probs.numpy(), axis=-1)[:, ::-1]))
+    order = np.argsort(probs.detach().numpy(), axis=-1)[:, ::-1]
+    return probs.gather(-1, torch.from_numpy(np.ascontiguousarray(order)))
 
 
 def uld(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
@@ -26,8 +42,8 @@ def uld(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch
     Returns:
         (R,) distances in [0, 2].
     """
-    student_sorted = student_logprobs.exp().sort(dim=-1, descending=True).values
-    teacher_sorted = teacher_logprobs.exp().sort(dim=-1, descending=True).values
+    student_sorted = sorted_descending(student_logprobs.exp())
+    teacher_sorted = sorted_descending(teacher_logprobs.exp())
     width = max(student_sorted.shape[-1], teacher_sorted.shape[-1])
     student_sorted = F.pad(student_sorted, (0, width - student_sorted.shape[-1]))
     teacher_sorted = F.pad(teacher_sorted, (0, width - teacher_sorted.shape[-1]))

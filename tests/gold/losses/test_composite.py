@@ -58,7 +58,7 @@ def test_chunked_loss_and_gradients_equal_unchunked() -> None:
     torch.testing.assert_close(loss_c, loss)
     torch.testing.assert_close(grad_c, grad, atol=1e-6, rtol=1e-4)
     assert {"loss/hybrid", "loss/uld", "loss/span", "loss/byte_marginal", "align/one_to_one_fraction",
-            "hybrid/teacher_matched_mass"} <= set(metrics)  # fmt: skip
+            "hybrid/teacher_matched_mass", "hybrid/matched_jsd", "hybrid/unmatched_uld"} <= set(metrics)  # fmt: skip
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 

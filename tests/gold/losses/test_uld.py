@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gold.losses import uld, uld_topk, uld_topk_error_bound
+from gold.losses import uld, uld_quantized, uld_topk, uld_topk_error_bound
 from tests.reference import reference_uld
 
 
@@ -45,3 +45,33 @@ def test_topk_error_is_within_the_stated_bound(sharp: float, k: int) -> None:
 def test_topk_with_k_covering_the_vocabulary_is_exact() -> None:
     student, teacher = rows((3, 12), 1), rows((3, 9), 2)
     torch.testing.assert_close(uld_topk(student, teacher, k=12), uld(student, teacher))
+
+
+@pytest.mark.parametrize(("vs", "vt", "sharp"), [(40, 30, 3.0), (1000, 700, 1.0), (7, 300, 8.0)])
+def test_quantized_is_within_its_bound_and_matches_exact_gradients(vs: int, vt: int, sharp: float) -> None:
+    student = rows((5, vs), vs, sharp=sharp).float().requires_grad_()
+    teacher = rows((5, vt), vt, sharp=sharp).float()
+    exact, fast = uld(student, teacher), uld_quantized(student, teacher)
+    bound = 2**-8 * (student.exp().sum(-1) + teacher.exp().sum(-1))
+    assert ((exact - fast).abs() <= bound.detach() + 1e-6).all()
+    (grad_exact,) = torch.autograd.grad(exact.sum(), student)
+    (grad_fast,) = torch.autograd.grad(fast.sum(), student)
+    # the same sign per rank, except where quantization ties a value with a teacher value
+    agree = (grad_exact - grad_fast).abs() < 1e-6
+    assert agree.float().mean() > 0.95
+
+
+def test_quantized_is_exact_on_bucket_midpoints() -> None:
+    keys = torch.tensor([[0x3E80, 0x3D00, 0x3C40], [0x3F00, 0x3B80, 0x3A00]], dtype=torch.int32)
+    probs = ((keys << 16) | 0x8000).view(torch.float32)
+    teacher = ((torch.tensor([[0x3E00, 0x3D80], [0x3E40, 0x3C00]], dtype=torch.int32) << 16) | 0x8000).view(
+        torch.float32
+    )
+    torch.testing.assert_close(uld_quantized(probs.log(), teacher.log()), uld(probs.log(), teacher.log()))
+
+
+def test_quantized_propagates_nan_and_refuses_a_teacher_gradient() -> None:
+    student = torch.tensor([[float("nan"), -1.0]])
+    assert torch.isnan(uld_quantized(student, torch.zeros(1, 1).log_softmax(-1))).all()
+    with pytest.raises(ValueError, match="detach"):
+        uld_quantized(torch.zeros(1, 2), torch.zeros(1, 2, requires_grad=True))
