@@ -85,6 +85,9 @@ def _loss_fn(impl: str, mode: str, data: dict[str, Any], device: str) -> Any:
         from gold.config import LossConfig
         from gold.losses import cross_tokenizer_loss
 
+        from gold.losses import uld_quantized
+
+        uld_quantized(torch.zeros(1, 4), torch.zeros(1, 4))  # load numba's compiled kernels before timing
         config = LossConfig(hybrid_weight=1.0) if mode == "hybrid" else LossConfig(hybrid_weight=0.0, uld_weight=1.0)
         batch = data["batch"]
         batch = type(batch)(batch.student_ids.to(device), batch.teacher_ids.to(device), batch.student_groups.to(device),
@@ -106,7 +109,7 @@ def _loss_fn(impl: str, mode: str, data: dict[str, Any], device: str) -> Any:
 
 
 def worker(impl: str, mode: str, backward: bool, path: Path, device: str) -> dict[str, float]:
-    """One measurement in this process: load logits, run the loss once to warm up, then time it."""
+    """One measurement in this process: load logits, build the loss (compiled kernels loaded), time one call."""
     data = torch.load(path, weights_only=False)
     student_logits = data["student_logits"].to(device).requires_grad_(backward)
     teacher_logits = data["teacher_logits"].to(device)

@@ -35,8 +35,9 @@ class LossConfig:
     # <= 2^-7, gold.losses.uld_quantized) and "exact" on GPUs; "topk" uses uld_top_k (gold.losses.uld)
     uld_method: Literal["auto", "exact", "quantized", "topk"] = "auto"
     uld_top_k: int = 256
-    # groups per chunk; each chunk is recomputed in backward, bounding memory to ~chunk × V (None: all)
-    chunk_groups: int | None = None
+    # groups per chunk; each chunk is recomputed in backward, bounding memory to ~chunk × V (None: all
+    # at once, faster but holding every (G, V) row of both models)
+    chunk_groups: int | None = 256
 
     def __post_init__(self) -> None:
         weights = ("hybrid_weight", "uld_weight", "span_weight", "byte_marginal_weight")

@@ -4,8 +4,9 @@ Shape legend: R rows, K outcomes. Every function returns one value per row, (R,)
 
 Directions are named: ``forward_kl`` = KL(teacher ‖ student) (mode-covering, what SFT on teacher
 samples minimises), ``reverse_kl`` = KL(student ‖ teacher) (mode-seeking). Entries may be ``-inf``
-(zero probability): ``0 · log 0`` counts as 0 and the gradients stay finite, because the masked
-branch is replaced by 0 *before* the subtraction (a ``where`` after it would back-propagate NaN).
+(zero probability): ``0 · log 0`` counts as 0 and the gradients stay finite, because ``-inf`` is
+clamped to a floor whose exponential is exactly 0 before any subtraction (``-inf - -inf`` would be
+NaN, and a ``where`` after it would still back-propagate NaN).
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ import math
 import torch
 
 
+# exp(FLOOR) is exactly 0 in float32 and float64, and FLOOR - FLOOR is 0: clamping -inf to it makes
+# zero-probability terms vanish with zero gradient, in three passes and without masks
+FLOOR = -1e30
+
+
 def _kl(p_logprobs: torch.Tensor, q_logprobs: torch.Tensor) -> torch.Tensor:
-    """KL(P ‖ Q) per row, exact with ``-inf`` entries; ``+inf`` where Q misses mass that P has."""
-    support = p_logprobs > float("-inf")
-    p_safe = torch.where(support, p_logprobs, torch.zeros_like(p_logprobs))
-    q_safe = torch.where(support, q_logprobs, torch.zeros_like(q_logprobs))
-    terms = torch.where(support, p_safe.exp() * (p_safe - q_safe), torch.zeros_like(p_safe))
-    return terms.sum(dim=-1)
+    """KL(P ‖ Q) per row, exact with ``-inf`` entries. Where Q misses mass that P has, the true value is
+    ``+inf``; it comes out near ``1e30 · p``, which :func:`gold.losses.check_finite` rejects."""
+    return _kl_finite(p_logprobs.clamp(min=FLOOR), q_logprobs.clamp(min=FLOOR))
+
+
+def _kl_finite(p_logprobs: torch.Tensor, q_logprobs: torch.Tensor) -> torch.Tensor:
+    return (p_logprobs.exp() * (p_logprobs - q_logprobs)).sum(dim=-1)
 
 
 def forward_kl(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
@@ -51,19 +58,23 @@ def generalized_jsd(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tens
         teacher_logprobs: (R, K).
         beta: in [0, 1].
     """
+    return _jsd(student_logprobs.clamp(min=FLOOR), teacher_logprobs.clamp(min=FLOOR), beta)
+
+
+def generalized_jsd_of_finite(
+    student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, *, beta: float
+) -> torch.Tensor:
+    """:func:`generalized_jsd` for rows known to hold no ``-inf`` (log-softmax of finite logits), without
+    the clamping passes; a ``-inf`` entry gives NaN, which the loss's finiteness check reports."""
+    return _jsd(student_logprobs, teacher_logprobs, beta)
+
+
+def _jsd(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, beta: float) -> torch.Tensor:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     if beta == 0.0:
-        return forward_kl(student_logprobs, teacher_logprobs)
+        return _kl_finite(teacher_logprobs, student_logprobs)
     if beta == 1.0:
-        return reverse_kl(student_logprobs, teacher_logprobs)
-    mixture = _logaddexp(teacher_logprobs + math.log(beta), student_logprobs + math.log1p(-beta))
-    return beta * _kl(teacher_logprobs, mixture) + (1.0 - beta) * _kl(student_logprobs, mixture)
-
-
-def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``logaddexp`` whose gradient stays finite where both inputs are ``-inf``."""
-    empty = (a == float("-inf")) & (b == float("-inf"))
-    zero = torch.zeros_like(a)
-    out = torch.logaddexp(torch.where(empty, zero, a), torch.where(empty, zero, b))
-    return torch.where(empty, torch.full_like(out, float("-inf")), out)
+        return _kl_finite(student_logprobs, teacher_logprobs)
+    mixture = torch.logaddexp(teacher_logprobs + math.log(beta), student_logprobs + math.log1p(-beta))
+    return beta * _kl_finite(teacher_logprobs, mixture) + (1.0 - beta) * _kl_finite(student_logprobs, mixture)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gold.losses.divergences import generalized_jsd
+from gold.losses.divergences import generalized_jsd, generalized_jsd_of_finite
 from gold.losses.merge import log1mexp
 from gold.losses.uld import uld
 
@@ -43,10 +43,10 @@ class HybridParts:
     teacher_matched_mass: torch.Tensor
 
 
-def _with_other(matched_logprobs: torch.Tensor) -> torch.Tensor:
-    """Matched columns plus one "other" column holding the rest of the unit mass: (R, M + 1)."""
-    matched_total = torch.logsumexp(matched_logprobs, dim=-1, keepdim=True).clamp(max=0.0)
-    return torch.cat([matched_logprobs, log1mexp(matched_total)], dim=-1)
+def _other(matched_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R,) log-mass on the matched columns, and (R, 1) log-mass of the "other" outcome."""
+    matched_total = torch.logsumexp(matched_logprobs, dim=-1).clamp(max=0.0)
+    return matched_total, log1mexp(matched_total).unsqueeze(-1)
 
 
 def hybrid(
@@ -74,11 +74,16 @@ def hybrid(
         raise ValueError(f"matched id lists differ in length: {student_matched.shape} vs {teacher_matched.shape}")
     student_part = student_logprobs.index_select(-1, student_matched)  # (R, M)
     teacher_part = teacher_logprobs.index_select(-1, teacher_matched)  # (R, M)
-    matched = generalized_jsd(_with_other(student_part), _with_other(teacher_part), beta=beta)
+    _, student_other = _other(student_part)
+    teacher_total, teacher_other = _other(teacher_part)
+    # the divergence over (M matched outcomes + "other") is a sum over columns: no concatenated copy
+    matched = generalized_jsd_of_finite(student_part, teacher_part, beta=beta) + generalized_jsd(
+        student_other, teacher_other, beta=beta
+    )
     student_rest = _unmatched_columns(student_logprobs, student_matched)
     teacher_rest = _unmatched_columns(teacher_logprobs, teacher_matched)
     unmatched = distance(student_rest, teacher_rest)
-    teacher_mass = teacher_part.exp().sum(dim=-1).detach()
+    teacher_mass = teacher_total.exp().detach()
     if weights == "mass":
         w_matched = teacher_mass
     elif isinstance(weights, tuple) and len(weights) == 2:
@@ -96,4 +101,5 @@ def hybrid(
 def _unmatched_columns(logprobs: torch.Tensor, matched: torch.Tensor) -> torch.Tensor:
     keep = torch.ones(logprobs.shape[-1], dtype=torch.bool, device=logprobs.device)
     keep[matched] = False
-    return logprobs[:, keep]
+    # index_select with explicit ids: a cheaper forward and backward than boolean-mask indexing
+    return logprobs.index_select(-1, keep.nonzero(as_tuple=True)[0])
