@@ -15,7 +15,6 @@ import math
 
 import torch
 
-
 # exp(FLOOR) is exactly 0 in float32 and float64, and FLOOR - FLOOR is 0: clamping -inf to it makes
 # zero-probability terms vanish with zero gradient, in three passes and without masks
 FLOOR = -1e30
