@@ -112,3 +112,16 @@ def test_smollm2_model_loads_offline_and_generates() -> None:
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
+
+
+@pytest.mark.slow
+def test_gemma3_model_loads_offline_and_knows_a_capital() -> None:
+    import torch
+
+    model = zoo_module.load_model("gemma-3-270m")
+    tokenizer = zoo("gemma-3")
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**ids).logits[0, -1]
+    top = tokenizer.convert_ids_to_tokens(logits.topk(5).indices.tolist())
+    assert "▁Paris" in top, top
