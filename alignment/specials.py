@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 
 def special_token_ids(backend: Any) -> set[int]:
     """Ids of the added tokens that the tokenizer marks special.
@@ -20,16 +17,6 @@ def special_token_ids(backend: Any) -> set[int]:
         backend: a ``tokenizers.Tokenizer``.
     """
     return {token_id for token_id, token in backend.get_added_tokens_decoder().items() if token.special}
-
-
-def special_positions(ids: npt.NDArray[np.int64], special_mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-    """Positions of special tokens in one sequence.
-
-    Args:
-        ids: (T,) token ids.
-        special_mask: (V,) bool, from a token-bytes table.
-    """
-    return np.flatnonzero(special_mask[ids]).astype(np.int64)
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 
@@ -59,7 +59,3 @@ class LossConfig:
             raise ValueError(f"LossConfig.uld_top_k must be >= 1, got {self.uld_top_k}")
         if self.chunk_groups is not None and self.chunk_groups < 1:
             raise ValueError(f"LossConfig.chunk_groups must be >= 1 or None, got {self.chunk_groups}")
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]

@@ -15,7 +15,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
-from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
+from transformers.convert_slow_tokenizer import TikTokenConverter
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -163,12 +163,6 @@ def tekken_tokenizer(path: Path) -> Tokenizer:
     names = _TEKKEN_NAMED + [f"<SPECIAL_{i}>" for i in range(len(_TEKKEN_NAMED), num_special)]
     specials = {tok: i for i, tok in enumerate(names)}
     return tokenizer_from_ranks(ranks, pattern=pattern, specials=specials, id_offset=num_special)
-
-
-def byte_level_piece(token: bytes) -> str:
-    """The byte-level piece string of some bytes (GPT-2 ``bytes_to_unicode``)."""
-    table: dict[int, str] = bytes_to_unicode()
-    return "".join(table[b] for b in token)
 
 
 def tiktoken_reference(ranks: dict[bytes, int], *, pattern: str, specials: dict[str, int]) -> Any:
