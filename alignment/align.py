@@ -163,12 +163,11 @@ def align_text_batch(
             (teacher_tokenizer, teacher_table, teacher_ids, "teacher", teachers),
         ):
             starts_text = _prefix_was_added(table, ids, reference)
-            stream = table.sequence_bytes(ids, starts_text=starts_text)
+            lengths = table.sequence_lengths(ids, starts_text=starts_text)
+            stream = table.spell(ids, lengths)
             # a rewrite that the tokenizer's own normalizer explains (NFC) is expected, however large
             limit = 1.0 if stream == normalized(tokenizer, text) else max_edit_fraction
-            sides.append(
-                _side_onto(table, ids, stream, reference, role, limit, starts_text=starts_text, prefix_ok=False)
-            )
+            sides.append(_side_onto(table, ids, lengths, stream, reference, role, limit, prefix_ok=False))
         references.append(reference)
     return _assemble(students, teachers, references)
 
@@ -200,35 +199,16 @@ def align_batch(
     for raw_student, raw_teacher in zip(student_ids, teacher_ids, strict=True):
         s_ids = np.asarray(raw_student, dtype=np.int64).reshape(-1)
         t_ids = np.asarray(raw_teacher, dtype=np.int64).reshape(-1)
-        s_stream = student_table.sequence_bytes(s_ids, starts_text=starts_text)
-        t_stream = teacher_table.sequence_bytes(t_ids, starts_text=starts_text)
+        s_lengths = student_table.sequence_lengths(s_ids, starts_text=starts_text)
+        t_lengths = teacher_table.sequence_lengths(t_ids, starts_text=starts_text)
+        s_stream, t_stream = student_table.spell(s_ids, s_lengths), teacher_table.spell(t_ids, t_lengths)
         # a truncated side spells a prefix of the other: exact up to the last shared boundary
         if s_stream.startswith(t_stream) or t_stream.startswith(s_stream):
             reference = max(s_stream, t_stream, key=len)
         else:
             reference = s_stream
-        students.append(
-            _side_onto(
-                student_table,
-                s_ids,
-                s_stream,
-                reference,
-                "student",
-                max_edit_fraction,
-                starts_text=starts_text,
-            )
-        )
-        teachers.append(
-            _side_onto(
-                teacher_table,
-                t_ids,
-                t_stream,
-                reference,
-                "teacher",
-                max_edit_fraction,
-                starts_text=starts_text,
-            )
-        )
+        students.append(_side_onto(student_table, s_ids, s_lengths, s_stream, reference, "student", max_edit_fraction))
+        teachers.append(_side_onto(teacher_table, t_ids, t_lengths, t_stream, reference, "teacher", max_edit_fraction))
         references.append(reference)
     return _assemble(students, teachers, references)
 
@@ -252,20 +232,20 @@ def _prefix_was_added(table: TokenBytesTable, ids: IntArray, reference: bytes) -
 def _side_onto(
     table: TokenBytesTable,
     ids: IntArray,
+    lengths: IntArray,
     stream: bytes,
     reference: bytes,
     role: str,
     max_edit_fraction: float,
     *,
-    starts_text: bool = True,
     prefix_ok: bool = True,
 ) -> _Side:
-    """One side's token ends expressed in ``reference`` coordinates.
+    """One side's token ends expressed in ``reference`` coordinates (``lengths``: (T,) byte lengths).
 
     ``prefix_ok``: a stream that spells a prefix of the reference is a truncation, exact as far as
     it goes (ids); for a text, every byte must be accounted for, so a prefix is an edit.
     """
-    ends = np.cumsum(table.sequence_lengths(ids, starts_text=starts_text)).astype(np.int64)
+    ends = np.cumsum(lengths).astype(np.int64)
     if stream == reference or (prefix_ok and reference.startswith(stream)):
         mapping = identity_mapping(ends)
     else:

@@ -123,7 +123,11 @@ class TokenBytesTable:
     def sequence_bytes(self, ids: npt.NDArray[np.int64], *, starts_text: bool) -> bytes:
         """The bytes a sequence of ids spells (specials contribute nothing), gathered without a loop."""
         ids = np.asarray(ids, dtype=np.int64)
-        lengths = self.sequence_lengths(ids, starts_text=starts_text)
+        return self.spell(ids, self.sequence_lengths(ids, starts_text=starts_text))
+
+    def spell(self, ids: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> bytes:
+        """The bytes of ``ids`` given their (T,) lengths from :meth:`sequence_lengths`; a token cut short
+        by a removed prefix space keeps its last ``length`` bytes."""
         starts = self.offsets[ids] + (self.offsets[ids + 1] - self.offsets[ids] - lengths)
         total = int(lengths.sum())
         if total == 0:

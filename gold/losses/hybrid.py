@@ -85,16 +85,15 @@ def hybrid(
     unmatched = distance(student_rest, teacher_rest)
     teacher_mass = teacher_total.exp().detach()
     if weights == "mass":
-        w_matched = teacher_mass
+        w_matched, w_unmatched = teacher_mass, 1.0 - teacher_mass
     elif isinstance(weights, tuple) and len(weights) == 2:
-        w_matched = torch.full_like(teacher_mass, float(weights[0]))
         if float(weights[0]) + float(weights[1]) <= 0:
             raise ValueError(f"hybrid weights must not both be zero, got {weights}")
-        loss = weights[0] * matched + weights[1] * unmatched
-        return HybridParts(loss, matched, unmatched, w_matched, teacher_mass)
+        w_matched = torch.full_like(teacher_mass, float(weights[0]))
+        w_unmatched = torch.full_like(teacher_mass, float(weights[1]))
     else:
         raise ValueError(f"weights must be 'mass' or (w_matched, w_unmatched), got {weights!r}")
-    loss = w_matched * matched + (1.0 - w_matched) * unmatched
+    loss = w_matched * matched + w_unmatched * unmatched
     return HybridParts(loss, matched, unmatched, w_matched, teacher_mass)
 
 

@@ -24,7 +24,7 @@ import torch
 from numba import njit, prange
 
 SHIFT = 16
-LEVELS = (0x3F80 >> 0) + 1  # keys of values in [0, 1]: float32 bits >> 16 go up to 0x3F80 (1.0)
+LEVELS = 0x3F80 + 1  # keys of values in [0, 1]: float32 bits >> 16 go up to 0x3F80 (1.0)
 
 
 def _level_values() -> np.ndarray:
