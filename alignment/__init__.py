@@ -1,6 +1,6 @@
 """Byte-exact token alignment between two tokenizers. Imports nothing from ``gold``."""
 
-from alignment.align import Alignment, align_batch, align_ids, align_text_batch, align_texts
+from alignment.align import Alignment, align_batch, align_ids, align_text_batch, align_texts, normalized, text_stream
 from alignment.bytespans import (
     TokenBytesTable,
     TokenizerBytesError,
@@ -28,9 +28,11 @@ __all__ = [
     "encode_text",
     "format_stats",
     "html_page",
+    "normalized",
     "raw_string_overlap",
     "render_html",
     "render_text",
+    "text_stream",
     "token_byte_spans",
     "token_bytes_table",
 ]

@@ -146,22 +146,34 @@ def align_text_batch(
     teacher_tokenizer: Any,
     texts: Sequence[str],
     *,
+    student_ids: Sequence[Any] | None = None,
+    teacher_ids: Sequence[Any] | None = None,
     max_edit_fraction: float = DEFAULT_MAX_EDIT_FRACTION,
 ) -> list[Alignment]:
-    """:func:`align_texts` for many texts, grouped in one vectorized pass."""
+    """:func:`align_texts` for many texts, grouped in one vectorized pass.
+
+    Args:
+        student_tokenizer: the student's fast tokenizer.
+        teacher_tokenizer: the teacher's fast tokenizer.
+        texts: B texts, the reference bytes.
+        student_ids: B id sequences that encode ``texts`` (e.g. sampled ones); default: encode them.
+        teacher_ids: likewise for the teacher.
+        max_edit_fraction: most bytes a tokenizer may change before this raises.
+    """
     student_table = token_bytes_table(student_tokenizer)
     teacher_table = token_bytes_table(teacher_tokenizer)
     students: list[_Side] = []
     teachers: list[_Side] = []
     references: list[bytes] = []
-    for text in texts:
+    for index, text in enumerate(texts):
         reference = text.encode("utf-8")
-        student_ids = np.asarray(encode_text(student_tokenizer, text), dtype=np.int64)
-        teacher_ids = np.asarray(encode_text(teacher_tokenizer, text), dtype=np.int64)
-        for tokenizer, table, ids, role, sides in (
-            (student_tokenizer, student_table, student_ids, "student", students),
-            (teacher_tokenizer, teacher_table, teacher_ids, "teacher", teachers),
+        s_ids = encode_text(student_tokenizer, text) if student_ids is None else student_ids[index]
+        t_ids = encode_text(teacher_tokenizer, text) if teacher_ids is None else teacher_ids[index]
+        for tokenizer, table, raw_ids, role, sides in (
+            (student_tokenizer, student_table, s_ids, "student", students),
+            (teacher_tokenizer, teacher_table, t_ids, "teacher", teachers),
         ):
+            ids = np.asarray(raw_ids, dtype=np.int64).reshape(-1)
             starts_text = _prefix_was_added(table, ids, reference)
             lengths = table.sequence_lengths(ids, starts_text=starts_text)
             stream = table.spell(ids, lengths)
@@ -218,6 +230,18 @@ def normalized(tokenizer: Any, text: str) -> bytes:
     normalizer = getattr(tokenizer, "backend_tokenizer", tokenizer).normalizer
     result = normalizer.normalize_str(text) if normalizer is not None else text
     return str(result).replace("\u2581", " ").encode("utf-8")
+
+
+def text_stream(tokenizer: Any, ids: Any, text: bytes) -> bytes:
+    """The bytes ``ids`` spell when they encode ``text`` from its start.
+
+    A SentencePiece dummy prefix is dropped unless the text itself starts with a space (see
+    :func:`token_byte_spans`). Compare the result with ``text`` (or :func:`normalized`) to check that a
+    tokenization really is of that text.
+    """
+    table = token_bytes_table(tokenizer)
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    return table.sequence_bytes(ids, starts_text=_prefix_was_added(table, ids, text))
 
 
 def _prefix_was_added(table: TokenBytesTable, ids: IntArray, reference: bytes) -> bool:

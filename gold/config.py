@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,118 @@ class LossConfig:
             raise ValueError(f"LossConfig.uld_top_k must be >= 1, got {self.uld_top_k}")
         if self.chunk_groups is not None and self.chunk_groups < 1:
             raise ValueError(f"LossConfig.chunk_groups must be >= 1 or None, got {self.chunk_groups}")
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    """How the two tokenizations of a completion are aligned."""
+
+    # most bytes (share of both streams) a tokenizer may rewrite before alignment raises; a rewrite the
+    # tokenizer's own normalizer explains (NFC) is always accepted
+    max_edit_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_edit_fraction <= 1.0:
+            raise ValueError(f"AlignmentConfig.max_edit_fraction must be in [0, 1], got {self.max_edit_fraction}")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Where completions come from. Names follow TRL's GOLDConfig."""
+
+    # probability that a gradient-accumulation slice uses student-generated completions (on-policy)
+    lmbda: float = 0.5
+    # off-policy slices use teacher-generated completions instead of the dataset's
+    seq_kd: bool = False
+    # completion tokens generated (and dataset completions truncated to, in student tokens)
+    max_completion_length: int = 128
+    # prompts longer than this (in either side's tokens) raise; None: no limit
+    max_prompt_length: int | None = 512
+    # sampling; temperature 0 means greedy
+    temperature: float = 0.9
+    top_p: float = 1.0
+    top_k: int = 0
+    # completions sampled per prompt
+    num_generations: int = 1
+    # generation engine; "hf" is transformers' generate (vLLM plugs in behind gold.rollout.Generator)
+    engine: Literal["hf"] = "hf"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"RolloutConfig.lmbda must be in [0, 1], got {self.lmbda}")
+        if self.max_completion_length < 1:
+            raise ValueError(f"RolloutConfig.max_completion_length must be >= 1, got {self.max_completion_length}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"RolloutConfig.max_prompt_length must be >= 1 or None, got {self.max_prompt_length}")
+        if self.temperature < 0:
+            raise ValueError(f"RolloutConfig.temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"RolloutConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"RolloutConfig.top_k must be >= 0 (0: off), got {self.top_k}")
+        if self.num_generations < 1:
+            raise ValueError(f"RolloutConfig.num_generations must be >= 1, got {self.num_generations}")
+        if self.engine != "hf":
+            raise ValueError(f"RolloutConfig.engine must be 'hf' (vLLM is not wired yet), got {self.engine!r}")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model to load: a zoo name (``gold.zoo``), a local directory, or ``tiny`` (random, from ``tiny``)."""
+
+    # zoo model name, local Hugging Face directory, or "tiny" for a random model built from `tiny`
+    model: str = ""
+    # zoo tokenizer name or directory; default: the model's own
+    tokenizer: str | None = None
+    # parameter dtype
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # device ("cpu", "cuda:1", ...); None: the trainer's device
+    device: str | None = None
+    # for model == "tiny": LlamaConfig fields (hidden_size, num_hidden_layers, ...); vocab from the tokenizer
+    tiny: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("ModelConfig.model is empty; give a zoo name, a directory, or 'tiny'")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"ModelConfig.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.model == "tiny" and not self.tokenizer:
+            raise ValueError("a 'tiny' random model needs ModelConfig.tokenizer (a zoo name or directory)")
+        if self.tiny and self.model != "tiny":
+            raise ValueError(f"ModelConfig.tiny is only read for model 'tiny', got model {self.model!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The training data: a JSONL/JSON file or a dataset directory saved with ``datasets``."""
+
+    # path to .jsonl / .json, or a directory from Dataset.save_to_disk
+    path: str = ""
+    # rows with `prompt` + `completion` (strings) or `messages` (last assistant turn is the completion)
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    messages_field: str = "messages"
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("DataConfig.path is empty; give a .jsonl/.json file or a saved dataset directory")
+
+
+@dataclass(frozen=True)
+class GoldConfig:
+    """A distillation run: the two models, the data, and how to align, roll out and score.
+
+    ``training`` holds ``transformers.TrainingArguments`` fields (``output_dir``, ``learning_rate``,
+    ``max_steps``, ``report_to``, ...), checked when the trainer is built.
+    """
+
+    student: ModelConfig
+    teacher: ModelConfig
+    data: DataConfig
+    loss: LossConfig = field(default_factory=LossConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    training: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,221 @@
+"""Examples, each model's own prompt, and the aligned training batch.
+
+Shape legend: B batch, Ts / Tt student / teacher columns, Ls / Lt loss-view columns (the last prompt
+token and the completion).
+
+Layout of one side of a batch (each side pads on its own)::
+
+    [pad … pad | prompt ids | completion ids | pad … pad]
+                ^ P - 1      ^ P = prompt_width
+
+Prompts are left-padded so every completion starts at column ``P``; the loss needs logits only for
+columns ``P - 1 …`` (the last prompt token predicts the first completion token), which models return
+cheaply through ``logits_to_keep`` without computing the prompt's logits.
+
+Rules the batch keeps:
+
+* each model renders its **own** prompt: its chat template for conversational prompts, or the plain
+  format of :func:`plain_prompt` when it has none;
+* the completion is the student's token ids (given, sampled, or re-encoded from a teacher sample),
+  cut to ``max_completion_length`` student tokens and to whole UTF-8 characters, decoded to text
+  **once**; the teacher tokenizes exactly that text, and :func:`check_same_bytes` raises when its
+  tokens spell other bytes (beyond what its own normalizer rewrites).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from alignment import encode_text, normalized, text_stream, token_bytes_table
+from gold.config import DataConfig
+from gold.losses import AlignedBatch
+
+Messages = tuple[Mapping[str, str], ...]
+
+
+class DataError(ValueError):
+    """A dataset row or prompt that cannot be trained on; the message names the row and the fix."""
+
+
+class CompletionBytesError(ValueError):
+    """The teacher's tokens do not spell the completion the student produced or was given."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: a prompt (text or chat messages) and a reference completion."""
+
+    prompt: str | Messages
+    completion: str
+
+
+def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig) -> Example:
+    """Read ``prompt``/``completion`` strings, or ``messages`` whose last turn is the assistant's."""
+    if config.messages_field in row and row[config.messages_field] is not None:
+        messages = tuple(row[config.messages_field])
+        if not messages or messages[-1].get("role") != "assistant":
+            raise DataError(f"row {index}: the last message must be the assistant's completion, got {messages[-1:]}")
+        prompt: str | Messages = messages[:-1]
+        completion = messages[-1].get("content")
+    elif config.prompt_field in row and config.completion_field in row:
+        prompt, completion = row[config.prompt_field], row[config.completion_field]
+    else:
+        raise DataError(
+            f"row {index} has fields {sorted(row)}; it needs {config.prompt_field!r} and {config.completion_field!r} "
+            f"(strings) or {config.messages_field!r} (chat turns); set data.prompt_field / data.completion_field "
+            "/ data.messages_field to your column names"
+        )
+    if not isinstance(completion, str) or not completion:
+        raise DataError(f"row {index}: the completion is empty or not a string ({completion!r}); drop the row")
+    if not prompt:
+        raise DataError(f"row {index}: the prompt is empty; the first completion token needs a context to predict it")
+    return Example(prompt=prompt, completion=completion)
+
+
+def examples_from_rows(rows: Iterable[Mapping[str, Any]], config: DataConfig | None = None) -> list[Example]:
+    """Validate every row once, up front, so a bad row fails before training starts."""
+    data_config = config or DataConfig(path="<in memory>")
+    return [example_from_row(row, index=i, config=data_config) for i, row in enumerate(rows)]
+
+
+def plain_prompt(prompt: str | Messages) -> str:
+    """The documented format for a model without a chat template.
+
+    A text prompt is used as is. Chat turns become ``"Role: content"`` paragraphs followed by
+    ``"Assistant:"``, so the completion continues after a colon.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    turns = [f"{str(m['role']).capitalize()}: {m['content']}" for m in prompt]
+    return "\n\n".join([*turns, "Assistant:"])
+
+
+def prompt_ids(tokenizer: Any, prompt: str | Messages) -> list[int]:
+    """One model's prompt ids: its chat template for chat turns when it has one, else the plain format
+    after its BOS token (if it has one)."""
+    if not isinstance(prompt, str) and tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + encode_text(tokenizer, plain_prompt(prompt))
+
+
+def completion_text(tokenizer: Any, ids: Sequence[int]) -> tuple[list[int], str]:
+    """Cut ``ids`` at the first EOS and to whole UTF-8 characters; return them and their text.
+
+    The text is decoded from the exact bytes of the tokens (no clean-up); a SentencePiece dummy
+    prefix is dropped unless that would hide a real leading space.
+    """
+    table = token_bytes_table(tokenizer)
+    kept = list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in kept:
+        kept = kept[: kept.index(tokenizer.eos_token_id)]
+    while kept:
+        data = table.sequence_bytes(kept, starts_text=True)  # type: ignore[arg-type]
+        if table.prefix_space and data.startswith(b" "):
+            data = table.sequence_bytes(kept, starts_text=False)  # type: ignore[arg-type]
+        try:
+            return kept, data.decode("utf-8")
+        except UnicodeDecodeError:
+            kept = kept[:-1]  # a character cut by the length limit: drop its partial token
+    return [], ""
+
+
+def check_same_bytes(tokenizer: Any, ids: Sequence[int], text: str, *, index: int, role: str = "teacher") -> None:
+    """Raise :class:`CompletionBytesError` unless ``ids`` spell ``text`` (or its normalized form)."""
+    reference = text.encode("utf-8")
+    stream = text_stream(tokenizer, ids, reference)
+    if stream == reference or stream == normalized(tokenizer, text):
+        return
+    first = next((i for i, (a, b) in enumerate(zip(stream, reference, strict=False)) if a != b),
+                 min(len(stream), len(reference)))  # fmt: skip
+    raise CompletionBytesError(
+        f"example {index}: the {role}'s completion tokens spell {stream[first : first + 24]!r} at byte {first} "
+        f"where the completion has {reference[first : first + 24]!r}; the {role} must score exactly the bytes "
+        "the student produced: tokenize the decoded completion text with the teacher's own tokenizer"
+    )
+
+
+@dataclass(frozen=True)
+class SideInputs:
+    """One model's view of a batch.
+
+    Attributes:
+        input_ids: (B, T) int64, prompt left-padded to ``prompt_width``, completion, right padding.
+        attention_mask: (B, T) int64.
+        position_ids: (B, T) int64, counting from the first real token.
+        prompt_width: P, the column where every completion starts.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    prompt_width: int
+
+    @property
+    def logits_to_keep(self) -> int:
+        """Columns from ``P - 1`` to the end: the loss view."""
+        return int(self.input_ids.shape[1]) - self.prompt_width + 1
+
+    def to(self, device: torch.device | str) -> SideInputs:
+        return SideInputs(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+                          self.prompt_width)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """Everything one training micro-batch needs: both sides' inputs and the aligned loss view.
+
+    ``aligned`` holds ids and groups of the loss-view columns only, (B, Ls) and (B, Lt), matching
+    the logits returned with ``logits_to_keep``. ``source`` says where the completions came from:
+    ``"dataset"``, ``"student"`` (on-policy) or ``"teacher"`` (``seq_kd``).
+    """
+
+    student: SideInputs
+    teacher: SideInputs
+    aligned: AlignedBatch
+    completions: tuple[str, ...]
+    source: str
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        aligned = AlignedBatch(*(t.to(device) for t in (self.aligned.student_ids, self.aligned.teacher_ids,
+                                                        self.aligned.student_groups, self.aligned.teacher_groups)),
+                               tables=self.aligned.tables.to(device), stats=self.aligned.stats)  # fmt: skip
+        return TrainBatch(self.student.to(device), self.teacher.to(device), aligned, self.completions, self.source)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def side_inputs(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, pad_id: int) -> SideInputs:
+    """Left-pad prompts to a common width, append completions, right-pad."""
+    width = max(len(p) for p in prompts)
+    total = width + max((len(c) for c in completions), default=0)
+    ids = torch.full((len(prompts), total), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(prompts), total), dtype=torch.int64)
+    for b, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        start, end = width - len(prompt), width + len(completion)
+        ids[b, start:end] = torch.tensor([*prompt, *completion], dtype=torch.int64)
+        mask[b, start:end] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return SideInputs(ids, mask, positions, width)
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], *, role: str, limit: int | None) -> None:
+    """Every prompt is non-empty and within ``limit`` tokens."""
+    for index, prompt in enumerate(prompts):
+        if not prompt:
+            raise DataError(f"example {index}: the {role} prompt has no tokens; give a prompt or a tokenizer with BOS")
+        if limit is not None and len(prompt) > limit:
+            raise DataError(
+                f"example {index}: the {role} prompt has {len(prompt)} tokens, over rollout.max_prompt_length="
+                f"{limit}; shorten the prompt or raise rollout.max_prompt_length"
+            )

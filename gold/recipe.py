@@ -1,0 +1,113 @@
+"""YAML recipes ↔ :class:`gold.config.GoldConfig`, and ``section.key=value`` overrides.
+
+The YAML mirrors the dataclass nesting::
+
+    student: {model: tiny, tokenizer: smollm2, tiny: {hidden_size: 64}}
+    teacher: {model: out/teacher, tokenizer: mistral-v1}
+    data: {path: data/train.jsonl}
+    loss: {hybrid_weight: 1.0, beta: 0.5}
+    rollout: {lmbda: 0.5, max_completion_length: 64}
+    training: {output_dir: out/run, max_steps: 100, learning_rate: 1.0e-4}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gold.config import AlignmentConfig, DataConfig, GoldConfig, LossConfig, ModelConfig, RolloutConfig
+
+SECTIONS: dict[str, type] = {
+    "student": ModelConfig,
+    "teacher": ModelConfig,
+    "data": DataConfig,
+    "loss": LossConfig,
+    "rollout": RolloutConfig,
+    "alignment": AlignmentConfig,
+}
+# sections whose value is a free mapping (checked later: TrainingArguments, tiny model fields)
+FREE_SECTIONS = ("training",)
+
+
+class RecipeError(ValueError):
+    """A recipe key or value that does not fit :class:`GoldConfig`."""
+
+
+def _unknown(key: str, known: Sequence[str], where: str) -> RecipeError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return RecipeError(f"unknown key {key!r} in {where}{hint}; known keys: {', '.join(known)}")
+
+
+def _section(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise RecipeError(f"{where} must be a mapping of keys to values, got {values!r}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            raise _unknown(str(key), known, where)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{where}: {err}") from None
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> GoldConfig:
+    """Build and validate a :class:`GoldConfig` from nested mappings (e.g. parsed YAML)."""
+    known = [*SECTIONS, *FREE_SECTIONS]
+    for key in raw:
+        if key not in known:
+            raise _unknown(str(key), known, "the recipe")
+    for required in ("student", "teacher", "data"):
+        if required not in raw:
+            raise RecipeError(f"the recipe has no {required!r} section; it needs student, teacher and data")
+    sections = {name: _section(cls, raw[name], name) for name, cls in SECTIONS.items() if name in raw}
+    training = raw.get("training", {}) or {}
+    if not isinstance(training, Mapping):
+        raise RecipeError(f"training must be a mapping of TrainingArguments fields, got {training!r}")
+    return GoldConfig(**sections, training=dict(training))
+
+
+def config_to_dict(config: GoldConfig) -> dict[str, Any]:
+    """Nested plain mappings that :func:`config_from_dict` turns back into ``config``."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` (or ``section.key.sub=value``) overrides; values are parsed as YAML."""
+    result: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path or "." not in path:
+            raise RecipeError(f"override {item!r} must look like section.key=value, e.g. loss.beta=0.3")
+        keys = path.split(".")
+        node = result
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {item!r}: {key!r} is not a section")
+            node[key] = child = dict(child)
+            node = child
+        node[keys[-1]] = yaml.safe_load(text)
+    return result
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> GoldConfig:
+    """Read a YAML recipe, apply ``key=value`` overrides, validate once."""
+    source = Path(path)
+    if not source.is_file():
+        raise RecipeError(f"recipe {str(source)!r} does not exist")
+    raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"recipe {str(source)!r} must be a YAML mapping at the top level")
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def dump_recipe(config: GoldConfig, path: str | Path) -> None:
+    """Write ``config`` as YAML that :func:`load_recipe` reads back to an equal config."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,67 @@
+"""The teacher: log-probabilities over its own vocabulary for the loss view of a batch.
+
+:class:`Teacher` is the interface a served teacher (vLLM / OpenAI-compatible prompt logprobs) can
+implement later; :class:`LocalTeacher` wraps a local ``transformers`` model: frozen, in eval mode,
+optionally on its own device and dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from gold.config import RolloutConfig
+from gold.data import SideInputs
+from gold.rollout import Generator, HFGenerator
+
+
+class Teacher(Protocol):
+    """What the trainer needs from a teacher."""
+
+    tokenizer: Any
+
+    def logits(self, inputs: SideInputs) -> torch.Tensor:
+        """(B, Lt, Vt) logits of the loss-view columns (``inputs.logits_to_keep`` last columns)."""
+        ...
+
+    def generator(self, config: RolloutConfig) -> Generator:
+        """A sampler of teacher completions (``seq_kd``)."""
+        ...
+
+
+class LocalTeacher:
+    """A local causal LM used as teacher.
+
+    Args:
+        model: the teacher model; its parameters are frozen and it is put in eval mode.
+        tokenizer: the teacher's fast tokenizer.
+        device: where the teacher runs (default: where it is); logits come back on the caller's device.
+        dtype: cast the teacher to this dtype (default: leave it).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:  # fmt: skip
+        if device is not None:
+            model = model.to(device)
+        if dtype is not None:
+            model = model.to(dtype)
+        model.eval()
+        model.requires_grad_(False)
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def logits(self, inputs: SideInputs) -> torch.Tensor:
+        caller = inputs.input_ids.device
+        moved = inputs.to(self.device)
+        output = self.model(input_ids=moved.input_ids, attention_mask=moved.attention_mask,
+                            position_ids=moved.position_ids, logits_to_keep=moved.logits_to_keep)  # fmt: skip
+        return output.logits.to(caller)
+
+    def generator(self, config: RolloutConfig) -> Generator:
+        return HFGenerator(self.model, self.tokenizer, config)
