@@ -93,10 +93,14 @@ class HFGenerator:
         self.model.eval()
         try:
             out = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=self.config.max_completion_length,
-                logits_processor=self.processors, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=self.config.max_completion_length,
+                logits_processor=self.processors,
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_id,
                 **self._sampling(),
-            )  # fmt: skip
+            )
         finally:
             self.model.train(was_training)
         return [self._cut(row) for row in out[:, width:].tolist()]

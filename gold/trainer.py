@@ -158,8 +158,10 @@ class GoldTrainer(Trainer):
         batch: TrainBatch = inputs["batch"].to(self.args.device)
         student_logits = self.student_logits(model, batch)
         teacher_logits = self.teacher.logits(batch.teacher)
-        loss, metrics = cross_tokenizer_loss(student_logits, teacher_logits, batch.aligned, self.loss_config,
-                                             num_items_in_batch=num_items_in_batch, step=self.state.global_step)  # fmt: skip
+        loss, metrics = cross_tokenizer_loss(
+            student_logits, teacher_logits, batch.aligned, self.loss_config,
+            num_items_in_batch=num_items_in_batch, step=self.state.global_step,
+        )  # fmt: skip
         self._record(metrics, batch, num_items_in_batch)
         # each process holds its share of the global mean; DDP averages gradients over processes
         loss = loss * self.accelerator.num_processes
