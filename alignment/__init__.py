@@ -9,7 +9,7 @@ from alignment.bytespans import (
     token_bytes_table,
 )
 from alignment.render import format_stats, html_page, render_html, render_text
-from alignment.specials import encode_text
+from alignment.specials import encode_continuation, encode_text
 from alignment.stats import AlignmentStats
 from alignment.vocab import NearMatch, VocabMap, raw_string_overlap
 
@@ -25,6 +25,7 @@ __all__ = [
     "align_text_batch",
     "align_texts",
     "build_token_bytes_table",
+    "encode_continuation",
     "encode_text",
     "format_stats",
     "html_page",

@@ -7,6 +7,8 @@ They cover no bytes of the text, so they are zero-width and belong to no group. 
 
 from __future__ import annotations
 
+import json
+import weakref
 from typing import Any
 
 
@@ -28,3 +30,49 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     """
     encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=True)
     return list(encoded["input_ids"])
+
+
+_CONTINUATION: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _without_dummy_prefix(node: Any) -> Any:
+    """The JSON of a normalizer / pre-tokenizer with every dummy-prefix step switched off."""
+    if isinstance(node, list):
+        return [_without_dummy_prefix(n) for n in node if not (isinstance(n, dict) and n.get("type") == "Prepend")]
+    if isinstance(node, dict):
+        out = {k: _without_dummy_prefix(v) for k, v in node.items()}
+        if out.get("type") == "Metaspace":
+            out["prepend_scheme"] = "never"
+            out.pop("add_prefix_space", None)
+        return out
+    return node
+
+
+def _continuation_backend(tokenizer: Any) -> Any:
+    if tokenizer not in _CONTINUATION:
+        from tokenizers import Tokenizer
+
+        backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        spec = json.loads(backend.to_str())
+        if spec.get("normalizer", {}) and spec["normalizer"].get("type") == "Prepend":
+            spec["normalizer"] = None
+        spec["normalizer"] = _without_dummy_prefix(spec.get("normalizer"))
+        spec["pre_tokenizer"] = _without_dummy_prefix(spec.get("pre_tokenizer"))
+        continuation = Tokenizer.from_str(json.dumps(spec))
+        continuation.encode_special_tokens = True  # special-token strings in the text stay text
+        _CONTINUATION[tokenizer] = continuation
+    return _CONTINUATION[tokenizer]
+
+
+def encode_continuation(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as the continuation of earlier text (a completion after its prompt).
+
+    Like :func:`encode_text`, but a SentencePiece dummy prefix is never added: the ids spell exactly
+    the bytes of ``text``, as they would inside the longer text (``"\\nIt"`` → ``It``, not ``▁It``).
+    For byte-level and other tokenizers without a dummy prefix this is :func:`encode_text`.
+
+    Args:
+        tokenizer: a Hugging Face fast tokenizer.
+        text: the continuation text.
+    """
+    return list(_continuation_backend(tokenizer).encode(text, add_special_tokens=False).ids)

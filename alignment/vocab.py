@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alignment.bytespans import TokenBytesTable, token_bytes_table
+from alignment.specials import encode_continuation, encode_text
 
 IntArray = npt.NDArray[np.int64]
 
@@ -31,15 +32,37 @@ class NearMatch:
     score: float
 
 
-def _text_tokens(table: TokenBytesTable) -> dict[bytes, int]:
-    """Canonical bytes → lowest id, over the non-special, non-empty tokens."""
+def _text_tokens(table: TokenBytesTable, tokenizer: Any = None) -> dict[bytes, int]:
+    """Canonical bytes → the id the tokenizer uses for them, over the non-special, non-empty tokens.
+
+    Several ids can spell the same bytes (SentencePiece byte-fallback ``<0x65>`` and the piece ``e``);
+    the one the tokenizer itself produces for that text is kept, so the common piece, not the rarely
+    used fallback, carries the match (without a tokenizer: the highest id).
+    """
     lengths = table.lengths
     candidates = np.flatnonzero(table.known_mask & ~table.special_mask & (lengths > 0))
-    mapping: dict[bytes, int] = {}
+    spellings: dict[bytes, list[int]] = {}
     buffer = table.buffer.tobytes()
     for token_id in candidates.tolist():
-        mapping.setdefault(buffer[table.offsets[token_id] : table.offsets[token_id + 1]], token_id)
-    return mapping
+        spellings.setdefault(buffer[table.offsets[token_id] : table.offsets[token_id + 1]], []).append(token_id)
+    return {
+        piece: ids[0] if len(ids) == 1 else (_preferred(tokenizer, piece, ids) if tokenizer is not None else max(ids))
+        for piece, ids in spellings.items()
+    }
+
+
+def _preferred(tokenizer: Any, piece: bytes, ids: list[int]) -> int:
+    """Among ids spelling ``piece``, the one the tokenizer emits for it (else the highest id: byte
+    fallbacks come first in SentencePiece vocabularies)."""
+    try:
+        text = piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return max(ids)
+    for encoded in (encode_continuation(tokenizer, text), encode_text(tokenizer, text)):
+        chosen = [i for i in encoded if i in ids]
+        if len(encoded) == 1 and chosen:
+            return chosen[0]
+    return max(ids)
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,8 +91,8 @@ class VocabMap:
         """Match every student token to the teacher token with the same canonical bytes."""
         student_table = token_bytes_table(student_tokenizer)
         teacher_table = token_bytes_table(teacher_tokenizer)
-        student_tokens = _text_tokens(student_table)
-        teacher_tokens = _text_tokens(teacher_table)
+        student_tokens = _text_tokens(student_table, student_tokenizer)
+        teacher_tokens = _text_tokens(teacher_table, teacher_tokenizer)
         pairs = [(sid, teacher_tokens[piece]) for piece, sid in student_tokens.items() if piece in teacher_tokens]
         num_text = len(pairs)
         # control tokens cover no bytes; the same control string on both sides is the same control

@@ -1,8 +1,10 @@
-"""The ``gold`` command line: ``gold align`` and ``gold demo``.
+"""The ``gold`` command line: ``gold train``, ``gold align`` and ``gold demo``.
 
+gold train recipe.yaml rollout.lmbda=1.0 training.max_steps=50
 gold align --student qwen2.5 --teacher llama-3 "Some text"
 gold align --student gemma-3 --teacher smollm2 --file notes.txt --html out.html
-gold demo
+gold demo                    # cross-family distillation on 2 CPU cores, a few minutes
+gold demo --alignment-only   # just the alignment of a built-in multilingual sample
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from alignment import (
     render_html,
     render_text,
 )
+from gold.demo import DemoSettings
+from gold.demo import run_demo as demo_main
+from gold.recipe import RecipeError, dump_recipe, load_recipe
+from gold.run import build_trainer
 from gold.zoo import ZooPackageMissing, load_tokenizer, tokenizer_names
 
 # A built-in sample for the demo: prose, numbers, accents, CJK, emoji with modifiers and ZWJ, code.
@@ -34,7 +40,7 @@ DEMO_TEXTS = [
     "    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
 ]
 DEMO_STUDENT = "gemma-3"
-DEMO_TEACHER = "smollm2"
+DEMO_TEACHER = "smollm2"  # for --alignment-only
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,10 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     align.add_argument("--html", type=Path, help="also write an HTML view to this file")
     align.add_argument("--max-groups", type=int, default=200, help="groups shown in the terminal table")
 
-    demo = commands.add_parser("demo", help="the embedded demo (cross-family alignment on a built-in sample)")
-    demo.add_argument("--student", default=DEMO_STUDENT, help="zoo name of the student tokenizer")
-    demo.add_argument("--teacher", default=DEMO_TEACHER, help="zoo name of the teacher tokenizer")
+    demo_help = ("the embedded demo: distil a tiny teacher into a student of another tokenizer family, "
+                 "compare with SFT, write plots and an HTML view")  # fmt: skip
+    demo = commands.add_parser("demo", help=demo_help)
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
+    demo.add_argument("--steps", type=int, default=DemoSettings.steps, help="student training steps per run")
+    demo.add_argument("--alignment-only", action="store_true", help="only align two tokenizers on a built-in sample")
+    demo.add_argument("--student", default=DEMO_STUDENT, help="zoo tokenizer of the student (--alignment-only)")
+    demo.add_argument("--teacher", default=DEMO_TEACHER, help="zoo tokenizer of the teacher (--alignment-only)")
+
+    train = commands.add_parser("train", help="distil as a YAML recipe says (runs under accelerate launch too)")
+    train.add_argument("recipe", type=Path, help="YAML recipe (see examples/)")
+    train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.beta=0.3")
+    train.add_argument("--resume", help="checkpoint directory to resume from, or 'latest' in training.output_dir")
     return parser
 
 
@@ -83,6 +98,29 @@ def run_align(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.alignment_only:
+        return run_alignment_demo(args)
+    if args.steps < 1:
+        raise SystemExit(f"gold demo: --steps must be >= 1, got {args.steps}")
+    return demo_main(args.out, DemoSettings(steps=args.steps))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        config = load_recipe(args.recipe, args.overrides)
+        trainer = build_trainer(config)
+    except (RecipeError, ZooPackageMissing, ValueError) as err:
+        raise SystemExit(f"gold train: {err}") from None
+    resume: str | bool | None = True if args.resume == "latest" else args.resume
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        dump_recipe(config, Path(trainer.args.output_dir) / "recipe.yaml")
+        print(f"gold train: student saved to {trainer.args.output_dir}")
+    return 0
+
+
+def run_alignment_demo(args: argparse.Namespace) -> int:
     print(f"gold demo: aligning {args.student} (student) with {args.teacher} (teacher) on a built-in sample\n")
     student, teacher = _load(args.student), _load(args.teacher)
     alignments = [align_texts(student, teacher, text) for text in DEMO_TEXTS]
@@ -111,7 +149,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gold`` console script."""
     args = _parser().parse_args(argv)
-    handlers = {"align": run_align, "demo": run_demo}
+    handlers = {"align": run_align, "demo": run_demo, "train": run_train}
     return handlers[args.command](args)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from alignment import AlignmentStats, align_text_batch, encode_text
+from alignment import AlignmentStats, align_text_batch, encode_continuation
 from gold.data import (
     TrainBatch,
     _pad_id,
@@ -46,7 +46,7 @@ class Collator:
 
     def student_completion_ids(self, completions: Sequence[str]) -> list[list[int]]:
         """Student ids of given completion texts (dataset rows, teacher samples), cut to the limit."""
-        return [encode_text(self.student_tokenizer, c)[: self.max_completion_length] for c in completions]
+        return [encode_continuation(self.student_tokenizer, c)[: self.max_completion_length] for c in completions]
 
     def __call__(
         self,
@@ -71,7 +71,7 @@ class Collator:
             kept, text = completion_text(self.student_tokenizer, list(ids)[: self.max_completion_length])
             student_ids.append(kept)
             texts.append(text)
-        teacher_ids = [encode_text(self.teacher_tokenizer, text) for text in texts]
+        teacher_ids = [encode_continuation(self.teacher_tokenizer, text) for text in texts]
         for index, (ids, text) in enumerate(zip(teacher_ids, texts, strict=True)):
             check_same_bytes(self.teacher_tokenizer, ids, text, index=index)
         alignments = align_text_batch(self.student_tokenizer, self.teacher_tokenizer, texts, student_ids=student_ids,

@@ -107,17 +107,16 @@ def prompt_ids(tokenizer: Any, prompt: str | Messages) -> list[int]:
 def completion_text(tokenizer: Any, ids: Sequence[int]) -> tuple[list[int], str]:
     """Cut ``ids`` at the first EOS and to whole UTF-8 characters; return them and their text.
 
-    The text is decoded from the exact bytes of the tokens (no clean-up); a SentencePiece dummy
-    prefix is dropped unless that would hide a real leading space.
+    The text is decoded from the exact bytes of the tokens (no clean-up), read as a continuation of
+    the prompt: a SentencePiece ``▁`` on the first token is a real space (see
+    :func:`alignment.encode_continuation`, which gives the inverse).
     """
     table = token_bytes_table(tokenizer)
     kept = list(ids)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in kept:
         kept = kept[: kept.index(tokenizer.eos_token_id)]
     while kept:
-        data = table.sequence_bytes(kept, starts_text=True)  # type: ignore[arg-type]
-        if table.prefix_space and data.startswith(b" "):
-            data = table.sequence_bytes(kept, starts_text=False)  # type: ignore[arg-type]
+        data = table.sequence_bytes(kept, starts_text=False)  # type: ignore[arg-type]
         try:
             return kept, data.decode("utf-8")
         except UnicodeDecodeError:

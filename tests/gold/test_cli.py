@@ -28,7 +28,7 @@ def test_unknown_tokenizer_exits_with_the_choices() -> None:
 
 
 def test_demo_aligns_two_families_and_writes_html(tmp_path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--alignment-only", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "vocabulary overlap" in out and "1:1 groups" in out
     assert (tmp_path / "alignment.html").exists()

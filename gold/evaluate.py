@@ -1,0 +1,90 @@
+"""Tokenizer-independent evaluation: bits per byte and teacher→student KL per byte.
+
+A model's log-likelihood of a completion is the sum of its token log-probabilities, whatever its
+tokenizer; divided by the completion's UTF-8 bytes it is comparable across vocabularies. On
+completions sampled from the teacher, the mean of ``log p_T(y|x) − log p_S(y|x)`` is a Monte-Carlo
+estimate of the sequence-level KL(teacher‖student); per byte, it is the distillation gap in one
+unit for any pair of tokenizers. (Each model scores its own canonical tokenization of the bytes,
+which is what it would produce; the probability of other tokenizations of the same bytes is left
+out, as in every per-token metric.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from alignment import encode_continuation
+from gold.data import Example, Messages, prompt_ids, side_inputs
+
+LN2 = math.log(2.0)
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: Any, tokenizer: Any, prompts: Sequence[str | Messages], completions: Sequence[str], *, batch_size: int = 32
+) -> torch.Tensor:
+    """(N,) float64 ``log p(completion | prompt)`` under ``model``, each side rendering its own prompt.
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer.
+        prompts: N prompts (text or chat turns).
+        completions: N completion texts.
+        batch_size: examples per forward.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    totals = []
+    for start in range(0, len(prompts), batch_size):
+        prompt_batch = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        completion_batch = [encode_continuation(tokenizer, c) for c in completions[start : start + batch_size]]
+        side = side_inputs(prompt_batch, completion_batch, pad_id=0).to(device)
+        logits = model(
+            input_ids=side.input_ids,
+            attention_mask=side.attention_mask,
+            position_ids=side.position_ids,
+            logits_to_keep=side.logits_to_keep,
+        ).logits.float()  # (B, L, V) fmt: skip
+        targets = side.input_ids[:, side.prompt_width :]  # (B, L - 1)
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        mask = side.attention_mask[:, side.prompt_width :].bool()
+        totals.append((logprobs.double() * mask).sum(dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(totals) if totals else torch.zeros(0, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class DistillationGap:
+    """Teacher→student agreement on teacher-sampled completions, in bits per byte."""
+
+    kl_bits_per_byte: float
+    student_bits_per_byte: float
+    teacher_bits_per_byte: float
+    num_completions: int
+    num_bytes: int
+
+
+def distillation_gap(
+    student: Any, student_tokenizer: Any, teacher: Any, teacher_tokenizer: Any, examples: Sequence[Example]
+) -> DistillationGap:
+    """KL(teacher‖student) per byte on ``examples`` whose completions were sampled from the teacher."""
+    prompts = [e.prompt for e in examples]
+    completions = [e.completion for e in examples]
+    num_bytes = sum(len(c.encode("utf-8")) for c in completions)
+    if num_bytes == 0:
+        raise ValueError("distillation_gap needs non-empty completions; got only empty ones")
+    student_lp = completion_logprobs(student, student_tokenizer, prompts, completions)
+    teacher_lp = completion_logprobs(teacher, teacher_tokenizer, prompts, completions)
+    return DistillationGap(
+        kl_bits_per_byte=float((teacher_lp - student_lp).sum()) / num_bytes / LN2,
+        student_bits_per_byte=float(-student_lp.sum()) / num_bytes / LN2,
+        teacher_bits_per_byte=float(-teacher_lp.sum()) / num_bytes / LN2,
+        num_completions=len(examples),
+        num_bytes=num_bytes,
+    )

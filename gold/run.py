@@ -1,0 +1,89 @@
+"""Build everything a :class:`gold.config.GoldConfig` names and train: what ``gold train`` runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, TrainingArguments
+
+from gold.config import GoldConfig, ModelConfig
+from gold.data import Example, examples_from_rows
+from gold.demo_task import tiny_model
+from gold.recipe import RecipeError
+from gold.teacher import LocalTeacher
+from gold.trainer import GoldTrainer
+from gold.zoo import MODELS, load_model, load_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_tokenizer(spec: ModelConfig) -> Any:
+    """The tokenizer a model section names (``tokenizer``, else the model's own)."""
+    name = spec.tokenizer or spec.model
+    return load_tokenizer(MODELS_TOKENIZER.get(name, name))
+
+
+# the zoo tokenizer of each zoo model
+MODELS_TOKENIZER = {"smollm2-135m-instruct": "smollm2", "gemma-3-270m": "gemma-3"}
+
+
+def build_model(spec: ModelConfig, tokenizer: Any, *, seed: int) -> Any:
+    """A zoo model, a local directory (never the hub), or a random ``tiny`` Llama sized to the tokenizer."""
+    dtype = DTYPES.get(spec.dtype)
+    if spec.model == "tiny":
+        model = tiny_model(tokenizer, seed=seed, **spec.tiny)
+    elif spec.model in MODELS:
+        model = load_model(spec.model, dtype=dtype)
+    elif Path(spec.model).is_dir():
+        model = AutoModelForCausalLM.from_pretrained(spec.model, local_files_only=True, dtype=dtype or "auto")
+    else:
+        raise RecipeError(
+            f"model {spec.model!r} is not a zoo model ({', '.join(MODELS)}), a local directory, or 'tiny'; "
+            "download hub models first (huggingface-cli download ORG/NAME --local-dir DIR) and give DIR"
+        )
+    return model.to(dtype) if dtype is not None else model
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """Rows of a .jsonl / .json file, or of a directory saved with ``datasets``."""
+    source = Path(path)
+    if source.is_dir():
+        import datasets
+
+        return list(datasets.load_from_disk(str(source)))
+    if not source.is_file():
+        raise RecipeError(f"data.path {path!r} does not exist")
+    text = source.read_text(encoding="utf-8")
+    if source.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = json.loads(text)
+    if not isinstance(rows, list):
+        raise RecipeError(f"data.path {path!r}: a .json file must hold a list of rows")
+    return rows
+
+
+def training_arguments(values: dict[str, Any]) -> TrainingArguments:
+    """``TrainingArguments`` from the recipe's ``training`` section, naming an unknown key."""
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for key in values:
+        if key not in known:
+            raise RecipeError(f"unknown key {key!r} in training (transformers.TrainingArguments has no such field)")
+    settings = {"output_dir": "out/gold", "report_to": [], **values}
+    return TrainingArguments(**settings)
+
+
+def build_trainer(config: GoldConfig) -> GoldTrainer:
+    """Tokenizers, models, data and trainer of a run."""
+    args = training_arguments(config.training)
+    student_tokenizer, teacher_tokenizer = build_tokenizer(config.student), build_tokenizer(config.teacher)
+    student = build_model(config.student, student_tokenizer, seed=args.seed)
+    teacher_model = build_model(config.teacher, teacher_tokenizer, seed=args.seed + 1)
+    teacher = LocalTeacher(teacher_model, teacher_tokenizer, device=config.teacher.device or args.device)
+    examples: list[Example] = examples_from_rows(read_rows(config.data.path), config.data)
+    return GoldTrainer(student, teacher, args=args, train_dataset=examples, student_tokenizer=student_tokenizer,
+                       teacher_tokenizer=teacher_tokenizer, loss=config.loss, rollout=config.rollout,
+                       alignment=config.alignment)  # fmt: skip
