@@ -131,6 +131,16 @@ class GoldTrainer(Trainer):
         teacher_prompts = [p for p in teacher_prompts for _ in range(copies)]
         return self.collator(student_prompts, teacher_prompts, completions, source=source)
 
+    def _seeded_batch(self, examples: Sequence[Example], slice_index: int) -> TrainBatch:
+        """:meth:`build_batch` with sampling seeded by (seed, step, slice, process): rollouts are
+        reproducible and a resumed run samples what the uninterrupted one did (Trainer restores its
+        RNG state only after fetching the first batches), while the global RNG is left untouched."""
+        step_seed = hash((self.args.seed, self.state.global_step, slice_index, self.args.process_index)) % 2**63
+        devices = [self.args.device] if self.args.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(step_seed)
+            return self.build_batch(examples, self.slice_source(slice_index))
+
     def get_batch_samples(
         self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
     ) -> tuple[list[dict[str, TrainBatch]], torch.Tensor]:
@@ -142,7 +152,7 @@ class GoldTrainer(Trainer):
             except StopIteration:
                 break
         start = time.perf_counter()
-        batches = [self.build_batch(examples, self.slice_source(i)) for i, examples in enumerate(raw)]
+        batches = [self._seeded_batch(examples, i) for i, examples in enumerate(raw)]
         self._metrics["time/rollout_and_alignment_s"].append(time.perf_counter() - start)
         groups = torch.tensor(float(sum(b.aligned.num_groups for b in batches)), device=device)
         if self.accelerator.num_processes > 1:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from alignment import VocabMap, raw_string_overlap, token_bytes_table
+from alignment import VocabMap, encode_text, raw_string_overlap, token_bytes_table
 from tests.conftest import zoo
 
 
@@ -41,3 +42,15 @@ def test_near_matches_are_scored_and_unmatched(qwen, llama) -> None:
     matched = set(vocab.student_ids.tolist())
     assert found, "some unmatched Qwen tokens have a similar Llama token"
     assert all(60 <= m.score <= 100 and m.student_id not in matched for m in found)
+
+
+@pytest.mark.parametrize("name", ["mistral-v1", "gemma-3"])
+def test_every_token_a_tokenizer_emits_is_matched_with_itself(name) -> None:
+    """SentencePiece spells some bytes twice (byte fallback ``<0x65>`` and the piece ``e``): the match
+    must go to the piece the tokenizer emits, or common tokens fall out of the matched vocabulary."""
+    tokenizer = zoo(name)
+    vocab = VocabMap.build(tokenizer, tokenizer)
+    matched = set(vocab.student_ids.tolist())
+    ids = encode_text(tokenizer, "It says moo. e, o, s! 東京 1234 (x)")
+    assert all(i in matched for i in ids), [tokenizer.convert_ids_to_tokens(i) for i in ids if i not in matched]
+    assert np.array_equal(vocab.student_ids, vocab.teacher_ids)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gold.cli import main
+from gold.recipe import load_recipe
+from tests.gold.conftest import ROWS
 
 
 def test_align_prints_groups_and_writes_html(tmp_path, capsys) -> None:
@@ -32,3 +36,39 @@ def test_demo_aligns_two_families_and_writes_html(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "vocabulary overlap" in out and "1:1 groups" in out
     assert (tmp_path / "alignment.html").exists()
+
+
+def _recipe(tmp_path, **training):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in ROWS), encoding="utf-8")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "student: {model: tiny, tokenizer: smollm2, tiny: {hidden_size: 16, layers: 1}}\n"
+        "teacher: {model: tiny, tokenizer: mistral-v1, tiny: {hidden_size: 16, layers: 1}}\n"
+        f"data: {{path: {rows}}}\n"
+        "rollout: {lmbda: 0.5, max_completion_length: 6}\n"
+        f"training: {{output_dir: {tmp_path / 'out'}, max_steps: 2, per_device_train_batch_size: 2, use_cpu: true,"
+        " disable_tqdm: true}\n",
+        encoding="utf-8",
+    )
+    return recipe
+
+
+def test_train_runs_a_recipe_and_saves_the_student(tmp_path, capsys) -> None:
+    recipe = _recipe(tmp_path)
+    assert main(["train", str(recipe), "loss.beta=0.0", "training.max_steps=1"]) == 0
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    saved = load_recipe(out / "recipe.yaml")
+    assert saved.loss.beta == 0.0 and saved.training["max_steps"] == 1
+    assert "student saved to" in capsys.readouterr().out
+
+
+def test_train_names_an_unknown_key(tmp_path) -> None:
+    recipe = _recipe(tmp_path)
+    with pytest.raises(SystemExit, match="unknown key 'lmbd' in rollout \\(did you mean 'lmbda'\\?\\)"):
+        main(["train", str(recipe), "rollout.lmbd=1"])
+    with pytest.raises(SystemExit, match="unknown key 'learning_rat' in training"):
+        main(["train", str(recipe), "training.learning_rat=1"])
+    with pytest.raises(SystemExit, match=r"data\.path .* does not exist"):
+        main(["train", str(recipe), "data.path=/nope.jsonl"])

@@ -1,0 +1,34 @@
+"""Run by ``accelerate launch`` in test_distributed.py: a few GoldTrainer steps, then each rank saves
+its student weights so the test can compare them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from gold.config import RolloutConfig
+from gold.trainer import GoldTrainer
+from gold.zoo import load_tokenizer
+from tests.gold.conftest import ROWS, tiny
+
+
+def main(out: Path) -> None:
+    student_tokenizer, teacher_tokenizer = load_tokenizer("smollm2"), load_tokenizer("mistral-v1")
+    args = TrainingArguments(output_dir=str(out / "run"), max_steps=3, per_device_train_batch_size=2,
+                             learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, seed=0,
+                             disable_tqdm=True, logging_steps=1)  # fmt: skip
+    trainer = GoldTrainer(tiny(student_tokenizer, seed=0), tiny(teacher_tokenizer, seed=1), args=args,
+                          train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+                          rollout=RolloutConfig(lmbda=0.5, max_completion_length=6, temperature=1.0))  # fmt: skip
+    trainer.train()
+    rank = trainer.args.process_index
+    state = {k: v.detach().cpu() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+    groups = [e.get("align/groups") for e in trainer.state.log_history]
+    torch.save({"world": trainer.args.world_size, "state": state, "groups": groups}, out / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,72 @@
+"""Config validation, YAML round-trip and overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from gold.config import GoldConfig, LossConfig, ModelConfig, RolloutConfig
+from gold.recipe import RecipeError, apply_overrides, config_from_dict, dump_recipe, load_recipe
+
+RAW = {
+    "student": {"model": "tiny", "tokenizer": "smollm2", "tiny": {"hidden_size": 16, "layers": 1}},
+    "teacher": {"model": "tiny", "tokenizer": "mistral-v1"},
+    "data": {"path": "rows.jsonl"},
+    "loss": {"beta": 0.2, "uld_weight": 0.5},
+    "rollout": {"lmbda": 1.0, "max_completion_length": 8},
+    "training": {"max_steps": 2, "learning_rate": 0.01},
+}
+
+
+def test_yaml_round_trip(tmp_path) -> None:
+    config = config_from_dict(RAW)
+    path = tmp_path / "recipe.yaml"
+    dump_recipe(config, path)
+    assert load_recipe(path) == config
+    assert config.loss == LossConfig(beta=0.2, uld_weight=0.5)
+    assert config.rollout.lmbda == 1.0
+
+
+def test_overrides_reach_nested_fields(tmp_path) -> None:
+    path = tmp_path / "recipe.yaml"
+    dump_recipe(config_from_dict(RAW), path)
+    config = load_recipe(path, ["loss.beta=0.7", "rollout.seq_kd=true", "training.max_steps=9",
+                                "student.tiny.hidden_size=32"])  # fmt: skip
+    assert config.loss.beta == 0.7 and config.rollout.seq_kd is True
+    assert config.training["max_steps"] == 9 and config.student.tiny == {"hidden_size": 32, "layers": 1}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({**RAW, "loss": {"betta": 0.5}}, "unknown key 'betta' in loss (did you mean 'beta'?)"),
+        ({**RAW, "rollouts": {}}, "unknown key 'rollouts' in the recipe (did you mean 'rollout'?)"),
+        ({**RAW, "loss": {"beta": 1.5}}, "LossConfig.beta must be in [0, 1], got 1.5"),
+        ({**RAW, "rollout": {"lmbda": -0.1}}, "RolloutConfig.lmbda must be in [0, 1], got -0.1"),
+        ({**RAW, "rollout": {"engine": "vllm"}}, "RolloutConfig.engine must be 'hf'"),
+        ({k: v for k, v in RAW.items() if k != "data"}, "no 'data' section"),
+        ({**RAW, "teacher": {"model": "tiny"}}, "needs ModelConfig.tokenizer"),
+        ({**RAW, "loss": ["beta"]}, "loss must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_value(raw, message) -> None:
+    with pytest.raises(RecipeError) as err:
+        config_from_dict(raw)
+    assert message in str(err.value)
+
+
+def test_malformed_override() -> None:
+    with pytest.raises(RecipeError, match=r"section\.key=value"):
+        apply_overrides(RAW, ["beta0.3"])
+
+
+def test_missing_recipe_file(tmp_path) -> None:
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_direct_construction_validates() -> None:
+    with pytest.raises(ValueError, match="num_generations must be >= 1, got 0"):
+        RolloutConfig(num_generations=0)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        ModelConfig(model="x", dtype="float64")  # type: ignore[arg-type]
+    assert isinstance(config_from_dict(RAW), GoldConfig)
