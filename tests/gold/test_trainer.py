@@ -99,3 +99,12 @@ def test_bare_teacher_model_needs_its_tokenizer(tmp_path, student_tokenizer, tea
     with pytest.raises(ValueError, match="teacher_tokenizer"):
         GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer), args=training_args(tmp_path), train_dataset=ROWS,
                     student_tokenizer=student_tokenizer)  # fmt: skip
+
+
+def test_report_to_tensorboard_writes_every_metric(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
+    trainer = _trainer(tmp_path, student_tokenizer, teacher_tokenizer, max_steps=1, report_to=["tensorboard"])
+    trainer.train()
+    events = b"".join(path.read_bytes() for path in (tmp_path / "run").rglob("events.out.tfevents*"))
+    for tag in (b"train/loss", b"train/loss/hybrid", b"train/align/one_to_one_fraction",
+                b"train/hybrid/teacher_matched_mass"):  # fmt: skip
+        assert tag in events, tag

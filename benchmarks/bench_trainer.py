@@ -1,0 +1,168 @@
+"""GoldTrainer vs TRL 1.16's GOLDTrainer: seconds per optimizer step, same models, data and settings.
+
+    python -m benchmarks.bench_trainer [--device cpu|cuda] [--json OUT] [--steps N]
+
+Both trainers distil the same teacher (Llama-3 tokenizer) into copies of the same student (SmolLM2
+tokenizer) — TRL's cross-tokenizer path accepts byte-level BPE pairs only — with the GOLD hybrid loss
+(JSD on matched tokens + ULD on the rest), for ``lmbda`` 0 (dataset completions) and 1 (on-policy
+rollouts). The floor is the model compute alone: a teacher forward plus a student forward+backward on
+a batch of the same shape. A step is the wall time between two consecutive optimizer steps (rollouts,
+alignment, forwards, loss, backward, optimizer), median over the steps after the first.
+
+CPU: tiny random models sized to the real vocabularies. CUDA: DESIGN §7 shapes (Llama-3.2-1B-shaped
+teacher, Qwen2.5-0.5B-shaped student in bf16) with ``--shape design``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank, then rests under an old oak tree."
+
+
+def rows(count: int) -> list[dict[str, Any]]:
+    """Conversational rows with ~60-token completions."""
+    return [{"messages": [{"role": "user", "content": f"Tell me story number {i}."},
+                          {"role": "assistant", "content": f"Story {i}: {SENTENCE} {SENTENCE[::-1][:80]}"}]}
+            for i in range(count)]  # fmt: skip
+
+
+def model_for(tokenizer: Any, shape: str, seed: int) -> Any:
+    torch.manual_seed(seed)
+    sizes = {"tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=4),
+             "design": dict(hidden_size=1536, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
+                            num_key_value_heads=8)}[shape]  # fmt: skip
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **sizes)  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+class StepClock(TrainerCallback):
+    """Wall time between consecutive optimizer steps."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.marks.append(time.perf_counter())
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.marks.append(time.perf_counter())
+
+    def median_step(self) -> float:
+        steps = [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        return statistics.median(steps[1:] if len(steps) > 1 else steps)
+
+
+def common(out: Path, steps: int, batch: int, device: str) -> dict[str, Any]:
+    return dict(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
+                report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=device == "cpu",
+                bf16=device == "cuda", seed=0)  # fmt: skip
+
+
+def time_gold(models: tuple[Any, Any], tokenizers: tuple[Any, Any], data: list[dict], lmbda: float,
+              settings: dict[str, Any], completion: int) -> float:  # fmt: skip
+    from transformers import TrainingArguments
+
+    from gold.config import LossConfig, RolloutConfig
+    from gold.trainer import GoldTrainer
+
+    clock = StepClock()
+    trainer = GoldTrainer(models[0], models[1], args=TrainingArguments(**settings), train_dataset=data,
+                          student_tokenizer=tokenizers[0], teacher_tokenizer=tokenizers[1], callbacks=[clock],
+                          loss=LossConfig(beta=0.5),
+                          rollout=RolloutConfig(lmbda=lmbda, max_completion_length=completion, temperature=0.9))  # fmt: skip
+    trainer.train()
+    return clock.median_step()
+
+
+def time_trl(models: tuple[Any, Any], tokenizers: tuple[Any, Any], data: list[dict], lmbda: float,
+             settings: dict[str, Any], completion: int, folder: Path) -> float:  # fmt: skip
+    from datasets import Dataset
+    from trl.experimental.gold import GOLDConfig, GOLDTrainer
+
+    for model, tokenizer, name in ((models[0], tokenizers[0], "student"), (models[1], tokenizers[1], "teacher")):
+        tokenizer.save_pretrained(folder / name)  # TRL reads the teacher tokenizer from a path
+        model.config.save_pretrained(folder / name)
+        model.config._name_or_path = str(folder / name)
+    clock = StepClock()
+    args = GOLDConfig(**settings, use_uld_loss=True, uld_use_hybrid_loss=True, beta=0.5, lmbda=lmbda,
+                      teacher_tokenizer_name_or_path=str(folder / "teacher"), max_completion_length=completion,
+                      temperature=0.9)  # fmt: skip
+    trainer = GOLDTrainer(model=models[0], teacher_model=models[1], args=args, train_dataset=Dataset.from_list(data),
+                          processing_class=tokenizers[0], callbacks=[clock])  # fmt: skip
+    trainer.train()
+    return clock.median_step()
+
+
+def time_floor(models: tuple[Any, Any], tokenizers: tuple[Any, Any], batch: int, length: int, device: str) -> float:
+    """Teacher forward (no grad) + student forward+backward on (batch, length) ids, median of 5."""
+    student, teacher = (m.to(device) for m in models)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    s_ids = torch.randint(0, len(tokenizers[0]), (batch, length), device=device)
+    t_ids = torch.randint(0, len(tokenizers[1]), (batch, length), device=device)
+    times = []
+    for _ in range(6):
+        start = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
+            with torch.no_grad():
+                teacher(input_ids=t_ids)
+            student(input_ids=s_ids).logits.float().mean().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    student.zero_grad(set_to_none=True)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--shape", choices=["tiny", "design"], default="tiny")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--completion", type=int, default=64, help="max completion tokens (on-policy)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from gold.zoo import load_tokenizer
+
+    tokenizers = (load_tokenizer("smollm2"), load_tokenizer("llama-3"))
+    data = rows(args.batch * (args.steps + 1))
+    results: dict[str, Any] = {"device": args.device, "shape": args.shape, "batch": args.batch,
+                               "completion_tokens": args.completion, "steps": args.steps}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for lmbda in (0.0, 1.0):
+            settings = common(Path(tmp) / "out", args.steps, args.batch, args.device)
+
+            def fresh() -> tuple[Any, Any]:
+                return model_for(tokenizers[0], args.shape, 0), model_for(tokenizers[1], args.shape, 1)
+
+            gold_s = time_gold(fresh(), tokenizers, data, lmbda, settings, args.completion)
+            trl_s = time_trl(fresh(), tokenizers, data, lmbda, settings, args.completion, Path(tmp))
+            floor_s = time_floor(fresh(), tokenizers, args.batch, 32 + args.completion, args.device)
+            results[f"lmbda_{lmbda:g}"] = {"gold_step_s": gold_s, "trl_step_s": trl_s, "floor_s": floor_s,
+                                           "speedup": trl_s / gold_s, "gold_over_floor": gold_s / floor_s}  # fmt: skip
+            print(f"lmbda={lmbda:g}: gold {gold_s:.3f} s/step, TRL {trl_s:.3f} s/step ({trl_s / gold_s:.1f}×), "
+                  f"floor {floor_s:.3f} s (gold {gold_s / floor_s:.1f}× floor)", flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
