@@ -83,10 +83,10 @@ def time_gold(models: tuple[Any, Any], tokenizers: tuple[Any, Any], data: list[d
     from gold.trainer import GoldTrainer
 
     clock = StepClock()
+    rollout = RolloutConfig(lmbda=lmbda, max_completion_length=completion, temperature=0.9)
     trainer = GoldTrainer(models[0], models[1], args=TrainingArguments(**settings), train_dataset=data,
                           student_tokenizer=tokenizers[0], teacher_tokenizer=tokenizers[1], callbacks=[clock],
-                          loss=LossConfig(beta=0.5),
-                          rollout=RolloutConfig(lmbda=lmbda, max_completion_length=completion, temperature=0.9))  # fmt: skip
+                          loss=LossConfig(beta=0.5), rollout=rollout)  # fmt: skip
     trainer.train()
     return clock.median_step()
 
