@@ -108,3 +108,21 @@ def test_report_to_tensorboard_writes_every_metric(tmp_path, student_tokenizer, 
     for tag in (b"train/loss", b"train/loss/hybrid", b"train/align/one_to_one_fraction",
                 b"train/hybrid/teacher_matched_mass"):  # fmt: skip
         assert tag in events, tag
+
+
+def test_slow_tokenizer_is_refused_with_the_fix(tmp_path, student_tokenizer) -> None:
+    """A Python-backed SentencePiece tokenizer has no byte-exact vocabulary view: refuse it up front."""
+    import shutil
+    from pathlib import Path
+
+    import mistral_common
+    from transformers import SentencePieceBackend
+
+    from alignment import TokenizerBytesError
+
+    model_file = tmp_path / "tokenizer.model"
+    shutil.copy(Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1", model_file)
+    slow = SentencePieceBackend(vocab_file=str(model_file))
+    with pytest.raises(TokenizerBytesError, match=r"not a fast .* use_fast=True"):
+        GoldTrainer(tiny(student_tokenizer), tiny(student_tokenizer), args=training_args(tmp_path), train_dataset=ROWS,
+                    student_tokenizer=student_tokenizer, teacher_tokenizer=slow)  # fmt: skip
