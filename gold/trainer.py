@@ -68,6 +68,11 @@ class GoldTrainer(Trainer):
         student_generator: Generator | None = None,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("eval_dataset") is not None:
+            raise ValueError(
+                "GoldTrainer does not run Trainer.evaluate on an eval_dataset; measure a student with "
+                "gold.evaluate.distillation_gap (KL per byte to the teacher) instead"
+            )
         self.loss_config = loss or LossConfig()
         self.rollout_config = rollout or RolloutConfig()
         alignment_config = alignment or AlignmentConfig()

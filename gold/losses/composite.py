@@ -124,7 +124,9 @@ def _chunked(
     total = student_index.num_groups
     device = s_logits.device
     if total == 0:
-        return s_logits.new_zeros((6, 0))
+        # no groups anywhere in this slice (e.g. every rollout stopped at once): empty rows that are
+        # still views of the student logits, so the (zero) loss has a graph to call backward on
+        return torch.stack([s_logits.flatten()[:0]] * 6)
     size = config.chunk_groups or total
     parts = []
     for start in range(0, total, size):

@@ -126,3 +126,27 @@ def test_slow_tokenizer_is_refused_with_the_fix(tmp_path, student_tokenizer) -> 
     with pytest.raises(TokenizerBytesError, match=r"not a fast .* use_fast=True"):
         GoldTrainer(tiny(student_tokenizer), tiny(student_tokenizer), args=training_args(tmp_path), train_dataset=ROWS,
                     student_tokenizer=student_tokenizer, teacher_tokenizer=slow)  # fmt: skip
+
+
+def test_a_slice_without_any_group_gives_a_zero_loss_with_a_graph(tmp_path, student_tokenizer, teacher_tokenizer):
+    """Every rollout of a slice can stop at once (EOS first): the loss is 0 and backward still runs."""
+    loss_config = LossConfig(hybrid_weight=1.0, uld_weight=1.0, span_weight=1.0, byte_marginal_weight=1.0)
+    trainer = _trainer(tmp_path, student_tokenizer, teacher_tokenizer, loss=loss_config)
+    examples = trainer.train_dataset[:2]
+    batch = trainer.collator([trainer._prompt("student", student_tokenizer, e.prompt) for e in examples],
+                             [trainer._prompt("teacher", teacher_tokenizer, e.prompt) for e in examples],
+                             [[], [student_tokenizer.eos_token_id]], source="student")  # fmt: skip
+    assert batch.aligned.num_groups == 0 and batch.completions == ("", "")
+    loss = trainer.compute_loss(trainer.model, {"batch": batch}, num_items_in_batch=torch.tensor(5.0))
+    loss.backward()
+    assert float(loss) == 0.0
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_eval_dataset_is_refused_with_the_alternative(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
+    with pytest.raises(ValueError, match=r"gold\.evaluate\.distillation_gap"):
+        GoldTrainer(
+            tiny(student_tokenizer), tiny(teacher_tokenizer), args=training_args(tmp_path), train_dataset=ROWS,
+            eval_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+        )  # fmt: skip
