@@ -54,13 +54,15 @@ def _continuation_backend(tokenizer: Any) -> Any:
 
         backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
         spec = json.loads(backend.to_str())
-        if spec.get("normalizer", {}) and spec["normalizer"].get("type") == "Prepend":
-            spec["normalizer"] = None
-        spec["normalizer"] = _without_dummy_prefix(spec.get("normalizer"))
-        spec["pre_tokenizer"] = _without_dummy_prefix(spec.get("pre_tokenizer"))
-        continuation = Tokenizer.from_str(json.dumps(spec))
-        continuation.encode_special_tokens = True  # special-token strings in the text stay text
-        _CONTINUATION[tokenizer] = continuation
+        rewritten = {key: _without_dummy_prefix(spec.get(key)) for key in ("normalizer", "pre_tokenizer")}
+        if isinstance(rewritten["normalizer"], dict) and rewritten["normalizer"].get("type") == "Prepend":
+            rewritten["normalizer"] = None
+        if all(rewritten[key] == spec.get(key) for key in rewritten):
+            _CONTINUATION[tokenizer] = None  # no dummy prefix anywhere: plain-text encoding is a continuation
+        else:
+            continuation = Tokenizer.from_str(json.dumps({**spec, **rewritten}))
+            continuation.encode_special_tokens = True  # special-token strings in the text stay text
+            _CONTINUATION[tokenizer] = continuation
     return _CONTINUATION[tokenizer]
 
 
@@ -75,4 +77,7 @@ def encode_continuation(tokenizer: Any, text: str) -> list[int]:
         tokenizer: a Hugging Face fast tokenizer.
         text: the continuation text.
     """
-    return list(_continuation_backend(tokenizer).encode(text, add_special_tokens=False).ids)
+    backend = _continuation_backend(tokenizer)
+    if backend is None:
+        return encode_text(tokenizer, text)
+    return list(backend.encode(text, add_special_tokens=False).ids)

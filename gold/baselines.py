@@ -23,9 +23,8 @@ class SequenceKDTrainer(GoldTrainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:  # fmt: skip
         batch: TrainBatch = inputs["batch"].to(self.args.device)
-        logits = self.student_logits(model, batch)[:, :-1]  # (B, Ls - 1, Vs)
-        width = batch.student.prompt_width
-        targets = batch.student.input_ids[:, width:].masked_fill(batch.student.attention_mask[:, width:] == 0, -100)
+        logits = batch.student.logits(model)[:, :-1]  # (B, Ls - 1, Vs)
+        targets = batch.student.completion_targets()
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         self._metrics["loss/cross_entropy"].append(float(loss.detach()))
         loss = loss / self.current_gradient_accumulation_steps

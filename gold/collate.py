@@ -16,10 +16,10 @@ import torch
 from alignment import AlignmentStats, align_text_batch, encode_continuation
 from gold.data import (
     TrainBatch,
-    _pad_id,
     check_prompts,
     check_same_bytes,
     completion_text,
+    pad_id,
     side_inputs,
 )
 from gold.losses import AlignedBatch, PairTables
@@ -76,8 +76,8 @@ class Collator:
             check_same_bytes(self.teacher_tokenizer, ids, text, index=index)
         alignments = align_text_batch(self.student_tokenizer, self.teacher_tokenizer, texts, student_ids=student_ids,
                                       teacher_ids=teacher_ids, max_edit_fraction=self.max_edit_fraction)  # fmt: skip
-        student = side_inputs(student_prompts, student_ids, pad_id=_pad_id(self.student_tokenizer))
-        teacher = side_inputs(teacher_prompts, teacher_ids, pad_id=_pad_id(self.teacher_tokenizer))
+        student = side_inputs(student_prompts, student_ids, pad_id=pad_id(self.student_tokenizer))
+        teacher = side_inputs(teacher_prompts, teacher_ids, pad_id=pad_id(self.teacher_tokenizer))
         aligned = AlignedBatch(
             student_ids=student.input_ids[:, student.prompt_width - 1 :],
             teacher_ids=teacher.input_ids[:, teacher.prompt_width - 1 :],

@@ -160,6 +160,16 @@ class SideInputs:
         """Columns from ``P - 1`` to the end: the loss view."""
         return int(self.input_ids.shape[1]) - self.prompt_width + 1
 
+    def logits(self, model: Any) -> torch.Tensor:
+        """(B, L, V) logits of the loss-view columns only; the prompt's logits are never computed."""
+        return model(input_ids=self.input_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
+                     logits_to_keep=self.logits_to_keep).logits  # fmt: skip
+
+    def completion_targets(self) -> torch.Tensor:
+        """(B, L - 1) the completion ids that ``logits(model)[:, :-1]`` predict; -100 on padding."""
+        completion = self.input_ids[:, self.prompt_width :]
+        return completion.masked_fill(self.attention_mask[:, self.prompt_width :] == 0, -100)
+
     def to(self, device: torch.device | str) -> SideInputs:
         return SideInputs(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
                           self.prompt_width)  # fmt: skip
@@ -187,7 +197,8 @@ class TrainBatch:
         return TrainBatch(self.student.to(device), self.teacher.to(device), aligned, self.completions, self.source)
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
+    """The id padding uses: the tokenizer's pad token, else its EOS, else 0 (always masked out)."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)

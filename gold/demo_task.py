@@ -15,7 +15,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignment import encode_continuation
-from gold.data import Example, prompt_ids, side_inputs
+from gold.config import RolloutConfig
+from gold.data import Example, completion_text, prompt_ids, side_inputs
+from gold.rollout import HFGenerator
 
 SOUNDS = {
     "cow": "moo", "dog": "woof", "cat": "meow", "duck": "quack", "sheep": "baa", "pig": "oink", "horse": "neigh",
@@ -92,14 +94,8 @@ def fit_to_task(
         prompt_batch = [cached.setdefault(p.text, prompt_ids(tokenizer, p.text)) for p in chosen]
         answers = [[*encode_continuation(tokenizer, true_answer(p, rng)), tokenizer.eos_token_id] for p in chosen]
         side = side_inputs(prompt_batch, answers, pad_id=0)
-        logits = model(
-            input_ids=side.input_ids,
-            attention_mask=side.attention_mask,
-            position_ids=side.position_ids,
-            logits_to_keep=side.logits_to_keep,
-        ).logits[:, :-1]  # (B, L - 1, V) fmt: skip
-        targets = side.input_ids[:, side.prompt_width :].masked_fill(side.attention_mask[:, side.prompt_width :] == 0,
-                                                                      -100)  # fmt: skip
+        logits = side.logits(model)[:, :-1]  # (B, L - 1, V)
+        targets = side.completion_targets()
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         loss.backward()
         optimizer.step()
@@ -115,10 +111,6 @@ def sample_answers(
     model: Any, tokenizer: Any, prompts: list[Prompt], *, temperature: float, max_new_tokens: int = 16
 ) -> list[str]:
     """One completion per prompt (greedy at temperature 0), decoded exactly and cut at EOS."""
-    from gold.config import RolloutConfig
-    from gold.data import completion_text
-    from gold.rollout import HFGenerator
-
     config = RolloutConfig(temperature=temperature, top_p=1.0, top_k=0, max_completion_length=max_new_tokens)
     generator = HFGenerator(model, tokenizer, config)
     ids = generator.generate([prompt_ids(tokenizer, p.text) for p in prompts])

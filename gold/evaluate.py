@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from alignment import encode_continuation
-from gold.data import Example, Messages, prompt_ids, side_inputs
+from gold.data import Example, Messages, pad_id, prompt_ids, side_inputs
 
 LN2 = math.log(2.0)
 
@@ -44,16 +44,11 @@ def completion_logprobs(
     for start in range(0, len(prompts), batch_size):
         prompt_batch = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
         completion_batch = [encode_continuation(tokenizer, c) for c in completions[start : start + batch_size]]
-        side = side_inputs(prompt_batch, completion_batch, pad_id=0).to(device)
-        logits = model(
-            input_ids=side.input_ids,
-            attention_mask=side.attention_mask,
-            position_ids=side.position_ids,
-            logits_to_keep=side.logits_to_keep,
-        ).logits.float()  # (B, L, V) fmt: skip
-        targets = side.input_ids[:, side.prompt_width :]  # (B, L - 1)
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        mask = side.attention_mask[:, side.prompt_width :].bool()
+        side = side_inputs(prompt_batch, completion_batch, pad_id=pad_id(tokenizer)).to(device)
+        logits = side.logits(model).float()  # (B, L, V)
+        targets = side.completion_targets()  # (B, L - 1)
+        mask = targets >= 0
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         totals.append((logprobs.double() * mask).sum(dim=1).cpu())
     model.train(was_training)
     return torch.cat(totals) if totals else torch.zeros(0, dtype=torch.float64)

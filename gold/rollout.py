@@ -17,6 +17,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from alignment import token_bytes_table
 from gold.config import RolloutConfig
+from gold.data import pad_id
 
 
 class Generator(Protocol):
@@ -70,7 +71,7 @@ class HFGenerator:
         self.processors = LogitsProcessorList([MaskUnspellable(spellable_ids(tokenizer, rows))])
         eos = tokenizer.eos_token_id
         self.eos_id = None if eos is None else int(eos)
-        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0))
+        self.pad_id = pad_id(tokenizer)
 
     def _sampling(self) -> dict[str, Any]:
         config = self.config

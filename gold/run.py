@@ -16,7 +16,7 @@ from gold.demo_task import tiny_model
 from gold.recipe import RecipeError
 from gold.teacher import LocalTeacher
 from gold.trainer import GoldTrainer
-from gold.zoo import MODELS, load_model, load_tokenizer
+from gold.zoo import MODEL_TOKENIZERS, MODELS, load_model, load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -24,11 +24,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def build_tokenizer(spec: ModelConfig) -> Any:
     """The tokenizer a model section names (``tokenizer``, else the model's own)."""
     name = spec.tokenizer or spec.model
-    return load_tokenizer(MODELS_TOKENIZER.get(name, name))
-
-
-# the zoo tokenizer of each zoo model
-MODELS_TOKENIZER = {"smollm2-135m-instruct": "smollm2", "gemma-3-270m": "gemma-3"}
+    return load_tokenizer(MODEL_TOKENIZERS.get(name, name))
 
 
 def build_model(spec: ModelConfig, tokenizer: Any, *, seed: int) -> Any:

@@ -21,6 +21,11 @@ class Teacher(Protocol):
 
     tokenizer: Any
 
+    @property
+    def num_rows(self) -> int:
+        """Vt, the size of the teacher's logit rows (may exceed the tokenizer's vocabulary)."""
+        ...
+
     def logits(self, inputs: SideInputs) -> torch.Tensor:
         """(B, Lt, Vt) logits of the loss-view columns (``inputs.logits_to_keep`` last columns)."""
         ...
@@ -52,16 +57,17 @@ class LocalTeacher:
         self.tokenizer = tokenizer
 
     @property
+    def num_rows(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
     def logits(self, inputs: SideInputs) -> torch.Tensor:
         caller = inputs.input_ids.device
-        moved = inputs.to(self.device)
-        output = self.model(input_ids=moved.input_ids, attention_mask=moved.attention_mask,
-                            position_ids=moved.position_ids, logits_to_keep=moved.logits_to_keep)  # fmt: skip
-        return output.logits.to(caller)
+        return inputs.to(self.device).logits(self.model).to(caller)
 
     def generator(self, config: RolloutConfig) -> Generator:
         return HFGenerator(self.model, self.tokenizer, config)

@@ -82,9 +82,7 @@ class GoldTrainer(Trainer):
             teacher = LocalTeacher(teacher, teacher_tokenizer, device=args.device)
         self.teacher: Teacher = teacher
         self.student_tokenizer = student_tokenizer
-        teacher_rows = teacher.model.get_output_embeddings().weight.shape[0] if isinstance(teacher, LocalTeacher) else \
-            len(teacher.tokenizer)  # fmt: skip
-        tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher_rows,
+        tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher.num_rows,
                                   student_rows=model.get_output_embeddings().weight.shape[0])  # fmt: skip
         self.collator = Collator(student_tokenizer, teacher.tokenizer, tables,
                                  max_completion_length=self.rollout_config.max_completion_length,
@@ -171,7 +169,7 @@ class GoldTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:  # fmt: skip
         batch: TrainBatch = inputs["batch"].to(self.args.device)
-        student_logits = self.student_logits(model, batch)
+        student_logits = batch.student.logits(model)
         teacher_logits = self.teacher.logits(batch.teacher)
         loss, metrics = cross_tokenizer_loss(
             student_logits, teacher_logits, batch.aligned, self.loss_config,
@@ -181,13 +179,6 @@ class GoldTrainer(Trainer):
         # each process holds its share of the global mean; DDP averages gradients over processes
         loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
-
-    @staticmethod
-    def student_logits(model: Any, batch: TrainBatch) -> torch.Tensor:
-        """(B, Ls, Vs) student logits of the loss-view columns only."""
-        side = batch.student
-        return model(input_ids=side.input_ids, attention_mask=side.attention_mask, position_ids=side.position_ids,
-                     logits_to_keep=side.logits_to_keep).logits  # fmt: skip
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         start = time.perf_counter()

@@ -238,6 +238,8 @@ MODELS: dict[str, Callable[[], Path]] = {
     "smollm2-135m-instruct": smollm2_gguf_path,
     "gemma-3-270m": gemma3_gguf_path,
 }
+# the zoo tokenizer of each zoo model
+MODEL_TOKENIZERS = {"smollm2-135m-instruct": "smollm2", "gemma-3-270m": "gemma-3"}
 
 
 def load_model(name: str, *, dtype: Any = None) -> Any:
