@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,21 @@ def config_to_dict(config: GoldConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that also reads ``5e-5`` as a float (YAML 1.1 wants ``5.0e-5`` and would keep a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` (or ``section.key.sub=value``) overrides; values are parsed as YAML."""
     result: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
@@ -93,7 +109,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
                 raise RecipeError(f"override {item!r}: {key!r} is not a section")
             node[key] = child = dict(child)
             node = child
-        node[keys[-1]] = yaml.safe_load(text)
+        node[keys[-1]] = _yaml(text)
     return result
 
 
@@ -102,7 +118,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> GoldConfig:
     source = Path(path)
     if not source.is_file():
         raise RecipeError(f"recipe {str(source)!r} does not exist")
-    raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    raw = _yaml(source.read_text(encoding="utf-8")) or {}
     if not isinstance(raw, Mapping):
         raise RecipeError(f"recipe {str(source)!r} must be a YAML mapping at the top level")
     return config_from_dict(apply_overrides(raw, overrides))

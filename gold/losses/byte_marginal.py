@@ -5,9 +5,13 @@ spell no byte (specials, padded embedding rows).
 
 At the start of every group both models condition on exactly the same bytes (all earlier groups), so
 "which byte comes next" is a question both can answer: sum each next-token distribution over the
-tokens whose bytes start with that byte. The KL between the two 257-bin distributions is exact and
-needs no vocabulary map. (A SentencePiece token ``▁x`` starts with a space; at the very start of a
-text, where the dummy prefix is not text, that reading is off by the synthetic space.)
+tokens whose bytes start with that byte. The divergence between the two 257-bin distributions needs no
+vocabulary map. It is taken on the bins **both** sides can produce (:func:`shared_bins`), each side
+renormalized there: a byte only one tokenizer starts a token with (Mistral's byte fallback has
+``<0xF1>``, SmolLM2 has no token for that byte) would otherwise make forward KL infinite for any model.
+
+(A SentencePiece token ``▁x`` starts with a space; at the very start of a text, where the dummy prefix
+is not text, that reading is off by the synthetic space.)
 """
 
 from __future__ import annotations
@@ -48,6 +52,19 @@ def fold_to_bytes(logprobs: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return torch.where(present, logs, torch.full_like(logs, float("-inf")))
 
 
+def shared_bins(student_bins: torch.Tensor, teacher_bins: torch.Tensor) -> torch.Tensor:
+    """(257,) bool: bins (first bytes, and "no byte") that some token of *each* side falls in."""
+    student_has = torch.bincount(student_bins, minlength=NUM_BINS) > 0
+    teacher_has = torch.bincount(teacher_bins.to(student_bins.device), minlength=NUM_BINS) > 0
+    return student_has & teacher_has
+
+
+def on_shared_bins(byte_logprobs: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """(G, 257) next-byte log-probabilities → (G, S) on the ``shared`` bins, renormalized."""
+    kept = byte_logprobs[:, shared.to(byte_logprobs.device)]
+    return kept - torch.logsumexp(kept, dim=-1, keepdim=True)
+
+
 def byte_marginal(
     student_logprobs: torch.Tensor,
     teacher_logprobs: torch.Tensor,
@@ -56,7 +73,8 @@ def byte_marginal(
     teacher_bins: torch.Tensor,
     beta: float = 0.0,
 ) -> torch.Tensor:
-    """Divergence between the two next-byte distributions at each group start, per group.
+    """Divergence between the two next-byte distributions at each group start, per group, on the bins
+    both sides can produce (renormalized).
 
     Args:
         student_logprobs: (G, Vs) student next-token log-probabilities at group starts.
@@ -65,6 +83,7 @@ def byte_marginal(
         teacher_bins: (Vt,) likewise.
         beta: generalized-JSD β (0: KL(teacher ‖ student)).
     """
-    return generalized_jsd(
-        fold_to_bytes(student_logprobs, student_bins), fold_to_bytes(teacher_logprobs, teacher_bins), beta=beta
-    )
+    shared = shared_bins(student_bins, teacher_bins)
+    student_bytes = on_shared_bins(fold_to_bytes(student_logprobs, student_bins), shared)
+    teacher_bytes = on_shared_bins(fold_to_bytes(teacher_logprobs, teacher_bins), shared)
+    return generalized_jsd(student_bytes, teacher_bytes, beta=beta)

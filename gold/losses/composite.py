@@ -44,7 +44,9 @@ def _row_terms(
                                                                      config.hybrid_unmatched_weight)  # fmt: skip
         parts = hybrid(student_rows, teacher_rows, student_matched=tables.student_matched,
                        teacher_matched=tables.teacher_matched, beta=config.beta, weights=weights,
-                       distance=uld_distance(config, student_rows.device))  # fmt: skip
+                       distance=uld_distance(config, student_rows.device),
+                       student_log_totals=student_index.prefix[select],
+                       teacher_log_totals=teacher_index.prefix[select].detach())  # fmt: skip
         hybrid_rows, mass, matched, unmatched = parts.loss, parts.teacher_matched_mass, parts.matched, parts.unmatched
     if config.uld_weight > 0:
         uld_rows = uld_distance(config, student_rows.device)(student_rows, teacher_rows)

@@ -43,10 +43,32 @@ class HybridParts:
     teacher_matched_mass: torch.Tensor
 
 
-def _other(matched_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R,) log-mass on the matched columns, and (R, 1) log-mass of the "other" outcome."""
+def _log_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``log(exp(a) + exp(b))`` that is ``-inf`` with a zero (not NaN) gradient where both are ``-inf``."""
+    top = torch.maximum(a, b)
+    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = torch.exp(a - shift) + torch.exp(b - shift)
+    present = total > 0
+    value = shift + torch.log(torch.where(present, total, torch.ones_like(total)))
+    return torch.where(present, value, torch.full_like(value, float("-inf")))
+
+
+def _other(
+    matched_logprobs: torch.Tensor, unmatched_logprobs: torch.Tensor, log_totals: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R,) log-mass on the matched columns, and (R, 1) log-mass of the "other" outcome.
+
+    "Other" is the unmatched columns plus the mass a chain-rule row leaves to other continuations
+    (``1 - exp(log_total)``). It is summed from its parts, never taken as ``1 - Σ matched``: in float32
+    that difference is exactly 0 when the matched mass rounds to 1, and a student with "no" other mass
+    facing a teacher with some gives an infinite KL (seen with SmolLM2 ← Gemma-3, 94 % matched).
+    """
     matched_total = torch.logsumexp(matched_logprobs, dim=-1).clamp(max=0.0)
-    return matched_total, log1mexp(matched_total).unsqueeze(-1)
+    unmatched_total = torch.logsumexp(unmatched_logprobs, dim=-1)
+    if log_totals is None:
+        log_totals = _log_add(matched_total, unmatched_total)
+    missing = log1mexp(log_totals.clamp(max=0.0))
+    return matched_total, _log_add(unmatched_total, missing).unsqueeze(-1)
 
 
 def hybrid(
@@ -58,6 +80,8 @@ def hybrid(
     beta: float,
     weights: str | tuple[float, float] = "mass",
     distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = uld,
+    student_log_totals: torch.Tensor | None = None,
+    teacher_log_totals: torch.Tensor | None = None,
 ) -> HybridParts:
     """The GOLD hybrid loss per row.
 
@@ -69,19 +93,22 @@ def hybrid(
         beta: generalized-JSD β for the matched part (0 forward KL, 1 reverse KL).
         weights: ``"mass"`` or a fixed ``(w_matched, w_unmatched)``.
         distance: the ULD variant for the unmatched part (:func:`gold.losses.uld` by default).
+        student_log_totals / teacher_log_totals: (R,) log of each row's total mass when known exactly
+            (a chain-rule row's group prefix, :attr:`GroupIndex.prefix`; 0 for one-token groups); by
+            default summed from the row.
     """
     if student_matched.shape != teacher_matched.shape:
         raise ValueError(f"matched id lists differ in length: {student_matched.shape} vs {teacher_matched.shape}")
     student_part = student_logprobs.index_select(-1, student_matched)  # (R, M)
     teacher_part = teacher_logprobs.index_select(-1, teacher_matched)  # (R, M)
-    _, student_other = _other(student_part)
-    teacher_total, teacher_other = _other(teacher_part)
+    student_rest = _unmatched_columns(student_logprobs, student_matched)
+    teacher_rest = _unmatched_columns(teacher_logprobs, teacher_matched)
+    _, student_other = _other(student_part, student_rest, student_log_totals)
+    teacher_total, teacher_other = _other(teacher_part, teacher_rest, teacher_log_totals)
     # the divergence over (M matched outcomes + "other") is a sum over columns: no concatenated copy
     matched = generalized_jsd_of_finite(student_part, teacher_part, beta=beta) + generalized_jsd(
         student_other, teacher_other, beta=beta
     )
-    student_rest = _unmatched_columns(student_logprobs, student_matched)
-    teacher_rest = _unmatched_columns(teacher_logprobs, teacher_matched)
     unmatched = distance(student_rest, teacher_rest)
     teacher_mass = teacher_total.exp().detach()
     if weights == "mass":

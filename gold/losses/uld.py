@@ -25,9 +25,11 @@ def sorted_descending(probs: torch.Tensor) -> torch.Tensor:
     if probs.device.type != "cpu" or probs.dtype not in (torch.float32, torch.float64):
         return probs.sort(dim=-1, descending=True).values
     if not probs.requires_grad:
-        return torch.from_numpy(np.ascontiguousarray(np.sort(probs.numpy(), axis=-1)[:, ::-1]))
+        # .copy(), not np.ascontiguousarray: a (R, 1) reversed view counts as contiguous and keeps
+        # its negative stride, which torch.from_numpy refuses
+        return torch.from_numpy(np.sort(probs.numpy(), axis=-1)[:, ::-1].copy())
     order = np.argsort(probs.detach().numpy(), axis=-1)[:, ::-1]
-    return probs.gather(-1, torch.from_numpy(np.ascontiguousarray(order)))
+    return probs.gather(-1, torch.from_numpy(order.copy()))
 
 
 def uld(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:

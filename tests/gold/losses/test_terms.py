@@ -43,6 +43,23 @@ def test_hybrid_matches_reference(beta: float) -> None:
     torch.testing.assert_close(grad, expected_grad)
 
 
+def test_hybrid_other_mass_survives_float32_rounding() -> None:
+    """A student whose matched mass rounds to 1 in float32 (unmatched mass ~1e-9) facing a teacher with real
+    unmatched mass: ``1 - Σ matched`` is exactly 0 in float32 and the KL was infinite (seen on SmolLM2 ← Gemma-3)."""
+    student64 = torch.tensor([[0.0, 0.0, -22.0, -22.0]], dtype=torch.float64).log_softmax(-1)
+    teacher64 = torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64).log_softmax(-1)
+    s_matched, t_matched = [0, 1], [0, 1]
+    matched, _, _ = reference_hybrid(student64, teacher64, s_matched, t_matched, 0.0)
+    student = student64.float().requires_grad_()
+    parts = hybrid(student, teacher64.float(), student_matched=torch.tensor(s_matched),
+                   teacher_matched=torch.tensor(t_matched), beta=0.0, student_log_totals=torch.zeros(1),
+                   teacher_log_totals=torch.zeros(1))  # fmt: skip
+    assert float(1 - student.detach()[0, :2].exp().sum()) == 0.0  # the float32 trap is real
+    torch.testing.assert_close(parts.matched.double(), matched, rtol=1e-4, atol=1e-6)
+    (grad,) = torch.autograd.grad(parts.loss.sum(), student)
+    assert torch.isfinite(grad).all()
+
+
 def test_hybrid_fixed_weights() -> None:
     student, teacher = rows((2, 5), 3), rows((2, 5), 4)
     ids = torch.tensor([0, 1])
@@ -72,8 +89,20 @@ def test_byte_marginal_folds_tokens_onto_first_bytes() -> None:
     student = torch.log(torch.tensor([[0.1, 0.3, 0.5, 0.1]], dtype=torch.float64))
     teacher = torch.log(torch.tensor([[0.6, 0.4]], dtype=torch.float64))
     value = byte_marginal(student, teacher, student_bins=student_bins, teacher_bins=teacher_bins)
-    expected = 0.6 * math.log(0.6 / 0.4) + 0.4 * math.log(0.4 / 0.5)
+    # bins both sides produce: "a", "b" (the student's special has no teacher counterpart); renormalized
+    expected = 0.6 * math.log(0.6 / (0.4 / 0.9)) + 0.4 * math.log(0.4 / (0.5 / 0.9))
     assert math.isclose(float(value), expected, rel_tol=1e-12)
+
+
+def test_byte_marginal_stays_finite_where_only_the_teacher_can_start_a_byte() -> None:
+    # teacher tokens "a", "b", <0xF1> (byte fallback); the student has no token starting with 0xF1
+    student_bins, teacher_bins = torch.tensor([97, 98]), torch.tensor([97, 98, 0xF1])
+    student = torch.log(torch.tensor([[0.5, 0.5]], dtype=torch.float64)).requires_grad_()
+    teacher = torch.log(torch.tensor([[0.45, 0.45, 0.1]], dtype=torch.float64))
+    value = byte_marginal(student, teacher, student_bins=student_bins, teacher_bins=teacher_bins)
+    assert math.isclose(float(value.detach()), 0.0, abs_tol=1e-12)
+    (grad,) = torch.autograd.grad(value.sum(), student)
+    assert torch.isfinite(grad).all()
 
 
 def test_reduction_uses_the_global_count_and_tolerates_empty_rows() -> None:
