@@ -1,6 +1,7 @@
-"""The ``gold`` command line: ``gold train``, ``gold align`` and ``gold demo``.
+"""The ``gold`` command line: ``gold train``, ``gold eval``, ``gold align`` and ``gold demo``.
 
 gold train recipe.yaml rollout.lmbda=1.0 training.max_steps=50
+gold eval --data held_out.jsonl --teacher gemma-3-270m --student smollm2-135m-instruct --checkpoints out/run
 gold align --student qwen2.5 --teacher llama-3 "Some text"
 gold align --student gemma-3 --teacher smollm2 --file notes.txt --html out.html
 gold demo                    # cross-family distillation on 2 CPU cores, a few minutes
@@ -13,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from alignment import (
     AlignmentStats,
@@ -70,7 +72,28 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", type=Path, help="YAML recipe (see examples/)")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.beta=0.3")
     train.add_argument("--resume", help="checkpoint directory to resume from, or 'latest' in training.output_dir")
+    _add_eval(commands)
     return parser
+
+
+def _add_eval(commands: Any) -> None:
+    evaluate = commands.add_parser("eval", help="bits per byte, teacher→student KL per byte and agreement")
+    evaluate.add_argument("--data", type=Path, required=True,
+                          help="held-out .jsonl/.json rows: prompt+completion, messages, or text")  # fmt: skip
+    evaluate.add_argument("--student", action="append", default=[], help="zoo model or local folder (repeatable)")
+    evaluate.add_argument("--teacher", help="zoo model or local folder; enables KL and agreement")
+    evaluate.add_argument("--checkpoints", action="append", type=Path, default=[],
+                          help="a training output_dir: score each checkpoint-N as a student (repeatable)")  # fmt: skip
+    evaluate.add_argument("--sample-teacher", type=int, default=0, metavar="N",
+                          help="score N teacher samples per prompt instead of the file's completions")  # fmt: skip
+    evaluate.add_argument("--max-new-tokens", type=int, default=64, help="length of teacher samples and answers")
+    evaluate.add_argument("--answer-field", help="row field holding the answer: also report task accuracy")
+    evaluate.add_argument("--limit", type=int, help="use only the first N rows")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast models to this dtype")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of teacher sampling")
+    evaluate.add_argument("--json", type=Path, help="write the scores as JSON here")
+    evaluate.add_argument("--plot", type=Path, help="with --checkpoints: plot the metrics against the step here")
 
 
 def _load(name: str) -> object:
@@ -120,6 +143,44 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_eval(args: argparse.Namespace) -> int:
+    from gold import eval_run
+    from gold.data import DataError
+    from gold.run import read_rows
+
+    if not args.student and not args.checkpoints and not args.teacher:
+        raise SystemExit("gold eval: name at least one model (--student, --checkpoints or --teacher)")
+    try:
+        rows = read_rows(str(args.data))[: args.limit]
+        teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
+        data = eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
+                                 samples_per_prompt=args.sample_teacher,
+                                 max_new_tokens=args.max_new_tokens)  # fmt: skip
+        students = [(spec, None, spec) for spec in args.student]
+        for run_dir in args.checkpoints:
+            students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in eval_run.checkpoints(run_dir)]
+        options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
+        scores = []
+        if teacher is not None:
+            scores.append(eval_run.score_model(args.teacher, teacher, data, role="teacher", **options))
+        for spec, step, name in students:
+            model = eval_run.load_scored_model(spec, dtype=args.dtype)
+            scores.append(eval_run.score_model(name, model, data, role="student", step=step, teacher=teacher,
+                                               **options))  # fmt: skip
+            print(f"gold eval: scored {name}", file=sys.stderr)
+    except (RecipeError, DataError, ZooPackageMissing, ValueError, OSError) as err:
+        raise SystemExit(f"gold eval: {err}") from None
+    print(f"{len(data.examples)} examples from {args.data} ({data.source})\n")
+    print(eval_run.format_table(scores))
+    if args.json:
+        eval_run.write_json(args.json, scores, data, {"data": str(args.data), "teacher": args.teacher})
+        print(f"\nscores written to {args.json}")
+    if args.plot:
+        eval_run.plot_steps(args.plot, scores)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
 def run_alignment_demo(args: argparse.Namespace) -> int:
     print(f"gold demo: aligning {args.student} (student) with {args.teacher} (teacher) on a built-in sample\n")
     student, teacher = _load(args.student), _load(args.teacher)
@@ -149,7 +210,7 @@ def run_alignment_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gold`` console script."""
     args = _parser().parse_args(argv)
-    handlers = {"align": run_align, "demo": run_demo, "train": run_train}
+    handlers = {"align": run_align, "demo": run_demo, "train": run_train, "eval": run_eval}
     return handlers[args.command](args)
 
 

@@ -96,12 +96,18 @@ def plain_prompt(prompt: str | Messages) -> str:
 
 def prompt_ids(tokenizer: Any, prompt: str | Messages) -> list[int]:
     """One model's prompt ids: its chat template for chat turns when it has one, else the plain format
-    after its BOS token (if it has one)."""
+    after its BOS token (if it has one). An empty prompt gives just BOS (or EOS, the document separator of
+    tokenizers without BOS), so that a plain text can be scored from its first token."""
     if not isinstance(prompt, str) and tokenizer.chat_template:
         text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + encode_text(tokenizer, plain_prompt(prompt))
+    ids = bos + encode_text(tokenizer, plain_prompt(prompt))
+    if not ids:  # an empty prompt (plain text scored from its start) and no BOS: EOS separates documents
+        if tokenizer.eos_token_id is None:
+            raise DataError("the prompt is empty and the tokenizer has neither BOS nor EOS to start the text from")
+        ids = [tokenizer.eos_token_id]
+    return ids
 
 
 def completion_text(tokenizer: Any, ids: Sequence[int]) -> tuple[list[int], str]:

@@ -16,8 +16,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignment import encode_continuation
 from gold.config import RolloutConfig
-from gold.data import Example, completion_text, prompt_ids, side_inputs
-from gold.rollout import HFGenerator
+from gold.data import Example, prompt_ids, side_inputs
+from gold.rollout import sample_texts
 
 SOUNDS = {
     "cow": "moo", "dog": "woof", "cat": "meow", "duck": "quack", "sheep": "baa", "pig": "oink", "horse": "neigh",
@@ -106,15 +106,12 @@ def fit_to_task(
     return losses
 
 
-@torch.no_grad()
 def sample_answers(
     model: Any, tokenizer: Any, prompts: list[Prompt], *, temperature: float, max_new_tokens: int = 16
 ) -> list[str]:
     """One completion per prompt (greedy at temperature 0), decoded exactly and cut at EOS."""
     config = RolloutConfig(temperature=temperature, top_p=1.0, top_k=0, max_completion_length=max_new_tokens)
-    generator = HFGenerator(model, tokenizer, config)
-    ids = generator.generate([prompt_ids(tokenizer, p.text) for p in prompts])
-    return [completion_text(tokenizer, row)[1] for row in ids]
+    return sample_texts(model, tokenizer, [p.text for p in prompts], config, batch_size=len(prompts) or 1)
 
 
 def accuracy(model: Any, tokenizer: Any, prompts: list[Prompt]) -> float:

@@ -110,3 +110,30 @@ class HFGenerator:
         if self.eos_id is not None and self.eos_id in row:
             return row[: row.index(self.eos_id)]
         return row
+
+
+def sample_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    config: RolloutConfig,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[str]:
+    """Completion texts (``num_generations`` per prompt, in prompt order), each model rendering its own prompt.
+
+    Texts are decoded from the exact bytes of the sampled tokens, cut at EOS and to whole characters
+    (:func:`gold.data.completion_text`); an empty string means the model stopped at once.
+    """
+    from tqdm.auto import tqdm
+
+    from gold.data import completion_text, prompt_ids
+
+    generator = HFGenerator(model, tokenizer, config)
+    texts: list[str] = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
+        batch = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        texts.extend(completion_text(tokenizer, row)[1] for row in generator.generate(batch))
+    return texts

@@ -177,6 +177,12 @@ def tokenizer_names() -> list[str]:
 def resolve_name(name: str) -> str:
     """A zoo name from a name or alias, or a ValueError listing the choices."""
     canonical = ALIASES.get(name, name)
+    if canonical not in TOKENIZERS and ("/" in name or name.startswith(".")):
+        raise ValueError(
+            f"tokenizer directory {name!r} does not exist; gold never downloads at run time: fetch hub models "
+            "first (huggingface-cli download ORG/NAME --local-dir DIR) and name DIR, or use a zoo name "
+            f"({', '.join(TOKENIZERS)})"
+        )
     if canonical not in TOKENIZERS:
         raise ValueError(
             f"unknown zoo tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)} "

@@ -125,3 +125,17 @@ def test_gemma3_model_loads_offline_and_knows_a_capital() -> None:
         logits = model(**ids).logits[0, -1]
     top = tokenizer.convert_ids_to_tokens(logits.topk(5).indices.tolist())
     assert "▁Paris" in top, top
+
+
+@pytest.mark.slow
+def test_cached_zoo_model_equals_the_gguf_dequantization() -> None:
+    """The safetensors copy kept in the cache gives the same logits as dequantizing the GGUF file again."""
+    import torch
+
+    cached = zoo_module.load_model("smollm2-135m-instruct")
+    fresh = zoo_module._dequantized("smollm2-135m-instruct").eval()
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 7042, 30]])
+    with torch.no_grad():
+        assert torch.equal(cached(ids).logits, fresh(ids).logits)
+    folder = zoo_module.cache_dir() / "models" / f"smollm2-135m-instruct-float32-v{zoo_module.CACHE_VERSION}"
+    assert (folder / "model.safetensors").is_file() and not list(folder.parent.glob(".smollm2*"))

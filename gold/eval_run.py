@@ -1,0 +1,229 @@
+"""What ``gold eval`` runs: score students (and their checkpoints) against a teacher on a held-out set.
+
+Every figure is per UTF-8 byte of the completions, so models with different tokenizers are compared
+in one unit: bits per byte of each model, and for each student the teacher→student KL per byte
+(exact, from group log-likelihoods on shared boundaries) with next-byte agreement at group starts
+(:mod:`gold.agreement`). Task accuracy is measured when the rows carry an answer field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gold.agreement import group_agreement
+from gold.config import ModelConfig, RolloutConfig
+from gold.data import DataError, Example, Messages
+from gold.evaluate import LN2, completion_logprobs
+from gold.rollout import sample_texts
+from gold.zoo import MODEL_TOKENIZERS, load_tokenizer
+
+CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """One evaluated model. ``step`` is set for checkpoints; agreement fields only for students."""
+
+    name: str
+    role: str
+    step: int | None
+    bits_per_byte: float
+    kl_bits_per_byte: float | None = None
+    next_byte_agreement: float | None = None
+    next_byte_kl_bits: float | None = None
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Held-out examples and, when the rows carry them, the rows' prompts and answers for task accuracy."""
+
+    examples: list[Example]
+    answers: list[str] | None
+    source: str
+    prompts: list[str | Messages] | None = None
+
+
+def contains_answer(answer: str, completion: str) -> bool:
+    """The default accuracy check: the answer appears in the completion (case-insensitive)."""
+    return answer.strip().casefold() in completion.casefold()
+
+
+def task_accuracy(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | Messages],
+    answers: Sequence[str],
+    *,
+    check: Callable[[str, str], bool] = contains_answer,
+    max_new_tokens: int = 32,
+) -> float:
+    """Share of greedy completions that ``check(answer, completion)`` accepts (the hook for verifiable tasks)."""
+    config = RolloutConfig(temperature=0.0, max_completion_length=max_new_tokens)
+    completions = sample_texts(model, tokenizer, prompts, config)
+    return sum(check(a, c) for a, c in zip(answers, completions, strict=True)) / max(len(prompts), 1)
+
+
+def _prompt_of(row: Mapping[str, Any], index: int) -> str | Messages:
+    if "messages" in row:
+        turns = tuple(row["messages"])
+        return turns[:-1] if turns and turns[-1].get("role") == "assistant" else turns
+    if "prompt" in row:
+        return str(row["prompt"])
+    if "text" in row:
+        return ""
+    raise DataError(f"row {index} has fields {sorted(row)}; gold eval reads 'prompt', 'messages' or 'text'")
+
+
+def _completion_of(row: Mapping[str, Any], index: int) -> str:
+    if "messages" in row and row["messages"] and row["messages"][-1].get("role") == "assistant":
+        return str(row["messages"][-1]["content"])
+    for key in ("completion", "text"):
+        if row.get(key):
+            return str(row[key])
+    raise DataError(f"row {index} has no completion ('completion', 'text' or a last assistant turn); "
+                    "pass --sample-teacher N to score teacher samples instead")  # fmt: skip
+
+
+def eval_set(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    answer_field: str | None = None,
+    teacher: tuple[Any, Any] | None = None,
+    samples_per_prompt: int = 0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+) -> EvalSet:
+    """Examples from rows: their own completions, or ``samples_per_prompt`` teacher samples per prompt."""
+    if not rows:
+        raise DataError("the evaluation set is empty")
+    prompts = [_prompt_of(row, i) for i, row in enumerate(rows)]
+    answers = None
+    if answer_field is not None:
+        missing = [i for i, row in enumerate(rows) if answer_field not in row]
+        if missing:
+            raise DataError(f"rows {missing[:5]} have no {answer_field!r} field for task accuracy")
+        answers = [str(row[answer_field]) for row in rows]
+    if samples_per_prompt <= 0:
+        examples = [Example(p, _completion_of(row, i)) for i, (p, row) in enumerate(zip(prompts, rows, strict=True))]
+        return EvalSet(examples, answers, "file", prompts)
+    if teacher is None:
+        raise DataError("--sample-teacher needs --teacher")
+    torch.manual_seed(seed)
+    config = RolloutConfig(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=max_new_tokens,
+                           num_generations=samples_per_prompt)  # fmt: skip
+    texts = sample_texts(teacher[0], teacher[1], prompts, config, progress=True)
+    repeated = [p for p in prompts for _ in range(samples_per_prompt)]
+    examples = [Example(p, t) for p, t in zip(repeated, texts, strict=True) if t]
+    return EvalSet(examples, answers, f"{samples_per_prompt} teacher sample(s) per prompt", prompts)
+
+
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``checkpoint-N`` folder of a training run, by step."""
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CHECKPOINT.search(p.name)) and p.is_dir()]
+    if not found:
+        raise DataError(f"{run_dir} holds no checkpoint-N folders (set training.save_steps to keep some)")
+    return sorted(found)
+
+
+def load_scored_model(spec: str, *, dtype: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a zoo model name or a local folder (a checkpoint carries its tokenizer)."""
+    from gold.run import build_model
+
+    tokenizer = load_tokenizer(MODEL_TOKENIZERS.get(spec, spec))
+    model = build_model(ModelConfig(model=spec, dtype=dtype or "auto"), tokenizer, seed=0)
+    return model.eval(), tokenizer
+
+
+def bits_per_byte(model: Any, tokenizer: Any, examples: Sequence[Example], *, batch_size: int = 8) -> float:
+    """A model's bits per UTF-8 byte of the completions of ``examples``."""
+    logprobs = completion_logprobs(model, tokenizer, [e.prompt for e in examples],
+                                   [e.completion for e in examples], batch_size=batch_size)  # fmt: skip
+    num_bytes = sum(len(e.completion.encode("utf-8")) for e in examples)
+    return float(-logprobs.sum()) / num_bytes / LN2
+
+
+def score_model(
+    name: str,
+    model_and_tokenizer: tuple[Any, Any],
+    data: EvalSet,
+    *,
+    role: str,
+    step: int | None = None,
+    teacher: tuple[Any, Any] | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+) -> ModelScore:
+    """Every figure of one model on ``data`` (agreement only when a teacher is given and ``role`` is student)."""
+    model, tokenizer = model_and_tokenizer
+    own = bits_per_byte(model, tokenizer, data.examples, batch_size=batch_size)
+    score: dict[str, Any] = {"name": name, "role": role, "step": step, "bits_per_byte": own}
+    if teacher is not None and role == "student":
+        agreement = group_agreement(model, tokenizer, teacher[0], teacher[1], data.examples, batch_size=batch_size)
+        score |= {"kl_bits_per_byte": agreement.kl_bits_per_byte,
+                  "next_byte_agreement": agreement.next_byte_agreement,
+                  "next_byte_kl_bits": agreement.next_byte_kl_bits}  # fmt: skip
+    if data.answers is not None:
+        prompts = data.prompts if data.prompts is not None else [e.prompt for e in data.examples]
+        score["accuracy"] = task_accuracy(model, tokenizer, prompts, data.answers, max_new_tokens=max_new_tokens)
+    return ModelScore(**score)
+
+
+def format_table(scores: Sequence[ModelScore]) -> str:
+    """A fixed-width table, one line per model."""
+
+    def cell(value: float | None, spec: str) -> str:
+        return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+    header = f"{'model':<34}{'step':>6}{'bits/byte':>11}{'KL(T‖S) b/B':>13}{'next-byte agree':>17}{'next-byte KL':>14}"
+    header += f"{'accuracy':>10}"
+    lines = [header]
+    for s in scores:
+        lines.append(
+            f"{s.name[-34:]:<34}{'' if s.step is None else s.step:>6}{cell(s.bits_per_byte, '.3f'):>11}"
+            f"{cell(s.kl_bits_per_byte, '.3f'):>13}{cell(s.next_byte_agreement, '.1%'):>17}"
+            f"{cell(s.next_byte_kl_bits, '.3f'):>14}{cell(s.accuracy, '.0%'):>10}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, scores: Sequence[ModelScore], data: EvalSet, extra: Mapping[str, Any]) -> None:
+    num_bytes = sum(len(e.completion.encode("utf-8")) for e in data.examples)
+    payload = {**extra, "completions": data.source, "num_examples": len(data.examples), "num_bytes": num_bytes,
+               "models": [asdict(s) for s in scores]}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def plot_steps(path: Path, scores: Sequence[ModelScore]) -> None:
+    """KL per byte and bits per byte of the checkpoints against their step; other students as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    students = [s for s in scores if s.role == "student"]
+    steps = sorted((s for s in students if s.step is not None), key=lambda s: s.step or 0)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for axis, field, label in ((axes[0], "kl_bits_per_byte", "KL(teacher‖student), bits/byte"),
+                               (axes[1], "bits_per_byte", "student bits/byte")):  # fmt: skip
+        values = [getattr(s, field) for s in steps]
+        if steps and all(v is not None for v in values):
+            axis.plot([s.step for s in steps], values, marker="o", label="checkpoints")
+        for other in (s for s in students if s.step is None and getattr(s, field) is not None):
+            axis.axhline(getattr(other, field), linestyle="--", linewidth=1, label=other.name[-30:])
+        axis.set_xlabel("training step")
+        axis.set_ylabel(label)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

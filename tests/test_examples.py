@@ -1,0 +1,51 @@
+"""Every example starts with its launch command and loads; offline recipes name only offline assets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gold.recipe import load_recipe
+from gold.run import build_model, build_tokenizer, training_arguments
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+RECIPES = sorted(EXAMPLES.glob("*.yaml"))
+HUB_RECIPES = {"llama3.2-1b_to_qwen2.5-0.5b.yaml", "qwen2.5-1.5b_to_llama3.2-1b.yaml"}
+
+
+@pytest.mark.parametrize("path", [*RECIPES, *sorted((EXAMPLES / "accelerate").glob("*.yaml")),
+                                  *sorted(EXAMPLES.glob("*.py"))], ids=lambda p: p.name)  # fmt: skip
+def test_example_starts_with_its_launch_command(path: Path) -> None:
+    first = path.read_text(encoding="utf-8").lstrip('"').splitlines()[0]
+    assert any(word in first for word in ("gold ", "accelerate launch", "python -m", "huggingface-cli")), first
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_loads(path: Path) -> None:
+    config = load_recipe(path)
+    assert config.training.get("output_dir", "").startswith("out/")
+    if path.name not in HUB_RECIPES:
+        assert (EXAMPLES.parent / config.data.path).is_file()
+
+
+@pytest.mark.parametrize("name", sorted(HUB_RECIPES))
+def test_hub_recipe_without_its_download_says_how_to_get_it(name: str) -> None:
+    config = load_recipe(EXAMPLES / name)
+    with pytest.raises(ValueError, match=r"does not exist; .* \(huggingface-cli download ORG/NAME --local-dir DIR\)"):
+        build_model(config.student, build_tokenizer(config.student), seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(HUB_RECIPES))
+def test_hub_recipe_training_section_is_valid(name: str) -> None:
+    config = load_recipe(EXAMPLES / name, ["training.bf16=false", "training.use_cpu=true"])  # CPU here
+    args = training_arguments(config.training)
+    assert args.max_steps == 2000 and args.gradient_accumulation_steps == 4
+
+
+@pytest.mark.parametrize("name", ["ddp.yaml", "fsdp.yaml"])
+def test_accelerate_configs_load(name: str) -> None:
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(EXAMPLES / "accelerate" / name))
+    assert config.num_processes == 2 and config.mixed_precision == "bf16"
