@@ -35,8 +35,8 @@ demo: install
 	$(BIN)/gold demo
 
 lint: install-test
-	$(BIN)/ruff check alignment gold tests benchmarks
-	$(BIN)/ruff format --check alignment gold tests benchmarks
+	$(BIN)/ruff check alignment gold tests benchmarks examples
+	$(BIN)/ruff format --check alignment gold tests benchmarks examples
 	$(BIN)/mypy alignment
 
 test: lint
