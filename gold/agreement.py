@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from gold.collate import Collator
 from gold.data import Example, prompt_ids
@@ -67,6 +68,7 @@ def group_agreement(
     *,
     batch_size: int = 8,
     tables: PairTables | None = None,
+    progress: str | None = None,
 ) -> GroupAgreement:
     """Group-level agreement of ``student`` with ``teacher`` on ``examples`` (completions sampled from the teacher
     for a KL estimate; any completions for a cross-entropy gap).
@@ -77,6 +79,7 @@ def group_agreement(
         examples: prompts and completions; each model renders its own prompt.
         batch_size: examples per forward.
         tables: the pair's tables if already built (:meth:`PairTables.build`).
+        progress: show a progress bar with this label.
     """
     if not examples:
         raise ValueError("group_agreement needs at least one example")
@@ -88,7 +91,8 @@ def group_agreement(
     teacher.eval()
     gaps, agree, byte_kl, num_bytes = [], [], [], 0
     try:
-        for start in range(0, len(examples), batch_size):
+        starts = range(0, len(examples), batch_size)
+        for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False):
             chunk = examples[start : start + batch_size]
             parts = _batch_terms(student, teacher, collator, chunk)
             gaps.append(parts[0])

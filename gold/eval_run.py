@@ -143,10 +143,12 @@ def load_scored_model(spec: str, *, dtype: str | None = None) -> tuple[Any, Any]
     return model.eval(), tokenizer
 
 
-def bits_per_byte(model: Any, tokenizer: Any, examples: Sequence[Example], *, batch_size: int = 8) -> float:
+def bits_per_byte(
+    model: Any, tokenizer: Any, examples: Sequence[Example], *, batch_size: int = 8, progress: str | None = None
+) -> float:
     """A model's bits per UTF-8 byte of the completions of ``examples``."""
-    logprobs = completion_logprobs(model, tokenizer, [e.prompt for e in examples],
-                                   [e.completion for e in examples], batch_size=batch_size)  # fmt: skip
+    logprobs = completion_logprobs(model, tokenizer, [e.prompt for e in examples], [e.completion for e in examples],
+                                   batch_size=batch_size, progress=progress)  # fmt: skip
     num_bytes = sum(len(e.completion.encode("utf-8")) for e in examples)
     return float(-logprobs.sum()) / num_bytes / LN2
 
@@ -164,10 +166,11 @@ def score_model(
 ) -> ModelScore:
     """Every figure of one model on ``data`` (agreement only when a teacher is given and ``role`` is student)."""
     model, tokenizer = model_and_tokenizer
-    own = bits_per_byte(model, tokenizer, data.examples, batch_size=batch_size)
+    own = bits_per_byte(model, tokenizer, data.examples, batch_size=batch_size, progress=f"{name}: bits/byte")
     score: dict[str, Any] = {"name": name, "role": role, "step": step, "bits_per_byte": own}
     if teacher is not None and role == "student":
-        agreement = group_agreement(model, tokenizer, teacher[0], teacher[1], data.examples, batch_size=batch_size)
+        agreement = group_agreement(model, tokenizer, teacher[0], teacher[1], data.examples, batch_size=batch_size,
+                                    progress=f"{name}: agreement")  # fmt: skip
         score |= {"kl_bits_per_byte": agreement.kl_bits_per_byte,
                   "next_byte_agreement": agreement.next_byte_agreement,
                   "next_byte_kl_bits": agreement.next_byte_kl_bits}  # fmt: skip

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from alignment import encode_continuation
 from gold.data import Example, Messages, pad_id, prompt_ids, side_inputs
@@ -26,7 +27,13 @@ LN2 = math.log(2.0)
 
 @torch.no_grad()
 def completion_logprobs(
-    model: Any, tokenizer: Any, prompts: Sequence[str | Messages], completions: Sequence[str], *, batch_size: int = 32
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | Messages],
+    completions: Sequence[str],
+    *,
+    batch_size: int = 32,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """(N,) float64 ``log p(completion | prompt)`` under ``model``, each side rendering its own prompt.
 
@@ -36,12 +43,14 @@ def completion_logprobs(
         prompts: N prompts (text or chat turns).
         completions: N completion texts.
         batch_size: examples per forward.
+        progress: show a progress bar with this label.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     totals = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False):
         prompt_batch = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
         completion_batch = [encode_continuation(tokenizer, c) for c in completions[start : start + batch_size]]
         side = side_inputs(prompt_batch, completion_batch, pad_id=pad_id(tokenizer)).to(device)
