@@ -26,10 +26,12 @@ from alignment import (
     render_html,
     render_text,
 )
+from gold import eval_run
+from gold.data import DataError
 from gold.demo import DemoSettings
 from gold.demo import run_demo as demo_main
 from gold.recipe import RecipeError, dump_recipe, load_recipe
-from gold.run import build_trainer
+from gold.run import build_trainer, read_rows
 from gold.zoo import ZooPackageMissing, load_tokenizer, tokenizer_names
 
 # A built-in sample for the demo: prose, numbers, accents, CJK, emoji with modifiers and ZWJ, code.
@@ -144,10 +146,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from gold import eval_run
-    from gold.data import DataError
-    from gold.run import read_rows
-
     if not args.student and not args.checkpoints and not args.teacher:
         raise SystemExit("gold eval: name at least one model (--student, --checkpoints or --teacher)")
     try:
@@ -159,7 +157,8 @@ def run_eval(args: argparse.Namespace) -> int:
         students = [(spec, None, spec) for spec in args.student]
         for run_dir in args.checkpoints:
             students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in eval_run.checkpoints(run_dir)]
-        options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
+        options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+                   "cache": eval_run.AgreementCache()}  # fmt: skip
         scores = []
         if teacher is not None:
             scores.append(eval_run.score_model(args.teacher, teacher, data, role="teacher", **options))

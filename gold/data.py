@@ -203,6 +203,11 @@ class TrainBatch:
         return TrainBatch(self.student.to(device), self.teacher.to(device), aligned, self.completions, self.source)
 
 
+def logit_rows(model: Any) -> int:
+    """V of a causal LM's logits: its output-embedding rows (often more than its tokenizer has tokens)."""
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
 def pad_id(tokenizer: Any) -> int:
     """The id padding uses: the tokenizer's pad token, else its EOS, else 0 (always masked out)."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):

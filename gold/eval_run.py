@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from gold.agreement import group_agreement
-from gold.config import ModelConfig, RolloutConfig
-from gold.data import DataError, Example, Messages
+from gold.agreement import AgreementCache, group_agreement
+from gold.config import DataConfig, ModelConfig, RolloutConfig
+from gold.data import DataError, Example, Messages, example_from_row
 from gold.evaluate import LN2, completion_logprobs
 from gold.rollout import sample_texts
 from gold.zoo import MODEL_TOKENIZERS, load_tokenizer
@@ -50,6 +50,11 @@ class EvalSet:
     answers: list[str] | None
     source: str
     prompts: list[str | Messages] | None = None
+
+    @property
+    def num_bytes(self) -> int:
+        """UTF-8 bytes of all completions: the denominator of every per-byte figure."""
+        return sum(len(e.completion.encode("utf-8")) for e in self.examples)
 
 
 def contains_answer(answer: str, completion: str) -> bool:
@@ -83,14 +88,13 @@ def _prompt_of(row: Mapping[str, Any], index: int) -> str | Messages:
     raise DataError(f"row {index} has fields {sorted(row)}; gold eval reads 'prompt', 'messages' or 'text'")
 
 
-def _completion_of(row: Mapping[str, Any], index: int) -> str:
-    if "messages" in row and row["messages"] and row["messages"][-1].get("role") == "assistant":
-        return str(row["messages"][-1]["content"])
-    for key in ("completion", "text"):
-        if row.get(key):
-            return str(row[key])
-    raise DataError(f"row {index} has no completion ('completion', 'text' or a last assistant turn); "
-                    "pass --sample-teacher N to score teacher samples instead")  # fmt: skip
+def _example_of(row: Mapping[str, Any], index: int) -> Example:
+    """A plain ``text`` row is scored from its start; other rows are read as for training."""
+    if "text" in row and "prompt" not in row and "messages" not in row:
+        if not row["text"]:
+            raise DataError(f"row {index}: the text is empty; drop the row")
+        return Example("", str(row["text"]))
+    return example_from_row(row, index=index, config=DataConfig(path="<eval>"))
 
 
 def eval_set(
@@ -113,7 +117,7 @@ def eval_set(
             raise DataError(f"rows {missing[:5]} have no {answer_field!r} field for task accuracy")
         answers = [str(row[answer_field]) for row in rows]
     if samples_per_prompt <= 0:
-        examples = [Example(p, _completion_of(row, i)) for i, (p, row) in enumerate(zip(prompts, rows, strict=True))]
+        examples = [_example_of(row, i) for i, row in enumerate(rows)]
         return EvalSet(examples, answers, "file", prompts)
     if teacher is None:
         raise DataError("--sample-teacher needs --teacher")
@@ -161,19 +165,27 @@ def score_model(
     role: str,
     step: int | None = None,
     teacher: tuple[Any, Any] | None = None,
+    cache: AgreementCache | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 32,
 ) -> ModelScore:
-    """Every figure of one model on ``data`` (agreement only when a teacher is given and ``role`` is student)."""
+    """Every figure of one model on ``data`` (agreement only when a teacher is given and ``role`` is student).
+
+    Pass one ``cache`` for all students scored against the same teacher and data: the pair tables and the
+    teacher's forwards are then computed once.
+    """
     model, tokenizer = model_and_tokenizer
-    own = bits_per_byte(model, tokenizer, data.examples, batch_size=batch_size, progress=f"{name}: bits/byte")
-    score: dict[str, Any] = {"name": name, "role": role, "step": step, "bits_per_byte": own}
+    score: dict[str, Any] = {"name": name, "role": role, "step": step}
     if teacher is not None and role == "student":
         agreement = group_agreement(model, tokenizer, teacher[0], teacher[1], data.examples, batch_size=batch_size,
-                                    progress=f"{name}: agreement")  # fmt: skip
-        score |= {"kl_bits_per_byte": agreement.kl_bits_per_byte,
+                                    cache=cache, progress=f"{name}: agreement")  # fmt: skip
+        score |= {"bits_per_byte": agreement.student_bits_per_byte,
+                  "kl_bits_per_byte": agreement.kl_bits_per_byte,
                   "next_byte_agreement": agreement.next_byte_agreement,
                   "next_byte_kl_bits": agreement.next_byte_kl_bits}  # fmt: skip
+    else:
+        score["bits_per_byte"] = bits_per_byte(model, tokenizer, data.examples, batch_size=batch_size,
+                                               progress=f"{name}: bits/byte")  # fmt: skip
     if data.answers is not None:
         prompts = data.prompts if data.prompts is not None else [e.prompt for e in data.examples]
         score["accuracy"] = task_accuracy(model, tokenizer, prompts, data.answers, max_new_tokens=max_new_tokens)
@@ -199,8 +211,7 @@ def format_table(scores: Sequence[ModelScore]) -> str:
 
 
 def write_json(path: Path, scores: Sequence[ModelScore], data: EvalSet, extra: Mapping[str, Any]) -> None:
-    num_bytes = sum(len(e.completion.encode("utf-8")) for e in data.examples)
-    payload = {**extra, "completions": data.source, "num_examples": len(data.examples), "num_bytes": num_bytes,
+    payload = {**extra, "completions": data.source, "num_examples": len(data.examples), "num_bytes": data.num_bytes,
                "models": [asdict(s) for s in scores]}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -25,6 +25,19 @@ from gold.data import Example, Messages, pad_id, prompt_ids, side_inputs
 LN2 = math.log(2.0)
 
 
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B,) float64 sum of ``log p(target)`` over the non-negative targets.
+
+    Args:
+        logits: (B, L, V) loss-view logits (:meth:`gold.data.SideInputs.logits`).
+        targets: (B, L - 1) ids ``logits[:, :-1]`` predict, -100 on padding (:meth:`SideInputs.completion_targets`).
+    """
+    predicting = logits[:, :-1]
+    picked = predicting.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, L - 1)
+    logprobs = (picked - torch.logsumexp(predicting, dim=-1)).double()
+    return torch.where(targets >= 0, logprobs, torch.zeros_like(logprobs)).sum(dim=1)
+
+
 @torch.no_grad()
 def completion_logprobs(
     model: Any,
@@ -54,11 +67,7 @@ def completion_logprobs(
         prompt_batch = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
         completion_batch = [encode_continuation(tokenizer, c) for c in completions[start : start + batch_size]]
         side = side_inputs(prompt_batch, completion_batch, pad_id=pad_id(tokenizer)).to(device)
-        logits = side.logits(model).float()  # (B, L, V)
-        targets = side.completion_targets()  # (B, L - 1)
-        mask = targets >= 0
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        totals.append((logprobs.double() * mask).sum(dim=1).cpu())
+        totals.append(sequence_logprobs(side.logits(model).float(), side.completion_targets()).cpu())
     model.train(was_training)
     return torch.cat(totals) if totals else torch.zeros(0, dtype=torch.float64)
 

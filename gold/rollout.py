@@ -13,11 +13,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from alignment import token_bytes_table
 from gold.config import RolloutConfig
-from gold.data import pad_id
+from gold.data import completion_text, logit_rows, pad_id, prompt_ids
 
 
 class Generator(Protocol):
@@ -67,8 +68,7 @@ class HFGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        rows = model.get_output_embeddings().weight.shape[0]
-        self.processors = LogitsProcessorList([MaskUnspellable(spellable_ids(tokenizer, rows))])
+        self.processors = LogitsProcessorList([MaskUnspellable(spellable_ids(tokenizer, logit_rows(model)))])
         eos = tokenizer.eos_token_id
         self.eos_id = None if eos is None else int(eos)
         self.pad_id = pad_id(tokenizer)
@@ -126,10 +126,6 @@ def sample_texts(
     Texts are decoded from the exact bytes of the sampled tokens, cut at EOS and to whole characters
     (:func:`gold.data.completion_text`); an empty string means the model stopped at once.
     """
-    from tqdm.auto import tqdm
-
-    from gold.data import completion_text, prompt_ids
-
     generator = HFGenerator(model, tokenizer, config)
     texts: list[str] = []
     starts = range(0, len(prompts), batch_size)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 
 from gold.config import RolloutConfig
-from gold.data import SideInputs
+from gold.data import SideInputs, logit_rows
 from gold.rollout import Generator, HFGenerator
 
 
@@ -58,7 +58,7 @@ class LocalTeacher:
 
     @property
     def num_rows(self) -> int:
-        return int(self.model.get_output_embeddings().weight.shape[0])
+        return logit_rows(self.model)
 
     @property
     def device(self) -> torch.device:

@@ -21,7 +21,15 @@ from transformers import Trainer, TrainingArguments
 
 from gold.collate import Collator
 from gold.config import AlignmentConfig, LossConfig, RolloutConfig
-from gold.data import Example, Messages, TrainBatch, completion_text, examples_from_rows, prompt_ids
+from gold.data import (
+    Example,
+    Messages,
+    TrainBatch,
+    completion_text,
+    examples_from_rows,
+    logit_rows,
+    prompt_ids,
+)
 from gold.losses import PairTables, cross_tokenizer_loss
 from gold.rollout import Generator, HFGenerator
 from gold.teacher import LocalTeacher, Teacher
@@ -83,7 +91,7 @@ class GoldTrainer(Trainer):
         self.teacher: Teacher = teacher
         self.student_tokenizer = student_tokenizer
         tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher.num_rows,
-                                  student_rows=model.get_output_embeddings().weight.shape[0])  # fmt: skip
+                                  student_rows=logit_rows(model))  # fmt: skip
         self.collator = Collator(student_tokenizer, teacher.tokenizer, tables,
                                  max_completion_length=self.rollout_config.max_completion_length,
                                  max_prompt_length=self.rollout_config.max_prompt_length,

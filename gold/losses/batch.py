@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from alignment import Alignment, AlignmentStats, VocabMap, token_bytes_table
-from gold.losses.byte_marginal import first_byte_table
+from gold.losses.byte_marginal import first_byte_table, shared_bins
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,14 @@ class PairTables:
         teacher_matched: (M,) int64 their partners.
         student_bins: (Vs,) int64 first byte of each student token (256: none).
         teacher_bins: (Vt,) int64 first byte of each teacher token (256: none).
+        shared_bins: (257,) bool, the bins both sides produce (:func:`gold.losses.byte_marginal.shared_bins`).
     """
 
     student_matched: torch.Tensor
     teacher_matched: torch.Tensor
     student_bins: torch.Tensor
     teacher_bins: torch.Tensor
+    shared_bins: torch.Tensor
 
     @classmethod
     def build(
@@ -39,16 +41,19 @@ class PairTables:
         """Tables for a pair; ``*_rows`` are the models' embedding (logit) sizes."""
         vocab = VocabMap.build(student_tokenizer, teacher_tokenizer)
         keep = (vocab.student_ids < student_rows) & (vocab.teacher_ids < teacher_rows)
+        student_bins = first_byte_table(token_bytes_table(student_tokenizer), num_rows=student_rows)
+        teacher_bins = first_byte_table(token_bytes_table(teacher_tokenizer), num_rows=teacher_rows)
         return cls(
             student_matched=torch.from_numpy(vocab.student_ids[keep]),
             teacher_matched=torch.from_numpy(vocab.teacher_ids[keep]),
-            student_bins=first_byte_table(token_bytes_table(student_tokenizer), num_rows=student_rows),
-            teacher_bins=first_byte_table(token_bytes_table(teacher_tokenizer), num_rows=teacher_rows),
+            student_bins=student_bins,
+            teacher_bins=teacher_bins,
+            shared_bins=shared_bins(student_bins, teacher_bins),
         )
 
     def to(self, device: torch.device | str) -> PairTables:
-        return PairTables(*(t.to(device) for t in (self.student_matched, self.teacher_matched,
-                                                    self.student_bins, self.teacher_bins)))  # fmt: skip
+        return PairTables(*(t.to(device) for t in (self.student_matched, self.teacher_matched, self.student_bins,
+                                                    self.teacher_bins, self.shared_bins)))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ def byte_marginal(
     *,
     student_bins: torch.Tensor,
     teacher_bins: torch.Tensor,
+    shared: torch.Tensor | None = None,
     beta: float = 0.0,
 ) -> torch.Tensor:
     """Divergence between the two next-byte distributions at each group start, per group, on the bins
@@ -81,9 +82,11 @@ def byte_marginal(
         teacher_logprobs: (G, Vt) teacher next-token log-probabilities at the same byte positions.
         student_bins: (Vs,) from :func:`first_byte_table`.
         teacher_bins: (Vt,) likewise.
+        shared: (257,) bool from :func:`shared_bins` when already computed (``PairTables.shared_bins``).
         beta: generalized-JSD β (0: KL(teacher ‖ student)).
     """
-    shared = shared_bins(student_bins, teacher_bins)
+    if shared is None:
+        shared = shared_bins(student_bins, teacher_bins)
     student_bytes = on_shared_bins(fold_to_bytes(student_logprobs, student_bins), shared)
     teacher_bytes = on_shared_bins(fold_to_bytes(teacher_logprobs, teacher_bins), shared)
     return generalized_jsd(student_bytes, teacher_bytes, beta=beta)

@@ -54,7 +54,8 @@ def _row_terms(
         byte_rows = byte_marginal(
             start_rows(student_logits, student_index, select),
             start_rows(teacher_logits, teacher_index, select).detach(),
-            student_bins=tables.student_bins, teacher_bins=tables.teacher_bins, beta=config.beta,
+            student_bins=tables.student_bins, teacher_bins=tables.teacher_bins, shared=tables.shared_bins,
+            beta=config.beta,
         )  # fmt: skip
     return torch.stack([hybrid_rows, uld_rows, byte_rows, mass, matched.detach(), unmatched.detach()])
 

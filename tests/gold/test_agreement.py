@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignment import align_texts, encode_continuation, token_bytes_table
-from gold.agreement import group_agreement
+from gold.agreement import AgreementCache, group_agreement
 from gold.data import Example, prompt_ids
 from gold.evaluate import distillation_gap
 from tests.gold.conftest import tiny
@@ -63,6 +63,8 @@ def test_group_kl_equals_the_sequence_kl_and_next_bytes_match_a_reference(studen
     result = group_agreement(student, student_tokenizer, teacher, teacher_tokenizer, EXAMPLES, batch_size=2)
     gap = distillation_gap(student, student_tokenizer, teacher, teacher_tokenizer, EXAMPLES)
     assert result.kl_bits_per_byte == pytest.approx(gap.kl_bits_per_byte, rel=1e-5)
+    assert result.student_bits_per_byte == pytest.approx(gap.student_bits_per_byte, rel=1e-6)
+    assert result.teacher_bits_per_byte == pytest.approx(gap.teacher_bits_per_byte, rel=1e-6)
     assert result.num_bytes == gap.num_bytes
     agree, kls, groups = [], [], 0
     for example in EXAMPLES:
@@ -84,6 +86,22 @@ def test_group_kl_equals_the_sequence_kl_and_next_bytes_match_a_reference(studen
     assert result.num_groups == groups
     assert result.next_byte_agreement == pytest.approx(np.mean(agree))
     assert result.next_byte_kl_bits == pytest.approx(np.mean(kls) / np.log(2), rel=1e-4)
+
+
+def test_cache_reuses_tables_and_teacher_forwards(student_tokenizer, teacher_tokenizer) -> None:
+    teacher = tiny(teacher_tokenizer, seed=2).eval()
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    first, second = tiny(student_tokenizer, seed=1), tiny(student_tokenizer, seed=7)
+    cache = AgreementCache()
+    group_agreement(first, student_tokenizer, teacher, teacher_tokenizer, EXAMPLES, batch_size=2, cache=cache)
+    forwards = len(calls)
+    cached = group_agreement(second, student_tokenizer, teacher, teacher_tokenizer, EXAMPLES, batch_size=2,
+                             cache=cache)  # fmt: skip
+    assert forwards == 2 and len(calls) == forwards  # two batches, and none again for the second student
+    assert len(cache.tables) == 1
+    fresh = group_agreement(second, student_tokenizer, teacher, teacher_tokenizer, EXAMPLES, batch_size=2)
+    assert cached == fresh
 
 
 def test_a_model_agrees_with_itself(student_tokenizer) -> None:
