@@ -38,6 +38,10 @@ class LossConfig:
     # groups per chunk; each chunk is recomputed in backward, bounding memory to ~chunk × V (None: all
     # at once, faster but holding every (G, V) row of both models)
     chunk_groups: int | None = 256
+    # "auto": the fused CPU kernels (gold.losses.fused: values and gradient in one pass set, no (G, V)
+    # rows) for the hybrid and ULD terms when the logits are float32 on the CPU and ULD is quantized;
+    # the composed torch path otherwise. "fused" insists (and says why it cannot), "torch" never fuses.
+    implementation: Literal["auto", "fused", "torch"] = "auto"
 
     def __post_init__(self) -> None:
         weights = ("hybrid_weight", "uld_weight", "span_weight", "byte_marginal_weight")
@@ -57,6 +61,8 @@ class LossConfig:
             raise ValueError(f"LossConfig.uld_method must be auto, exact, quantized or topk, got {self.uld_method!r}")
         if self.uld_top_k < 1:
             raise ValueError(f"LossConfig.uld_top_k must be >= 1, got {self.uld_top_k}")
+        if self.implementation not in ("auto", "fused", "torch"):
+            raise ValueError(f"LossConfig.implementation must be auto, fused or torch, got {self.implementation!r}")
         if self.chunk_groups is not None and self.chunk_groups < 1:
             raise ValueError(f"LossConfig.chunk_groups must be >= 1 or None, got {self.chunk_groups}")
 

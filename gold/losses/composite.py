@@ -2,9 +2,11 @@
 
 Shape legend: B batch, Ts / Tt sequence lengths, Vs / Vt logit sizes, G groups, g groups per chunk.
 
-Rows are computed only for aligned groups, never as full ``[B, T, V]`` probabilities. With
-``chunk_groups`` set, each chunk of groups is wrapped in activation checkpointing, so its (g, V) rows
-are recomputed in backward instead of being kept: peak memory grows with the chunk, not with G.
+On float32 CPU logits the hybrid and ULD terms run in fused numba kernels (:mod:`gold.losses.fused`).
+Otherwise (and for the span and byte-marginal terms) rows are computed only for aligned groups,
+never as full ``[B, T, V]`` probabilities. With ``chunk_groups`` set, each chunk of groups is
+wrapped in activation checkpointing, so its (g, V) rows are recomputed in backward instead of being
+kept: peak memory grows with the chunk, not with G.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from gold.config import LossConfig
 from gold.losses.batch import AlignedBatch
 from gold.losses.byte_marginal import byte_marginal
+from gold.losses.fused import FUSED_TERMS, fused_applies, fused_row_terms
 from gold.losses.hybrid import hybrid
 from gold.losses.merge import GroupIndex, index_groups, rows_of, scale, start_rows
 from gold.losses.reduce import check_finite, reduce_rows
@@ -29,17 +32,18 @@ TERMS = ("hybrid", "uld", "span", "byte_marginal")
 
 
 def _row_terms(
-    config: LossConfig, batch: AlignedBatch, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-    student_index: GroupIndex, teacher_index: GroupIndex, select: torch.Tensor,
+    config: LossConfig, terms: frozenset[str], batch: AlignedBatch, student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor, student_index: GroupIndex, teacher_index: GroupIndex, select: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
     """(6, g) per-group values for one chunk: hybrid, ULD, byte marginal, teacher matched mass, and
-    the hybrid's matched (JSD) and unmatched (ULD) parts before weighting."""
+    the hybrid's matched (JSD) and unmatched (ULD) parts before weighting (zeros for terms not asked)."""
     tables = batch.tables
-    student_rows = rows_of(student_logits, student_index, select)  # (g, Vs)
-    teacher_rows = rows_of(teacher_logits, teacher_index, select).detach()  # (g, Vt)
-    zeros = torch.zeros(student_rows.shape[0], dtype=student_rows.dtype, device=student_rows.device)
+    zeros = student_logits.new_zeros(select.shape[0])
     hybrid_rows, uld_rows, byte_rows, mass, matched, unmatched = zeros, zeros, zeros, zeros, zeros, zeros
-    if config.hybrid_weight > 0:
+    if "hybrid" in terms or "uld" in terms:
+        student_rows = rows_of(student_logits, student_index, select)  # (g, Vs)
+        teacher_rows = rows_of(teacher_logits, teacher_index, select).detach()  # (g, Vt)
+    if "hybrid" in terms:
         weights = "mass" if config.hybrid_weighting == "mass" else (config.hybrid_matched_weight,
                                                                      config.hybrid_unmatched_weight)  # fmt: skip
         parts = hybrid(student_rows, teacher_rows, student_matched=tables.student_matched,
@@ -48,9 +52,9 @@ def _row_terms(
                        student_log_totals=student_index.prefix[select],
                        teacher_log_totals=teacher_index.prefix[select].detach())  # fmt: skip
         hybrid_rows, mass, matched, unmatched = parts.loss, parts.teacher_matched_mass, parts.matched, parts.unmatched
-    if config.uld_weight > 0:
+    if "uld" in terms:
         uld_rows = uld_distance(config, student_rows.device)(student_rows, teacher_rows)
-    if config.byte_marginal_weight > 0:
+    if "byte_marginal" in terms:
         byte_rows = byte_marginal(
             start_rows(student_logits, student_index, select),
             start_rows(teacher_logits, teacher_index, select).detach(),
@@ -83,6 +87,9 @@ def cross_tokenizer_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The configured mix of loss terms, averaged over the groups of the global batch.
 
+    On float32 CPU logits the hybrid and ULD terms run fused (:mod:`gold.losses.fused`) unless
+    ``config.implementation`` is "torch"; span and byte-marginal terms always take the torch path.
+
     Args:
         student_logits: (B, Ts, Vs) student logits (with grad).
         teacher_logits: (B, Tt, Vt) teacher logits (no grad needed).
@@ -95,6 +102,38 @@ def cross_tokenizer_loss(
         ``(loss, metrics)``: the scalar loss and floats for logging (each term, matched mass,
         alignment coverage).
     """
+    weights = {"hybrid": config.hybrid_weight, "uld": config.uld_weight, "span": config.span_weight,
+               "byte_marginal": config.byte_marginal_weight}  # fmt: skip
+    fused = fused_applies(config, student_logits, teacher_logits) and bool((batch.student_groups >= 0).any())
+    loss = student_logits.new_zeros(())
+    values: dict[str, torch.Tensor] = {}
+    hybrid_health = student_logits.new_zeros(3, 0)
+    if fused:
+        fused_loss, values, hybrid_health = fused_row_terms(
+            student_logits, teacher_logits, batch, config, num_items_in_batch=num_items_in_batch
+        )
+        for term, value in values.items():
+            check_finite(value, term=term, step=step)
+        loss = loss + fused_loss
+    torch_terms = frozenset(t for t in TERMS if weights[t] > 0 and not (fused and t in FUSED_TERMS))
+    if torch_terms:
+        rows, torch_health = _torch_rows(config, torch_terms, batch, student_logits, teacher_logits)
+        hybrid_health = hybrid_health if fused else torch_health
+        for term in TERMS:
+            if term in torch_terms:
+                values[term] = check_finite(reduce_rows(rows[term], num_items_in_batch=num_items_in_batch),
+                                            term=term, step=step)  # fmt: skip
+                loss = loss + weights[term] * values[term]
+    metrics = {f"loss/{term}": float(values[term].detach()) for term in TERMS if term in values}
+    metrics.update(_health(batch, hybrid_health, config))
+    return check_finite(loss, term="total", step=step), metrics
+
+
+def _torch_rows(
+    config: LossConfig, terms: frozenset[str], batch: AlignedBatch, student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
+    """Per-group rows of ``terms`` by the composed torch path, and the hybrid's (3, G) health rows."""
     s_logits = scale(student_logits, config.student_temperature)
     t_logits = scale(teacher_logits.detach(), config.teacher_temperature)
     student_index = index_groups(s_logits, batch.student_ids, batch.student_groups)
@@ -104,24 +143,14 @@ def cross_tokenizer_loss(
             f"the student side has {student_index.num_groups} groups and the teacher side "
             f"{teacher_index.num_groups}; both must come from the same alignments"
         )
-    per_row = _chunked(config, batch, s_logits, t_logits, student_index, teacher_index)  # (6, G)
+    per_row = _chunked(config, terms, batch, s_logits, t_logits, student_index, teacher_index)  # (6, G)
     span_rows = span_likelihood(student_index.observed, teacher_index.observed.detach(), beta=config.beta)
     rows = {"hybrid": per_row[0], "uld": per_row[1], "span": span_rows, "byte_marginal": per_row[2]}
-    weights = {"hybrid": config.hybrid_weight, "uld": config.uld_weight, "span": config.span_weight,
-               "byte_marginal": config.byte_marginal_weight}  # fmt: skip
-    loss = student_logits.new_zeros(())
-    metrics: dict[str, float] = {}
-    for term in TERMS:
-        if weights[term] > 0:
-            value = check_finite(reduce_rows(rows[term], num_items_in_batch=num_items_in_batch), term=term, step=step)
-            loss = loss + weights[term] * value
-            metrics[f"loss/{term}"] = float(value.detach())
-    metrics.update(_health(batch, per_row[3:], config))
-    return check_finite(loss, term="total", step=step), metrics
+    return rows, per_row[3:]
 
 
 def _chunked(
-    config: LossConfig, batch: AlignedBatch, s_logits: torch.Tensor, t_logits: torch.Tensor,
+    config: LossConfig, terms: frozenset[str], batch: AlignedBatch, s_logits: torch.Tensor, t_logits: torch.Tensor,
     student_index: GroupIndex, teacher_index: GroupIndex,
 ) -> torch.Tensor:  # fmt: skip
     total = student_index.num_groups
@@ -130,12 +159,14 @@ def _chunked(
         # no groups anywhere in this slice (e.g. every rollout stopped at once): empty rows that are
         # still views of the student logits, so the (zero) loss has a graph to call backward on
         return torch.stack([s_logits.flatten()[:0]] * 6)
+    if not terms & {"hybrid", "uld", "byte_marginal"}:
+        return s_logits.new_zeros(6, total)
     size = config.chunk_groups or total
     parts = []
     for start in range(0, total, size):
         select = torch.arange(start, min(start + size, total), device=device)
         fn: Callable[..., torch.Tensor] = _row_terms
-        args = (config, batch, s_logits, t_logits, student_index, teacher_index, select)
+        args = (config, terms, batch, s_logits, t_logits, student_index, teacher_index, select)
         if config.chunk_groups is not None and s_logits.requires_grad:
             parts.append(checkpoint(fn, *args, use_reentrant=False))
         else:

@@ -51,6 +51,31 @@ def _keys_histogram(bits: np.ndarray, counts: np.ndarray) -> bool:
     return valid
 
 
+@njit(cache=True, inline="always")
+def compare_counts(s_counts: np.ndarray, t_counts: np.ndarray, levels: np.ndarray, signs: np.ndarray) -> float:
+    """Quantized sorted-L1 of two histograms, and the student's gradient sign per level into ``signs``."""
+    s_above = 0  # values in buckets above k
+    t_above = 0
+    total = 0.0
+    signs[0] = 0.0  # the zero bucket: its values are 0, so is their gradient
+    for k in range(LEVELS - 1, 0, -1):
+        s_at = s_above + s_counts[k]  # C_S at level k
+        t_at = t_above + t_counts[k]
+        total += abs(s_at - t_at) * (levels[k] - levels[k - 1])
+        n = s_counts[k]
+        signs[k] = 0.0
+        if n > 0:
+            # ranks s_above .. s_above + n - 1; teacher values at those ranks are above (sign -1)
+            # for r < t_above, tied (0) for t_above <= r < t_at, below (+1) for r >= t_at
+            lo, hi = s_above, s_above + n
+            minus = max(0, min(hi, t_above) - lo)
+            plus = max(0, hi - max(lo, t_at))
+            signs[k] = (plus - minus) / n
+        s_above = s_at
+        t_above = t_at
+    return total
+
+
 @njit(cache=True, parallel=True)
 def _forward(student_bits: np.ndarray, teacher_bits: np.ndarray, levels: np.ndarray,
              values: np.ndarray, signs: np.ndarray) -> None:  # fmt: skip
@@ -60,23 +85,7 @@ def _forward(student_bits: np.ndarray, teacher_bits: np.ndarray, levels: np.ndar
         t_counts = np.zeros(LEVELS, dtype=np.int64)
         valid = _keys_histogram(student_bits[row], s_counts)
         valid &= _keys_histogram(teacher_bits[row], t_counts)
-        s_above = 0  # values in buckets above k
-        t_above = 0
-        total = 0.0
-        for k in range(LEVELS - 1, 0, -1):
-            s_at = s_above + s_counts[k]  # C_S at level k
-            t_at = t_above + t_counts[k]
-            total += abs(s_at - t_at) * (levels[k] - levels[k - 1])
-            n = s_counts[k]
-            if n > 0:
-                # ranks s_above .. s_above + n - 1; teacher values at those ranks are above (sign -1)
-                # for r < t_above, tied (0) for t_above <= r < t_at, below (+1) for r >= t_at
-                lo, hi = s_above, s_above + n
-                minus = max(0, min(hi, t_above) - lo)
-                plus = max(0, hi - max(lo, t_at))
-                signs[row, k] = (plus - minus) / n
-            s_above = s_at
-            t_above = t_at
+        total = compare_counts(s_counts, t_counts, levels, signs[row])
         values[row] = total if valid else np.nan  # NaN in, NaN out: the caller's finiteness check fires
 
 

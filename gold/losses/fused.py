@@ -1,0 +1,239 @@
+"""The hybrid and ULD terms on the CPU in one fused pass set: values and the student's gradient together.
+
+Shape legend: B batch, Ts / Tt sequence lengths, Vs / Vt logit sizes, N grouped tokens of one side,
+G groups.
+
+The composed torch path (:mod:`gold.losses.composite` with ``implementation="torch"``) builds (g, V)
+rows, runs each term on them and lets autograd walk back through gathers, log-normalizers and
+checkpoint recomputation: several dense (B, T, V) buffers and many passes over memory. Here numba
+kernels (:mod:`gold.losses.fused_kernels`) read each group's two logit rows while they are in cache,
+compute the term values and, when the student needs a gradient, write ∂loss/∂logits straight into
+one (B, T, Vs) buffer during the forward. ``backward`` returns that buffer (times the incoming
+gradient). Peak memory is that buffer plus a few K-level histograms per thread, whatever G is.
+
+The values equal the torch path's (ULD at the same bfloat16 resolution, tested on values and
+gradients in ``tests/gold/losses/test_fused.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+
+from gold.config import LossConfig
+from gold.losses.batch import AlignedBatch
+from gold.losses.fused_kernels import HYBRID, MASS, MATCHED, ULD, UNMATCHED, finalize_gradient, group_terms, row_stats
+from gold.losses.merge import grouped_positions
+from gold.losses.uld_quantized import LEVEL_VALUES
+
+FUSED_TERMS = ("hybrid", "uld")
+
+
+def fused_applies(config: LossConfig, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> bool:
+    """Whether ``config.implementation`` selects the fused path for these logits ("auto": when it can).
+
+    Raises:
+        ValueError: ``implementation="fused"`` for inputs it cannot take, naming which.
+    """
+    if config.implementation == "torch" or (config.hybrid_weight <= 0 and config.uld_weight <= 0):
+        return False
+    reasons = []
+    for name, logits in (("student", student_logits), ("teacher", teacher_logits)):
+        if logits.device.type != "cpu":
+            reasons.append(f"{name} logits are on {logits.device}")
+        if logits.dtype != torch.float32:
+            reasons.append(f"{name} logits are {logits.dtype}")
+    if config.uld_method not in ("auto", "quantized"):
+        reasons.append(f"uld_method is {config.uld_method!r}")
+    if reasons and config.implementation == "fused":
+        raise ValueError(
+            f"LossConfig.implementation='fused' needs float32 CPU logits and uld_method 'auto' or 'quantized', "
+            f"but {'; '.join(reasons)}; use implementation='auto' or 'torch'"
+        )
+    return not reasons
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One model's grouped tokens: where they are predicted and the per-group chain-rule scalars."""
+
+    flat: np.ndarray  # (B*T, V) float32 logits
+    rows: np.ndarray  # (N,) row predicting each grouped token
+    token_ids: np.ndarray  # (N,)
+    lse: np.ndarray  # (N,) float32 log-normalizer of each predicting row (scaled logits)
+    is_last: np.ndarray  # (N,) bool
+    group: np.ndarray  # (N,) global group of each token
+    prefix: np.ndarray  # (G,) float64 log-probability of each group's tokens before its last
+
+    @property
+    def last_rows(self) -> np.ndarray:
+        return self.rows[self.is_last]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(G,) ``logsumexp - prefix`` of the row predicting each group's last token."""
+        return self.lse[self.is_last].astype(np.float64) - self.prefix
+
+
+def _side(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor, temperature: float) -> _Side:
+    if logits.shape[:2] != ids.shape or ids.shape != groups.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)}, ids {tuple(ids.shape)} and groups {tuple(groups.shape)} "
+            "must agree on (B, T)"
+        )
+    batch_index, position, group, num_groups = grouped_positions(groups.cpu())
+    if (position == 0).any():
+        raise ValueError(
+            "a grouped token sits at position 0, so no logit predicts it; keep at least one prompt token "
+            "(or a BOS token) before the completion"
+        )
+    flat = logits.detach().contiguous().view(-1, logits.shape[-1]).numpy()
+    rows = (batch_index * logits.shape[1] + position - 1).numpy()
+    token_ids = ids.cpu()[batch_index, position].numpy()
+    lse, token = np.empty(rows.shape[0], np.float32), np.empty(rows.shape[0], np.float32)
+    row_stats(flat, rows, token_ids, 1.0 / temperature, lse, token)
+    group_np = group.numpy()
+    is_last = np.ones(group_np.shape[0], dtype=bool)
+    is_last[:-1] = group_np[1:] != group_np[:-1]
+    logprob = token.astype(np.float64) - lse
+    prefix = np.bincount(group_np[~is_last], weights=logprob[~is_last], minlength=int(num_groups.sum()))
+    return _Side(flat, rows, token_ids, lse, is_last, group_np, prefix.astype(np.float64))
+
+
+def _tables(batch: AlignedBatch, student_rows: int, teacher_rows: int) -> tuple[tuple, tuple]:  # type: ignore[type-arg]
+    tables = batch.tables
+    student_matched = tables.student_matched.cpu().numpy().astype(np.int64)
+    teacher_matched = tables.teacher_matched.cpu().numpy().astype(np.int64)
+
+    def unmatched(matched: np.ndarray, size: int) -> np.ndarray:
+        keep = np.ones(size, dtype=bool)
+        keep[matched] = False
+        return np.flatnonzero(keep).astype(np.int64)
+
+    hybrid_tables = (student_matched, teacher_matched, unmatched(student_matched, student_rows),
+                     unmatched(teacher_matched, teacher_rows), LEVEL_VALUES)  # fmt: skip
+    uld_tables = (np.arange(student_rows, dtype=np.int64), np.arange(teacher_rows, dtype=np.int64), LEVEL_VALUES)
+    return hybrid_tables, uld_tables
+
+
+def _settings(config: LossConfig, denominator: float, want_grad: bool) -> np.ndarray:
+    return np.array([
+        config.beta, float(config.hybrid_weight > 0), float(config.uld_weight > 0),
+        float(config.hybrid_weighting == "mass"), config.hybrid_matched_weight, config.hybrid_unmatched_weight,
+        config.hybrid_weight / denominator, config.uld_weight / denominator, float(want_grad),
+    ], dtype=np.float64)  # fmt: skip
+
+
+def _run(student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: AlignedBatch, config: LossConfig,
+         denominator: float, want_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """(5, G) values per group and, with ``want_grad``, the (B, Ts, Vs) gradient of the fused loss."""
+    student = _side(student_logits, batch.student_ids, batch.student_groups, config.student_temperature)
+    teacher = _side(teacher_logits, batch.teacher_ids, batch.teacher_groups, config.teacher_temperature)
+    if student.prefix.shape != teacher.prefix.shape:
+        raise ValueError(
+            f"the student side has {student.prefix.shape[0]} groups and the teacher side "
+            f"{teacher.prefix.shape[0]}; both must come from the same alignments"
+        )
+    num_groups = student.prefix.shape[0]
+    rows = np.stack([student.last_rows, teacher.last_rows], axis=1)
+    offsets = np.stack([student.offsets, teacher.offsets], axis=1).astype(np.float32)
+    prefixes = np.stack([student.prefix, teacher.prefix], axis=1)
+    inv = np.array([1.0 / config.student_temperature, 1.0 / config.teacher_temperature], dtype=np.float32)
+    hybrid_tables, uld_tables = _tables(batch, student.flat.shape[1], teacher.flat.shape[1])
+    values = np.zeros((5, num_groups), dtype=np.float64)
+    grad = np.empty_like(student.flat) if want_grad else np.zeros((1, 1), np.float32)
+    row_grad = np.zeros((num_groups, 2), dtype=np.float64)
+    workers = max(1, min(numba.get_num_threads(), num_groups))
+    group_terms(student.flat, teacher.flat, rows, offsets, prefixes, inv, hybrid_tables, uld_tables,
+                _settings(config, denominator, want_grad), values, grad, row_grad, workers)  # fmt: skip
+    if not want_grad:
+        return values, None
+    finalize_gradient(student.flat, grad, *_row_roles(student, row_grad), 1.0 / config.student_temperature)
+    return values, grad.reshape(student_logits.shape)
+
+
+def _row_roles(student: _Side, row_grad: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per student logit row: role (0 none, 1 last token, 2 earlier token), log-normalizer, token, coefficient."""
+    total = student.flat.shape[0]
+    role = np.zeros(total, dtype=np.int8)
+    lse = np.zeros(total, dtype=np.float32)
+    token = np.zeros(total, dtype=np.int64)
+    coef = np.zeros(total, dtype=np.float64)
+    role[student.rows] = np.where(student.is_last, 1, 2)
+    lse[student.rows] = student.lse
+    token[student.rows] = student.token_ids
+    prefix_grad = row_grad[:, 0] + row_grad[:, 1]  # ∂loss/∂prefix: through the row's offset and directly
+    coef[student.rows] = np.where(student.is_last, row_grad[student.group, 0], prefix_grad[student.group])
+    return role, lse, token, coef
+
+
+class _FusedRowTerms(torch.autograd.Function):
+    """Forward computes the loss and (when needed) its gradient; backward hands the gradient on."""
+
+    @staticmethod
+    def forward(ctx: Any, student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: AlignedBatch,
+                config: LossConfig, denominator: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        values, grad = _run(student_logits, teacher_logits, batch, config, denominator, ctx.needs_input_grad[0])
+        ctx.grad = None if grad is None else torch.from_numpy(grad)
+        total = (config.hybrid_weight * values[HYBRID].sum() + config.uld_weight * values[ULD].sum()) / denominator
+        values_tensor = torch.from_numpy(values)
+        ctx.mark_non_differentiable(values_tensor)
+        return torch.tensor(total, dtype=student_logits.dtype), values_tensor
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, grad_values: torch.Tensor) -> tuple[Any, ...]:
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            return None, None, None, None, None
+        if not bool(grad_loss == 1):
+            grad = grad * grad_loss
+        return grad, None, None, None, None
+
+
+def warm_up() -> None:
+    """Load (or compile, the first time on a machine) the kernels on a tiny batch, e.g. before timing."""
+    from alignment import AlignmentStats
+    from gold.losses.batch import PairTables
+
+    tables = PairTables(*(torch.tensor(v) for v in ([0, 1], [1, 0], [0, 0, 1, 256], [0, 1, 1], [True] * 257)))
+    groups = torch.tensor([[-1, 0, 0, 1]])
+    batch = AlignedBatch(torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 1, 2, 0]]), groups, groups, tables,
+                         AlignmentStats.combine([]))  # fmt: skip
+    for beta in (0.0, 0.5, 1.0):
+        config = LossConfig(uld_weight=1.0, beta=beta, implementation="fused")
+        student = torch.randn(1, 4, 4, requires_grad=True)
+        loss, _, _ = fused_row_terms(student, torch.randn(1, 4, 3), batch, config)
+        loss.backward()
+
+
+def fused_row_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    batch: AlignedBatch,
+    config: LossConfig,
+    *,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Hybrid and ULD terms of ``config`` on float32 CPU logits, with their gradient fused in.
+
+    Args:
+        student_logits: (B, Ts, Vs) float32 CPU; teacher_logits: (B, Tt, Vt) float32 CPU (no gradient).
+        batch, config, num_items_in_batch: as for :func:`gold.losses.cross_tokenizer_loss`.
+
+    Returns:
+        ``(loss, terms, health)``: the weighted sum of the fused terms (differentiable), each term's
+        reduced value (for logging and the finiteness check), and (3, G) teacher matched mass, matched
+        JSD and unmatched ULD per group.
+    """
+    num_groups = int((batch.student_groups.amax(dim=1) + 1).clamp(min=0).sum()) if batch.student_groups.numel() else 0
+    denominator = float(num_groups if num_items_in_batch is None else num_items_in_batch)
+    if denominator <= 0:
+        denominator = 1.0  # no rows anywhere: the sum is 0, as in gold.losses.reduce_rows
+    loss, values = _FusedRowTerms.apply(student_logits, teacher_logits.detach(), batch, config, denominator)
+    terms = {name: values[row].sum() / denominator for name, row in (("hybrid", HYBRID), ("uld", ULD))
+             if getattr(config, f"{name}_weight") > 0}  # fmt: skip
+    return loss, terms, values[[MASS, MATCHED, UNMATCHED]]

@@ -1,0 +1,193 @@
+"""numba kernels of the fused CPU loss (:mod:`gold.losses.fused`): one pass set per group row.
+
+Shape legend: R logit rows of one side (B × T flattened), V that side's vocabulary, N grouped tokens,
+G groups, M matched pairs, K = 16,257 ULD levels.
+
+Notation per group (see :mod:`gold.losses.merge`): ``z`` the row predicting the group's last token
+(already divided by the temperature), ``r(v) = z(v) - off`` the chain-rule row with
+``off = logsumexp(z) - prefix``. The group kernel computes the hybrid and ULD values from ``z`` and,
+when asked, ``q(v) = ∂loss/∂r(v)`` straight into the gradient buffer; :func:`finalize_gradient` then
+turns ``q`` into the gradient of the logits (the log-normalizer and the prefix by the chain rule).
+Each group works on its two rows while they are in cache; nothing of size (G, V) is ever allocated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from gold.losses.fast_math import FASTMATH, fexp
+from gold.losses.fused_rows import (
+    count_levels,
+    gather_scaled,
+    jsd_scalar,
+    log1mexp,
+    log_add,
+    lse_of,
+    matched_jsd,
+    probs_all,
+    probs_of,
+    scatter_add,
+    teacher_matched,
+    uld_gradient_all,
+    uld_gradient_cols,
+)
+from gold.losses.uld_quantized import LEVELS, compare_counts
+
+# value rows of the group kernel
+HYBRID, ULD, MASS, MATCHED, UNMATCHED = range(5)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _lse(z: np.ndarray, inv_t: np.float32) -> np.float32:
+    top = np.float32(-np.inf)
+    for v in range(z.shape[0]):
+        top = max(top, z[v])
+    top *= inv_t
+    if not np.isfinite(top):
+        return top if top == top else np.float32(np.nan)
+    total = np.float32(0.0)
+    for v in range(z.shape[0]):
+        total += fexp(z[v] * inv_t - top)
+    return top + np.float32(math.log(total))
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def row_stats(flat: np.ndarray, rows: np.ndarray, ids: np.ndarray, inv_t: float, lse: np.ndarray,
+              token: np.ndarray) -> None:  # fmt: skip
+    """For each of N rows: its log-normalizer and the (scaled) logit of the token it predicts."""
+    scale = np.float32(inv_t)
+    for n in prange(rows.shape[0]):
+        z = flat[rows[n]]
+        lse[n] = _lse(z, scale)
+        token[n] = z[ids[n]] * scale
+
+
+@njit(inline="always")
+def _hybrid(zs: np.ndarray, zt: np.ndarray, g: int, tables: tuple, offsets: np.ndarray, prefixes: np.ndarray,
+            inv: np.ndarray, settings: np.ndarray, scratch: tuple, values: np.ndarray,
+            q: np.ndarray) -> float:  # fmt: skip
+    """The hybrid term of group ``g`` into ``values``; its gradient into ``q``; returns ∂loss/∂prefix."""
+    sm, tm, s_unmatched, t_unmatched, levels = tables
+    s_counts, t_counts, signs, s_probs, t_probs, s_x, t_x, t_vals, t_exp, grads = scratch
+    beta, c_hybrid, want = settings[0], settings[6], settings[8] > 0
+    s_off, t_off = offsets[g, 0], offsets[g, 1]
+    mass = teacher_matched(zt, tm, inv[1], t_off, t_vals, t_exp)
+    w_matched, w_unmatched = (mass, 1.0 - mass) if settings[3] > 0 else (settings[4], settings[5])
+    matched = matched_jsd(zs, sm, inv[0], s_off, t_vals, t_exp, beta, grads)
+    if want:
+        scatter_add(sm, grads, c_hybrid * w_matched, q)
+    # "other": the unmatched columns plus the mass the chain-rule row leaves to other continuations
+    ns, nt = s_unmatched.shape[0], t_unmatched.shape[0]
+    gather_scaled(zs, s_unmatched, inv[0], s_x)
+    gather_scaled(zt, t_unmatched, inv[1], t_x)
+    s_missing = log1mexp(min(prefixes[g, 0], 0.0))
+    s_other = log_add(lse_of(s_x, ns) - s_off, s_missing)
+    t_other = log_add(lse_of(t_x, nt) - t_off, log1mexp(min(prefixes[g, 1], 0.0)))
+    other, d_other = jsd_scalar(s_other, t_other, beta)
+    probs_of(s_x, ns, s_off, s_probs)
+    probs_of(t_x, nt, t_off, t_probs)
+    valid = count_levels(s_probs, ns, s_counts)
+    valid &= count_levels(t_probs, nt, t_counts)
+    unmatched = compare_counts(s_counts, t_counts, levels, signs) if valid else np.nan
+    values[HYBRID, g] = w_matched * (matched + other) + w_unmatched * unmatched
+    values[MASS, g], values[MATCHED, g], values[UNMATCHED, g] = mass, matched + other, unmatched
+    if not want:
+        return 0.0
+    other_coef = c_hybrid * w_matched * d_other if np.isfinite(s_other) else 0.0
+    uld_gradient_cols(s_x, s_unmatched, s_probs, signs, c_hybrid * w_unmatched, s_off + s_other, other_coef,
+                      grads, q)  # fmt: skip
+    if not np.isfinite(s_missing):
+        return 0.0
+    # s_other = log(unmatched mass + exp(s_missing)) with s_missing = log(1 - exp(prefix))
+    d_missing = -1.0 / math.expm1(-prefixes[g, 0])
+    return other_coef * math.exp(s_missing - s_other) * d_missing
+
+
+@njit(inline="always")
+def _uld(zs: np.ndarray, zt: np.ndarray, g: int, tables: tuple, offsets: np.ndarray, inv: np.ndarray,
+         settings: np.ndarray, scratch: tuple, values: np.ndarray, q: np.ndarray) -> None:  # fmt: skip
+    """The ULD term of group ``g`` over whole rows into ``values``; its gradient into ``q``."""
+    levels = tables[2]
+    s_counts, t_counts, signs, s_probs, t_probs = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
+    probs_all(zs, inv[0], offsets[g, 0], s_probs)
+    probs_all(zt, inv[1], offsets[g, 1], t_probs)
+    valid = count_levels(s_probs, zs.shape[0], s_counts)
+    valid &= count_levels(t_probs, zt.shape[0], t_counts)
+    values[ULD, g] = compare_counts(s_counts, t_counts, levels, signs) if valid else np.nan
+    if settings[8] > 0:
+        uld_gradient_all(s_probs, signs, settings[7], q)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def group_terms(s_flat: np.ndarray, t_flat: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
+                prefixes: np.ndarray, inv: np.ndarray, hybrid_tables: tuple, uld_tables: tuple,
+                settings: np.ndarray, values: np.ndarray, grad: np.ndarray, row_grad: np.ndarray,
+                workers: int) -> None:  # fmt: skip
+    """Hybrid and ULD values of every group and, with ``settings[8]``, ``q`` into ``grad``.
+
+    Args:
+        s_flat / t_flat: (Rs, Vs) / (Rt, Vt) float32 logits.
+        rows: (G, 2) int64 student and teacher row predicting each group's last token.
+        offsets: (G, 2) float32 ``logsumexp(z) - prefix`` per side; prefixes: (G, 2) float64.
+        inv: (2,) float32 inverse temperatures; settings: (9,) float64 β, use hybrid, use ULD, mass
+            weighting, fixed matched / unmatched weights, hybrid and ULD coefficients, want gradient.
+        values: (5, G) float64 out; grad: (Rs, Vs) float32 out (rows of last tokens only);
+        row_grad: (G, 2) float64 out, Σ_v q(v) and the explicit ∂loss/∂prefix per group.
+    """
+    groups = rows.shape[0]
+    want = settings[8] > 0
+    s_size, t_size, matched = s_flat.shape[1], t_flat.shape[1], hybrid_tables[0].shape[0]
+    for worker in prange(workers):
+        scratch = (np.zeros(LEVELS, np.int64), np.zeros(LEVELS, np.int64), np.zeros(LEVELS, np.float32),
+                   np.empty(s_size, np.float32), np.empty(t_size, np.float32), np.empty(s_size, np.float32),
+                   np.empty(t_size, np.float32), np.empty(matched, np.float32), np.empty(matched, np.float32),
+                   np.empty(max(matched, s_size), np.float32))  # fmt: skip
+        dummy = np.zeros(1, np.float32)
+        for g in range(worker, groups, workers):
+            zs, zt = s_flat[rows[g, 0]], t_flat[rows[g, 1]]
+            q = grad[rows[g, 0]] if want else dummy
+            if want:
+                q[:] = 0.0
+            pre_grad = 0.0
+            if settings[2] > 0:
+                _uld(zs, zt, g, uld_tables, offsets, inv, settings, scratch, values, q)
+            if settings[1] > 0:
+                pre_grad = _hybrid(zs, zt, g, hybrid_tables, offsets, prefixes, inv, settings, scratch, values, q)
+            row_grad[g, 0] = _row_sum(q) if want else 0.0
+            row_grad[g, 1] = pre_grad
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _row_sum(q: np.ndarray) -> float:
+    total = np.float32(0.0)
+    for v in range(q.shape[0]):
+        total += q[v]
+    return float(total)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def finalize_gradient(flat: np.ndarray, grad: np.ndarray, role: np.ndarray, lse: np.ndarray, token: np.ndarray,
+                      coef: np.ndarray, inv_t: float) -> None:  # fmt: skip
+    """Turn ``q`` into ∂loss/∂logits row by row (all R rows of ``grad`` are written).
+
+    Role 1 (predicts a group's last token): ``(q - softmax · coef) / T`` with coef = Σ_v q(v).
+    Role 2 (predicts an earlier token of a group): ``coef · (onehot(token) - softmax) / T`` with
+    coef = ∂loss/∂prefix of its group. Role 0: zero.
+    """
+    scale = np.float32(inv_t)
+    for r in prange(flat.shape[0]):
+        out = grad[r]
+        if role[r] == 0:
+            out[:] = 0.0
+            continue
+        z, shift, c = flat[r], np.float32(lse[r]), np.float32(coef[r])
+        if role[r] == 1:
+            for v in range(out.shape[0]):
+                out[v] = scale * (out[v] - fexp(z[v] * scale - shift) * c)
+        else:
+            for v in range(out.shape[0]):
+                out[v] = -scale * c * fexp(z[v] * scale - shift)
+            out[token[r]] += scale * c

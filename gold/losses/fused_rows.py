@@ -1,0 +1,185 @@
+"""Per-row pieces of the fused CPU loss, inlined into :func:`gold.losses.fused_kernels.group_terms`.
+
+Notation as in :mod:`gold.losses.fused_kernels`: ``z`` one logit row, ``inv`` the inverse temperature,
+``off`` the row's offset, so ``r(v) = z(v)·inv - off`` is the chain-rule log-probability; ``q`` the
+row of ∂loss/∂r being accumulated. Loops are written so that LLVM vectorizes them: contiguous
+passes, gathers into scratch arrays, scatters in loops of their own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from gold.losses.fast_math import FASTMATH, fexp, float_bits, flog
+from gold.losses.uld_quantized import LEVELS, SHIFT
+
+FLOOR = -1e30  # gold.losses.divergences.FLOOR: a -inf "other" bucket is clamped to it
+TINY = np.float32(1.1754944e-38)  # smallest normal float32: flog's domain
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def probs_all(z: np.ndarray, inv: np.float32, off: np.float32, probs: np.ndarray) -> None:
+    """``probs[v] = exp(r(v))`` for every column."""
+    for v in range(z.shape[0]):
+        probs[v] = fexp(z[v] * inv - off)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def gather_scaled(z: np.ndarray, cols: np.ndarray, inv: np.float32, out: np.ndarray) -> None:
+    """``out[i] = z[cols[i]] · inv``: a gather loop of its own, so the math after it vectorizes."""
+    for i in range(cols.shape[0]):
+        out[i] = z[cols[i]] * inv
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def probs_of(x: np.ndarray, size: int, off: float, probs: np.ndarray) -> None:
+    """``probs[i] = exp(x[i] - off)`` for ``i < size``."""
+    shift = np.float32(off)
+    for i in range(size):
+        probs[i] = fexp(x[i] - shift)
+
+
+@njit(inline="always")
+def count_levels(probs: np.ndarray, size: int, counts: np.ndarray) -> bool:
+    """Histogram of the ULD levels of ``probs[:size]``; False if a value is not in [0, 1] (or NaN)."""
+    counts[:] = 0
+    valid = True
+    for i in range(size):
+        key = np.int64(float_bits(probs[i])) >> SHIFT
+        if key >= LEVELS or key < 0:
+            valid = False
+            key = LEVELS - 1
+        counts[key] += 1
+    return valid
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def lse_of(x: np.ndarray, size: int) -> float:
+    """``logsumexp(x[:size])`` (-inf when empty)."""
+    top = np.float32(-np.inf)
+    for i in range(size):
+        top = max(top, x[i])
+    if not np.isfinite(top):
+        return float(top)
+    total = np.float32(0.0)
+    for i in range(size):
+        total += fexp(x[i] - top)
+    return float(top) + math.log(total)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def teacher_matched(zt: np.ndarray, tm: np.ndarray, inv: np.float32, off: np.float32, t_vals: np.ndarray,
+                    t_exp: np.ndarray) -> float:  # fmt: skip
+    """Teacher log-probabilities and probabilities on the matched columns; returns their mass (≤ 1)."""
+    for m in range(tm.shape[0]):
+        t_vals[m] = zt[tm[m]] * inv - off
+    total = np.float32(0.0)
+    for m in range(tm.shape[0]):
+        e = fexp(t_vals[m])
+        t_exp[m] = e
+        total += e
+    return min(float(total), 1.0)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def matched_jsd(zs: np.ndarray, sm: np.ndarray, inv: np.float32, off: np.float32, t_vals: np.ndarray,
+                t_exp: np.ndarray, beta: float, grads: np.ndarray) -> float:  # fmt: skip
+    """Generalized JSD over the matched columns; ∂JSD/∂s per matched pair into ``grads``.
+
+    β = 0 is KL(T‖S) and β = 1 KL(S‖T), exactly (:func:`gold.losses.divergences.generalized_jsd`).
+    Where both probabilities are below float32's normal range the mixture's log is taken at that
+    bound; such a pair adds less than 1e-36 to the value and the gradient.
+    """
+    b, one_minus_b = np.float32(beta), np.float32(1.0 - beta)
+    for m in range(sm.shape[0]):
+        grads[m] = zs[sm[m]] * inv - off  # the student's log-probabilities, overwritten below
+    total = np.float32(0.0)
+    if beta == 0.0:
+        for m in range(sm.shape[0]):
+            total += t_exp[m] * (t_vals[m] - grads[m])
+            grads[m] = -t_exp[m]
+    elif beta == 1.0:
+        for m in range(sm.shape[0]):
+            s = grads[m]
+            es = fexp(s)
+            total += es * (s - t_vals[m])
+            grads[m] = es * (s - t_vals[m] + np.float32(1.0))
+    else:
+        for m in range(sm.shape[0]):
+            s = grads[m]
+            es = fexp(s)
+            mix = flog(max(b * t_exp[m] + one_minus_b * es, TINY))
+            total += b * t_exp[m] * (t_vals[m] - mix) + one_minus_b * es * (s - mix)
+            grads[m] = one_minus_b * es * (s - mix)
+    return float(total)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def scatter_add(cols: np.ndarray, grads: np.ndarray, coef: float, q: np.ndarray) -> None:
+    """``q[cols[i]] += coef · grads[i]`` (duplicate columns add up)."""
+    c = np.float32(coef)
+    for i in range(cols.shape[0]):
+        q[cols[i]] += c * grads[i]
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def uld_gradient_all(probs: np.ndarray, signs: np.ndarray, coef: float, q: np.ndarray) -> None:
+    """``q[v] += coef · sign(level of p_v) · p_v``: the quantized ULD subgradient over a whole row."""
+    c = np.float32(coef)
+    for v in range(q.shape[0]):
+        key = min(np.int64(float_bits(probs[v])) >> SHIFT, LEVELS - 1)
+        q[v] += c * signs[key] * probs[v]
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def uld_gradient_cols(x: np.ndarray, cols: np.ndarray, probs: np.ndarray, signs: np.ndarray, coef: float,
+                      other: float, other_coef: float, grads: np.ndarray, q: np.ndarray) -> None:  # fmt: skip
+    """On ``cols`` (``x`` their log-probabilities, ``probs`` their exponentials): the ULD subgradient
+    times ``coef`` plus ``other_coef · exp(x - other)``, the chain rule into the log-mass ``other``."""
+    c_uld, c_other = np.float32(coef), np.float32(other_coef)
+    shift = np.float32(other) if np.isfinite(other) else np.float32(0.0)
+    for i in range(cols.shape[0]):
+        key = min(np.int64(float_bits(probs[i])) >> SHIFT, LEVELS - 1)
+        grads[i] = c_uld * signs[key] * probs[i] + c_other * fexp(x[i] - shift)
+    scatter_add(cols, grads, 1.0, q)
+
+
+@njit(inline="always")
+def log1mexp(x: float) -> float:
+    """``log(1 - exp(x))`` for ``x <= 0`` (``-inf`` at 0)."""
+    if x >= 0.0:
+        return -np.inf
+    return math.log(-math.expm1(x)) if x > -0.6931471805599453 else math.log1p(-math.exp(x))
+
+
+@njit(inline="always")
+def log_add(a: float, b: float) -> float:
+    """``log(exp(a) + exp(b))`` in float64, ``-inf`` when both are."""
+    top = max(a, b)
+    if top == -np.inf:
+        return -np.inf
+    return top + math.log(math.exp(a - top) + math.exp(b - top))
+
+
+@njit(inline="always")
+def jsd_scalar(s: float, t: float, beta: float) -> tuple[float, float]:
+    """Generalized JSD of one outcome with log-masses ``s`` (student) and ``t``, and its d/ds.
+
+    Entries of ``-inf`` are clamped to the divergences' floor (their exponential is 0, their
+    gradient 0), as :func:`gold.losses.divergences.generalized_jsd` does.
+    """
+    live = s > FLOOR
+    s, t = max(s, FLOOR), max(t, FLOOR)
+    es, et = math.exp(s), math.exp(t)
+    if beta == 0.0:
+        value, grad = et * (t - s), -et
+    elif beta == 1.0:
+        value, grad = es * (s - t), es * (s - t + 1.0)
+    else:
+        mix = log_add(t + math.log(beta), s + math.log1p(-beta))
+        value = beta * et * (t - mix) + (1.0 - beta) * es * (s - mix)
+        grad = (1.0 - beta) * es * (s - mix)
+    return value, grad if live else 0.0
