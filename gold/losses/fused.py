@@ -59,12 +59,12 @@ def fused_applies(config: LossConfig, student_logits: torch.Tensor, teacher_logi
 
 @dataclass(frozen=True)
 class _Side:
-    """One model's grouped tokens: where they are predicted and the per-group chain-rule scalars."""
+    """One model's grouped tokens: where they are predicted and the per-group chain-rule prefix."""
 
     flat: np.ndarray  # (B*T, V) float32 logits
     rows: np.ndarray  # (N,) row predicting each grouped token
     token_ids: np.ndarray  # (N,)
-    lse: np.ndarray  # (N,) float32 log-normalizer of each predicting row (scaled logits)
+    lse: np.ndarray  # (N,) float32 log-normalizer of the rows predicting earlier tokens (0 at last tokens)
     is_last: np.ndarray  # (N,) bool
     group: np.ndarray  # (N,) global group of each token
     prefix: np.ndarray  # (G,) float64 log-probability of each group's tokens before its last
@@ -73,13 +73,10 @@ class _Side:
     def last_rows(self) -> np.ndarray:
         return self.rows[self.is_last]
 
-    @property
-    def offsets(self) -> np.ndarray:
-        """(G,) ``logsumexp - prefix`` of the row predicting each group's last token."""
-        return self.lse[self.is_last].astype(np.float64) - self.prefix
-
 
 def _side(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor, temperature: float) -> _Side:
+    """Positions of the grouped tokens and the prefix of every group; the rows predicting the groups'
+    last tokens are left to the group kernel, which reads each of them once."""
     if logits.shape[:2] != ids.shape or ids.shape != groups.shape:
         raise ValueError(
             f"logits {tuple(logits.shape)}, ids {tuple(ids.shape)} and groups {tuple(groups.shape)} "
@@ -94,13 +91,16 @@ def _side(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor, tempera
     flat = logits.detach().contiguous().view(-1, logits.shape[-1]).numpy()
     rows = (batch_index * logits.shape[1] + position - 1).numpy()
     token_ids = ids.cpu()[batch_index, position].numpy()
-    lse, token = np.empty(rows.shape[0], np.float32), np.empty(rows.shape[0], np.float32)
-    row_stats(flat, rows, token_ids, 1.0 / temperature, lse, token)
     group_np = group.numpy()
     is_last = np.ones(group_np.shape[0], dtype=bool)
     is_last[:-1] = group_np[1:] != group_np[:-1]
-    logprob = token.astype(np.float64) - lse
-    prefix = np.bincount(group_np[~is_last], weights=logprob[~is_last], minlength=int(num_groups.sum()))
+    inner = np.flatnonzero(~is_last)
+    inner_lse, inner_token = np.empty(inner.shape[0], np.float32), np.empty(inner.shape[0], np.float32)
+    row_stats(flat, rows[inner], token_ids[inner], 1.0 / temperature, inner_lse, inner_token)
+    lse = np.zeros(rows.shape[0], np.float32)
+    lse[inner] = inner_lse
+    logprob = inner_token.astype(np.float64) - inner_lse
+    prefix = np.bincount(group_np[inner], weights=logprob, minlength=int(num_groups.sum()))
     return _Side(flat, rows, token_ids, lse, is_last, group_np, prefix.astype(np.float64))
 
 
@@ -140,16 +140,16 @@ def _run(student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Alig
         )
     num_groups = student.prefix.shape[0]
     rows = np.stack([student.last_rows, teacher.last_rows], axis=1)
-    offsets = np.stack([student.offsets, teacher.offsets], axis=1).astype(np.float32)
     prefixes = np.stack([student.prefix, teacher.prefix], axis=1)
     inv = np.array([1.0 / config.student_temperature, 1.0 / config.teacher_temperature], dtype=np.float32)
     hybrid_tables, uld_tables = _tables(batch, student.flat.shape[1], teacher.flat.shape[1])
     values = np.zeros((5, num_groups), dtype=np.float64)
     grad = np.empty_like(student.flat) if want_grad else np.zeros((1, 1), np.float32)
     row_grad = np.zeros((num_groups, 2), dtype=np.float64)
+    offsets = np.zeros((num_groups, 2), dtype=np.float32)
     workers = max(1, min(numba.get_num_threads(), num_groups))
-    group_terms(student.flat, teacher.flat, rows, offsets, prefixes, inv, hybrid_tables, uld_tables,
-                _settings(config, denominator, want_grad), values, grad, row_grad, workers)  # fmt: skip
+    group_terms(student.flat, teacher.flat, rows, prefixes, inv, hybrid_tables, uld_tables,
+                _settings(config, denominator, want_grad), values, grad, row_grad, offsets, workers)  # fmt: skip
     if not want_grad:
         return values, None
     finalize_gradient(student.flat, grad, *_row_roles(student, row_grad), 1.0 / config.student_temperature)
@@ -157,7 +157,8 @@ def _run(student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Alig
 
 
 def _row_roles(student: _Side, row_grad: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per student logit row: role (0 none, 1 last token, 2 earlier token), log-normalizer, token, coefficient."""
+    """Per student logit row: role (0 none, 1 last token, 2 earlier token), log-normalizer, token, and
+    ∂loss/∂prefix of its group (through the last row's offset and directly)."""
     total = student.flat.shape[0]
     role = np.zeros(total, dtype=np.int8)
     lse = np.zeros(total, dtype=np.float32)
@@ -166,8 +167,7 @@ def _row_roles(student: _Side, row_grad: np.ndarray) -> tuple[np.ndarray, ...]:
     role[student.rows] = np.where(student.is_last, 1, 2)
     lse[student.rows] = student.lse
     token[student.rows] = student.token_ids
-    prefix_grad = row_grad[:, 0] + row_grad[:, 1]  # ∂loss/∂prefix: through the row's offset and directly
-    coef[student.rows] = np.where(student.is_last, row_grad[student.group, 0], prefix_grad[student.group])
+    coef[student.rows] = (row_grad[:, 0] + row_grad[:, 1])[student.group]
     return role, lse, token, coef
 
 

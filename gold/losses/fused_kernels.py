@@ -6,9 +6,10 @@ G groups, M matched pairs, K = 16,257 ULD levels.
 Notation per group (see :mod:`gold.losses.merge`): ``z`` the row predicting the group's last token
 (already divided by the temperature), ``r(v) = z(v) - off`` the chain-rule row with
 ``off = logsumexp(z) - prefix``. The group kernel computes the hybrid and ULD values from ``z`` and,
-when asked, ``q(v) = ∂loss/∂r(v)`` straight into the gradient buffer; :func:`finalize_gradient` then
-turns ``q`` into the gradient of the logits (the log-normalizer and the prefix by the chain rule).
-Each group works on its two rows while they are in cache; nothing of size (G, V) is ever allocated.
+when asked, ``q(v) = ∂loss/∂r(v)`` straight into the gradient buffer, then the row's gradient through
+its log-normalizer; :func:`finalize_gradient` writes the rows of the groups' earlier tokens (through
+the prefix, by the chain rule) and zeros elsewhere. Each group reads its two rows once and works on
+them while they are in cache; nothing of size (G, V) is ever allocated.
 """
 
 from __future__ import annotations
@@ -122,20 +123,21 @@ def _uld(zs: np.ndarray, zt: np.ndarray, g: int, tables: tuple, offsets: np.ndar
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def group_terms(s_flat: np.ndarray, t_flat: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
-                prefixes: np.ndarray, inv: np.ndarray, hybrid_tables: tuple, uld_tables: tuple,
-                settings: np.ndarray, values: np.ndarray, grad: np.ndarray, row_grad: np.ndarray,
-                workers: int) -> None:  # fmt: skip
-    """Hybrid and ULD values of every group and, with ``settings[8]``, ``q`` into ``grad``.
+def group_terms(s_flat: np.ndarray, t_flat: np.ndarray, rows: np.ndarray, prefixes: np.ndarray, inv: np.ndarray,
+                hybrid_tables: tuple, uld_tables: tuple, settings: np.ndarray, values: np.ndarray,
+                grad: np.ndarray, row_grad: np.ndarray, offsets: np.ndarray, workers: int) -> None:  # fmt: skip
+    """Hybrid and ULD values of every group and, with ``settings[8]``, the gradient of the rows
+    predicting the groups' last tokens, final (softmax and temperature included) while in cache.
 
     Args:
         s_flat / t_flat: (Rs, Vs) / (Rt, Vt) float32 logits.
         rows: (G, 2) int64 student and teacher row predicting each group's last token.
-        offsets: (G, 2) float32 ``logsumexp(z) - prefix`` per side; prefixes: (G, 2) float64.
+        prefixes: (G, 2) float64 log-probability of each group's earlier tokens, per side.
         inv: (2,) float32 inverse temperatures; settings: (9,) float64 β, use hybrid, use ULD, mass
             weighting, fixed matched / unmatched weights, hybrid and ULD coefficients, want gradient.
         values: (5, G) float64 out; grad: (Rs, Vs) float32 out (rows of last tokens only);
-        row_grad: (G, 2) float64 out, Σ_v q(v) and the explicit ∂loss/∂prefix per group.
+        row_grad: (G, 2) float64 out, Σ_v ∂loss/∂r(v) and the explicit ∂loss/∂prefix per group;
+        offsets: (G, 2) float32 out, ``logsumexp(z) - prefix`` per side.
     """
     groups = rows.shape[0]
     want = settings[8] > 0
@@ -148,6 +150,9 @@ def group_terms(s_flat: np.ndarray, t_flat: np.ndarray, rows: np.ndarray, offset
         dummy = np.zeros(1, np.float32)
         for g in range(worker, groups, workers):
             zs, zt = s_flat[rows[g, 0]], t_flat[rows[g, 1]]
+            s_lse = _lse(zs, inv[0])
+            offsets[g, 0] = s_lse - np.float32(prefixes[g, 0])
+            offsets[g, 1] = _lse(zt, inv[1]) - np.float32(prefixes[g, 1])
             q = grad[rows[g, 0]] if want else dummy
             if want:
                 q[:] = 0.0
@@ -156,8 +161,10 @@ def group_terms(s_flat: np.ndarray, t_flat: np.ndarray, rows: np.ndarray, offset
                 _uld(zs, zt, g, uld_tables, offsets, inv, settings, scratch, values, q)
             if settings[1] > 0:
                 pre_grad = _hybrid(zs, zt, g, hybrid_tables, offsets, prefixes, inv, settings, scratch, values, q)
-            row_grad[g, 0] = _row_sum(q) if want else 0.0
             row_grad[g, 1] = pre_grad
+            if want:
+                row_grad[g, 0] = _row_sum(q)
+                _finish_last_row(zs, inv[0], s_lse, row_grad[g, 0], q)
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -168,26 +175,30 @@ def _row_sum(q: np.ndarray) -> float:
     return float(total)
 
 
+@njit(inline="always", fastmath=FASTMATH)
+def _finish_last_row(z: np.ndarray, inv: np.float32, lse: np.float32, total: float, q: np.ndarray) -> None:
+    """``q ← (q - softmax(z) · Σq) / T``: through the row's log-normalizer and the temperature."""
+    c = np.float32(total)
+    for v in range(q.shape[0]):
+        q[v] = inv * (q[v] - fexp(z[v] * inv - lse) * c)
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def finalize_gradient(flat: np.ndarray, grad: np.ndarray, role: np.ndarray, lse: np.ndarray, token: np.ndarray,
                       coef: np.ndarray, inv_t: float) -> None:  # fmt: skip
-    """Turn ``q`` into ∂loss/∂logits row by row (all R rows of ``grad`` are written).
+    """∂loss/∂logits of the rows :func:`group_terms` did not write.
 
-    Role 1 (predicts a group's last token): ``(q - softmax · coef) / T`` with coef = Σ_v q(v).
     Role 2 (predicts an earlier token of a group): ``coef · (onehot(token) - softmax) / T`` with
-    coef = ∂loss/∂prefix of its group. Role 0: zero.
+    coef = ∂loss/∂prefix of its group. Role 0 (predicts no grouped token): zero. Role 1 (predicts a
+    group's last token): already final, left as it is.
     """
     scale = np.float32(inv_t)
     for r in prange(flat.shape[0]):
         out = grad[r]
         if role[r] == 0:
             out[:] = 0.0
-            continue
-        z, shift, c = flat[r], np.float32(lse[r]), np.float32(coef[r])
-        if role[r] == 1:
-            for v in range(out.shape[0]):
-                out[v] = scale * (out[v] - fexp(z[v] * scale - shift) * c)
-        else:
+        elif role[r] == 2:
+            z, shift, c = flat[r], np.float32(lse[r]), np.float32(coef[r])
             for v in range(out.shape[0]):
                 out[v] = -scale * c * fexp(z[v] * scale - shift)
             out[token[r]] += scale * c
