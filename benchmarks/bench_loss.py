@@ -1,13 +1,14 @@
 """Loss speed and memory: gold vs TRL 1.16's ULDLoss on the same logits, in the same run.
 
-    python -m benchmarks.bench_loss [--device cpu|cuda] [--batch 8] [--backward-batch 2] [--tokens 256] [--json OUT]
+    python -m benchmarks.bench_loss [--device cpu|cuda] [--batch 8] [--backward-batch 8] [--tokens 256] [--json OUT]
 
 Real tokenizers (llama-3 teacher, qwen2.5 student), tiny random Llama/Qwen2 models sized to their
 vocabularies produce the logits once; they are saved and every measurement runs in a fresh process
-that loads them, so each peak-memory figure (CPU: peak RSS above the loaded logits; CUDA: peak
-allocated) belongs to one loss alone. For ``uld`` and ``hybrid``: gold's ``cross_tokenizer_loss`` (its
-defaults: quantized ULD on CPU) and TRL's ``ULDLoss`` (bayesian merge, extended ULD, hybrid on/off):
-forward on the full batch, forward+backward on ``--backward-batch`` examples.
+that loads them, so each peak-memory figure (CPU: peak RSS above the loaded logits, the peak reset
+after loading; CUDA: peak allocated) belongs to one loss alone. For ``uld`` and ``hybrid``: gold's
+``cross_tokenizer_loss`` (its defaults: the fused kernels with quantized ULD on CPU) and TRL's
+``ULDLoss`` (bayesian merge, extended ULD, hybrid on/off): forward and forward+backward on the full
+batch (``--backward-batch`` fewer examples for the latter).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def worker(impl: str, mode: str, backward: bool, path: Path, device: str) -> dic
     student_logits = data["student_logits"].to(device).requires_grad_(backward)
     teacher_logits = data["teacher_logits"].to(device)
     fn = _loss_fn(impl, mode, data, device)
+    _reset_peak_rss()  # loading the logits may have peaked above what stays resident; start afresh
     baseline = _rss_mb()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -127,8 +129,22 @@ def worker(impl: str, mode: str, backward: bool, path: Path, device: str) -> dic
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20 - baseline
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+        peak = _peak_rss_mb() - baseline
     return {"seconds": time.perf_counter() - start, "peak_mb": peak, "value": float(value)}
+
+
+def _reset_peak_rss() -> None:
+    """Set the process's peak resident size (VmHWM) to its current size (Linux ≥ 4.0)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rss_mb() -> float:
@@ -159,14 +175,17 @@ def _compare(mode: str, path: Path, device: str, backward: bool) -> dict[str, fl
 
 
 def run(batch: int, tokens: int, device: str, backward_batch: int) -> dict[str, Any]:
-    """Forward on ``batch`` examples; forward+backward on the first ``backward_batch`` (TRL's backward
-    through its per-group Python merge takes many minutes on 2 CPU cores at the full batch)."""
+    """Forward on ``batch`` examples; forward+backward on the first ``backward_batch`` (the full batch by
+    default; TRL's backward through its per-group Python merge takes ~10 minutes of it on 2 CPU cores)."""
     result: dict[str, Any] = {"device": device, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
                               "batch": batch, "backward_batch": backward_batch, "tokens": tokens}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         full, small = Path(tmp) / "full.pt", Path(tmp) / "small.pt"
         build_inputs(batch, tokens, device, full)
-        build_inputs(backward_batch, tokens, device, small)
+        if backward_batch == batch:
+            small = full
+        else:
+            build_inputs(backward_batch, tokens, device, small)
         for name, path in (("groups", full), ("backward_groups", small)):
             result[name] = torch.load(path, weights_only=False)["batch"].num_groups
         for mode in ("uld", "hybrid"):
@@ -179,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=256, help="approximate completion tokens per example")
-    parser.add_argument("--backward-batch", type=int, default=2, help="examples for the forward+backward timing")
+    parser.add_argument("--backward-batch", type=int, default=8, help="examples for the forward+backward timing")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--worker", nargs=4, metavar=("IMPL", "MODE", "BACKWARD", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

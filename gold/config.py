@@ -35,8 +35,8 @@ class LossConfig:
     # <= 2^-7, gold.losses.uld_quantized) and "exact" on GPUs; "topk" uses uld_top_k (gold.losses.uld)
     uld_method: Literal["auto", "exact", "quantized", "topk"] = "auto"
     uld_top_k: int = 256
-    # groups per chunk; each chunk is recomputed in backward, bounding memory to ~chunk × V (None: all
-    # at once, faster but holding every (G, V) row of both models)
+    # torch path only (the fused path holds no (G, V) rows): groups per chunk; each chunk is recomputed
+    # in backward, bounding memory to ~chunk × V (None: all at once, holding every (G, V) row of both models)
     chunk_groups: int | None = 256
     # "auto": the fused CPU kernels (gold.losses.fused: values and gradient in one pass set, no (G, V)
     # rows) for the hybrid and ULD terms when the logits are float32 on the CPU and ULD is quantized;
