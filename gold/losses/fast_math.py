@@ -88,10 +88,3 @@ def flog(x: np.float32) -> np.float32:
     )
     half_square = np.float32(0.5) * f * f
     return np.float32(exponent) * _LN2 + (f - (half_square - s * (half_square + tail)))
-
-
-@njit(inline="always", fastmath=FASTMATH)
-def log_add(a: np.float32, b: np.float32) -> np.float32:
-    """``log(exp(a) + exp(b))`` for finite ``a, b`` without overflow or underflow."""
-    top = max(a, b)
-    return top + flog(np.float32(1.0) + fexp(-abs(a - b)))

@@ -17,7 +17,9 @@ gradients in ``tests/gold/losses/test_fused.py``).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -31,6 +33,32 @@ from gold.losses.merge import grouped_positions
 from gold.losses.uld_quantized import LEVEL_VALUES
 
 FUSED_TERMS = ("hybrid", "uld")
+KERNEL_SOURCES = ("fast_math.py", "fused_rows.py", "fused_kernels.py", "uld_quantized.py")
+
+
+def purge_stale_kernel_cache(folder: Path = Path(__file__).parent) -> bool:
+    """Drop numba's cached fused kernels when any of their sources changed; True if it dropped them.
+
+    numba checks only the file that defines a cached kernel, not the helpers inlined into it from
+    other files: after an edit of ``fused_rows.py`` alone it would load the old machine code. A digest
+    of all kernel sources, kept next to the cache, catches that; the kernels are then compiled again.
+    """
+    digest = hashlib.sha256(b"".join((folder / name).read_bytes() for name in KERNEL_SOURCES)).hexdigest()
+    cache = folder / "__pycache__"
+    stamp = cache / "fused_kernels.sources"
+    if stamp.is_file() and stamp.read_text() == digest:
+        return False
+    for path in cache.glob("fused_kernels.*.nb[ic]"):
+        path.unlink(missing_ok=True)
+    try:
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:
+        pass  # a read-only install: numba then caches elsewhere and nothing here can go stale
+    return True
+
+
+purge_stale_kernel_cache()
 
 
 def fused_applies(config: LossConfig, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> bool:

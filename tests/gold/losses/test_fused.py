@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from alignment import AlignmentStats
 from gold.config import LossConfig
-from gold.losses import AlignedBatch, NonFiniteLossError, PairTables, cross_tokenizer_loss
+from gold.losses import AlignedBatch, NonFiniteLossError, PairTables, cross_tokenizer_loss, fused
 from gold.losses.fast_math import FASTMATH, fexp, flog
 from gold.losses.fused import fused_applies, fused_row_terms
 from tests.gold.losses.test_composite import logits_for, make_batch
@@ -201,3 +203,18 @@ def test_fast_exp_and_log_are_accurate_and_keep_special_values() -> None:
     assert np.max(np.abs(logs - log_exact) / np.maximum(np.abs(log_exact), 1.0)) < 3e-7
     special, _ = apply(np.array([-np.inf, -100.0, np.nan, 0.0], dtype=np.float32))
     assert special[0] == 0.0 and special[1] == 0.0 and np.isnan(special[2]) and special[3] == 1.0
+
+
+def test_cached_kernels_are_dropped_when_an_inlined_source_changes(tmp_path: Path) -> None:
+    source = Path(fused.__file__).parent
+    for name in fused.KERNEL_SOURCES:
+        (tmp_path / name).write_bytes((source / name).read_bytes())
+    cached = tmp_path / "__pycache__" / "fused_kernels.group_terms-120.py311.nbi"
+    cached.parent.mkdir()
+    cached.write_bytes(b"old machine code")
+    assert fused.purge_stale_kernel_cache(tmp_path)  # no digest yet: whatever is cached is suspect
+    assert not cached.exists()
+    cached.write_bytes(b"fresh machine code")
+    assert not fused.purge_stale_kernel_cache(tmp_path) and cached.exists()
+    (tmp_path / "fused_rows.py").write_text((source / "fused_rows.py").read_text() + "\n# edited\n")
+    assert fused.purge_stale_kernel_cache(tmp_path) and not cached.exists()
