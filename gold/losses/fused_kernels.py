@@ -31,7 +31,7 @@ from gold.losses.fused_rows import (
     probs_all,
     probs_of,
     scatter_add,
-    teacher_matched,
+    teacher_matched_probs,
     uld_gradient_all,
     uld_gradient_cols,
 )
@@ -56,8 +56,9 @@ def _lse(z: np.ndarray, inv_t: np.float32) -> np.float32:
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def row_stats(flat: np.ndarray, rows: np.ndarray, ids: np.ndarray, inv_t: float, lse: np.ndarray,
-              token: np.ndarray) -> None:  # fmt: skip
+def row_stats(
+    flat: np.ndarray, rows: np.ndarray, ids: np.ndarray, inv_t: float, lse: np.ndarray, token: np.ndarray
+) -> None:
     """For each of N rows: its log-normalizer and the (scaled) logit of the token it predicts."""
     scale = np.float32(inv_t)
     for n in prange(rows.shape[0]):
@@ -67,70 +68,132 @@ def row_stats(flat: np.ndarray, rows: np.ndarray, ids: np.ndarray, inv_t: float,
 
 
 @njit(inline="always")
-def _hybrid(zs: np.ndarray, zt: np.ndarray, g: int, tables: tuple, offsets: np.ndarray, prefixes: np.ndarray,
-            inv: np.ndarray, settings: np.ndarray, scratch: tuple, values: np.ndarray,
-            q: np.ndarray) -> float:  # fmt: skip
+def _hybrid(
+    student_row: np.ndarray,
+    teacher_row: np.ndarray,
+    g: int,
+    tables: tuple,
+    offsets: np.ndarray,
+    prefixes: np.ndarray,
+    inv: np.ndarray,
+    settings: np.ndarray,
+    scratch: tuple,
+    values: np.ndarray,
+    q: np.ndarray,
+) -> float:
     """The hybrid term of group ``g`` into ``values``; its gradient into ``q``; returns ∂loss/∂prefix."""
-    sm, tm, s_unmatched, t_unmatched, levels = tables
-    s_counts, t_counts, signs, s_probs, t_probs, s_x, t_x, t_vals, t_exp, grads = scratch
+    student_matched, teacher_matched, student_unmatched, teacher_unmatched, levels = tables
+    (
+        student_counts,
+        teacher_counts,
+        signs,
+        student_probs,
+        teacher_probs,
+        student_scaled,
+        teacher_scaled,
+        teacher_logprobs,
+        teacher_probs_matched,
+        grads,
+    ) = scratch
     beta, c_hybrid, want = settings[0], settings[6], settings[8] > 0
-    s_off, t_off = offsets[g, 0], offsets[g, 1]
-    mass = teacher_matched(zt, tm, inv[1], t_off, t_vals, t_exp)
+    student_off, teacher_off = offsets[g, 0], offsets[g, 1]
+    mass = teacher_matched_probs(
+        teacher_row, teacher_matched, inv[1], teacher_off, teacher_logprobs, teacher_probs_matched
+    )
     w_matched, w_unmatched = (mass, 1.0 - mass) if settings[3] > 0 else (settings[4], settings[5])
-    matched = matched_jsd(zs, sm, inv[0], s_off, t_vals, t_exp, beta, grads)
+    matched = matched_jsd(
+        student_row, student_matched, inv[0], student_off, teacher_logprobs, teacher_probs_matched, beta, grads
+    )
     if want:
-        scatter_add(sm, grads, c_hybrid * w_matched, q)
+        scatter_add(student_matched, grads, c_hybrid * w_matched, q)
     # "other": the unmatched columns plus the mass the chain-rule row leaves to other continuations
-    ns, nt = s_unmatched.shape[0], t_unmatched.shape[0]
-    gather_scaled(zs, s_unmatched, inv[0], s_x)
-    gather_scaled(zt, t_unmatched, inv[1], t_x)
-    s_missing = log1mexp(min(prefixes[g, 0], 0.0))
-    s_other = log_add(lse_of(s_x, ns) - s_off, s_missing)
-    t_other = log_add(lse_of(t_x, nt) - t_off, log1mexp(min(prefixes[g, 1], 0.0)))
-    other, d_other = jsd_scalar(s_other, t_other, beta)
-    probs_of(s_x, ns, s_off, s_probs)
-    probs_of(t_x, nt, t_off, t_probs)
-    valid = count_levels(s_probs, ns, s_counts)
-    valid &= count_levels(t_probs, nt, t_counts)
-    unmatched = compare_counts(s_counts, t_counts, levels, signs) if valid else np.nan
+    student_count, teacher_count = student_unmatched.shape[0], teacher_unmatched.shape[0]
+    gather_scaled(student_row, student_unmatched, inv[0], student_scaled)
+    gather_scaled(teacher_row, teacher_unmatched, inv[1], teacher_scaled)
+    student_missing = log1mexp(min(prefixes[g, 0], 0.0))
+    student_other = log_add(lse_of(student_scaled, student_count) - student_off, student_missing)
+    teacher_other = log_add(lse_of(teacher_scaled, teacher_count) - teacher_off, log1mexp(min(prefixes[g, 1], 0.0)))
+    other, d_other = jsd_scalar(student_other, teacher_other, beta)
+    probs_of(student_scaled, student_count, student_off, student_probs)
+    probs_of(teacher_scaled, teacher_count, teacher_off, teacher_probs)
+    valid = count_levels(student_probs, student_count, student_counts)
+    valid &= count_levels(teacher_probs, teacher_count, teacher_counts)
+    unmatched = compare_counts(student_counts, teacher_counts, levels, signs) if valid else np.nan
     values[HYBRID, g] = w_matched * (matched + other) + w_unmatched * unmatched
     values[MASS, g], values[MATCHED, g], values[UNMATCHED, g] = mass, matched + other, unmatched
     if not want:
         return 0.0
-    other_coef = c_hybrid * w_matched * d_other if np.isfinite(s_other) else 0.0
-    uld_gradient_cols(s_x, s_unmatched, s_probs, signs, c_hybrid * w_unmatched, s_off + s_other, other_coef,
-                      grads, q)  # fmt: skip
-    if not np.isfinite(s_missing):
+    other_coef = c_hybrid * w_matched * d_other if np.isfinite(student_other) else 0.0
+    uld_gradient_cols(
+        student_scaled,
+        student_unmatched,
+        student_probs,
+        signs,
+        c_hybrid * w_unmatched,
+        student_off + student_other,
+        other_coef,
+        grads,
+        q,
+    )
+    if not np.isfinite(student_missing):
         return 0.0
-    # s_other = log(unmatched mass + exp(s_missing)) with s_missing = log(1 - exp(prefix))
+    # student_other = log(unmatched mass + exp(student_missing)) with student_missing = log(1 - exp(prefix))
     d_missing = -1.0 / math.expm1(-prefixes[g, 0])
-    return other_coef * math.exp(s_missing - s_other) * d_missing
+    return other_coef * math.exp(student_missing - student_other) * d_missing
 
 
 @njit(inline="always")
-def _uld(zs: np.ndarray, zt: np.ndarray, g: int, tables: tuple, offsets: np.ndarray, inv: np.ndarray,
-         settings: np.ndarray, scratch: tuple, values: np.ndarray, q: np.ndarray) -> None:  # fmt: skip
+def _uld(
+    student_row: np.ndarray,
+    teacher_row: np.ndarray,
+    g: int,
+    tables: tuple,
+    offsets: np.ndarray,
+    inv: np.ndarray,
+    settings: np.ndarray,
+    scratch: tuple,
+    values: np.ndarray,
+    q: np.ndarray,
+) -> None:
     """The ULD term of group ``g`` over whole rows into ``values``; its gradient into ``q``."""
     levels = tables[2]
-    s_counts, t_counts, signs, s_probs, t_probs = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
-    probs_all(zs, inv[0], offsets[g, 0], s_probs)
-    probs_all(zt, inv[1], offsets[g, 1], t_probs)
-    valid = count_levels(s_probs, zs.shape[0], s_counts)
-    valid &= count_levels(t_probs, zt.shape[0], t_counts)
-    values[ULD, g] = compare_counts(s_counts, t_counts, levels, signs) if valid else np.nan
+    student_counts, teacher_counts, signs, student_probs, teacher_probs = (
+        scratch[0],
+        scratch[1],
+        scratch[2],
+        scratch[3],
+        scratch[4],
+    )
+    probs_all(student_row, inv[0], offsets[g, 0], student_probs)
+    probs_all(teacher_row, inv[1], offsets[g, 1], teacher_probs)
+    valid = count_levels(student_probs, student_row.shape[0], student_counts)
+    valid &= count_levels(teacher_probs, teacher_row.shape[0], teacher_counts)
+    values[ULD, g] = compare_counts(student_counts, teacher_counts, levels, signs) if valid else np.nan
     if settings[8] > 0:
-        uld_gradient_all(s_probs, signs, settings[7], q)
+        uld_gradient_all(student_probs, signs, settings[7], q)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def group_terms(s_flat: np.ndarray, t_flat: np.ndarray, rows: np.ndarray, prefixes: np.ndarray, inv: np.ndarray,
-                hybrid_tables: tuple, uld_tables: tuple, settings: np.ndarray, values: np.ndarray,
-                grad: np.ndarray, row_grad: np.ndarray, offsets: np.ndarray, workers: int) -> None:  # fmt: skip
+def group_terms(
+    student_flat: np.ndarray,
+    teacher_flat: np.ndarray,
+    rows: np.ndarray,
+    prefixes: np.ndarray,
+    inv: np.ndarray,
+    hybrid_tables: tuple,
+    uld_tables: tuple,
+    settings: np.ndarray,
+    values: np.ndarray,
+    grad: np.ndarray,
+    row_grad: np.ndarray,
+    offsets: np.ndarray,
+    workers: int,
+) -> None:
     """Hybrid and ULD values of every group and, with ``settings[8]``, the gradient of the rows
     predicting the groups' last tokens, final (softmax and temperature included) while in cache.
 
     Args:
-        s_flat / t_flat: (Rs, Vs) / (Rt, Vt) float32 logits.
+        student_flat / teacher_flat: (Rs, Vs) / (Rt, Vt) float32 logits.
         rows: (G, 2) int64 student and teacher row predicting each group's last token.
         prefixes: (G, 2) float64 log-probability of each group's earlier tokens, per side.
         inv: (2,) float32 inverse temperatures; settings: (9,) float64 β, use hybrid, use ULD, mass
@@ -141,30 +204,40 @@ def group_terms(s_flat: np.ndarray, t_flat: np.ndarray, rows: np.ndarray, prefix
     """
     groups = rows.shape[0]
     want = settings[8] > 0
-    s_size, t_size, matched = s_flat.shape[1], t_flat.shape[1], hybrid_tables[0].shape[0]
+    student_size, teacher_size, matched = student_flat.shape[1], teacher_flat.shape[1], hybrid_tables[0].shape[0]
     for worker in prange(workers):
-        scratch = (np.zeros(LEVELS, np.int64), np.zeros(LEVELS, np.int64), np.zeros(LEVELS, np.float32),
-                   np.empty(s_size, np.float32), np.empty(t_size, np.float32), np.empty(s_size, np.float32),
-                   np.empty(t_size, np.float32), np.empty(matched, np.float32), np.empty(matched, np.float32),
-                   np.empty(max(matched, s_size), np.float32))  # fmt: skip
+        scratch = (
+            np.zeros(LEVELS, np.int64),
+            np.zeros(LEVELS, np.int64),
+            np.zeros(LEVELS, np.float32),
+            np.empty(student_size, np.float32),
+            np.empty(teacher_size, np.float32),
+            np.empty(student_size, np.float32),
+            np.empty(teacher_size, np.float32),
+            np.empty(matched, np.float32),
+            np.empty(matched, np.float32),
+            np.empty(max(matched, student_size), np.float32),
+        )
         dummy = np.zeros(1, np.float32)
         for g in range(worker, groups, workers):
-            zs, zt = s_flat[rows[g, 0]], t_flat[rows[g, 1]]
-            s_lse = _lse(zs, inv[0])
-            offsets[g, 0] = s_lse - np.float32(prefixes[g, 0])
-            offsets[g, 1] = _lse(zt, inv[1]) - np.float32(prefixes[g, 1])
+            student_row, teacher_row = student_flat[rows[g, 0]], teacher_flat[rows[g, 1]]
+            student_lse = _lse(student_row, inv[0])
+            offsets[g, 0] = student_lse - np.float32(prefixes[g, 0])
+            offsets[g, 1] = _lse(teacher_row, inv[1]) - np.float32(prefixes[g, 1])
             q = grad[rows[g, 0]] if want else dummy
             if want:
                 q[:] = 0.0
             pre_grad = 0.0
             if settings[2] > 0:
-                _uld(zs, zt, g, uld_tables, offsets, inv, settings, scratch, values, q)
+                _uld(student_row, teacher_row, g, uld_tables, offsets, inv, settings, scratch, values, q)
             if settings[1] > 0:
-                pre_grad = _hybrid(zs, zt, g, hybrid_tables, offsets, prefixes, inv, settings, scratch, values, q)
+                pre_grad = _hybrid(
+                    student_row, teacher_row, g, hybrid_tables, offsets, prefixes, inv, settings, scratch, values, q
+                )
             row_grad[g, 1] = pre_grad
             if want:
                 row_grad[g, 0] = _row_sum(q)
-                _finish_last_row(zs, inv[0], s_lse, row_grad[g, 0], q)
+                _finish_last_row(student_row, inv[0], student_lse, row_grad[g, 0], q)
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -184,8 +257,15 @@ def _finish_last_row(z: np.ndarray, inv: np.float32, lse: np.float32, total: flo
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def finalize_gradient(flat: np.ndarray, grad: np.ndarray, role: np.ndarray, lse: np.ndarray, token: np.ndarray,
-                      coef: np.ndarray, inv_t: float) -> None:  # fmt: skip
+def finalize_gradient(
+    flat: np.ndarray,
+    grad: np.ndarray,
+    role: np.ndarray,
+    lse: np.ndarray,
+    token: np.ndarray,
+    coef: np.ndarray,
+    inv_t: float,
+) -> None:
     """∂loss/∂logits of the rows :func:`group_terms` did not write.
 
     Role 2 (predicts an earlier token of a group): ``coef · (onehot(token) - softmax) / T`` with

@@ -71,22 +71,36 @@ def lse_of(x: np.ndarray, size: int) -> float:
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def teacher_matched(zt: np.ndarray, tm: np.ndarray, inv: np.float32, off: np.float32, t_vals: np.ndarray,
-                    t_exp: np.ndarray) -> float:  # fmt: skip
+def teacher_matched_probs(
+    teacher_row: np.ndarray,
+    teacher_matched: np.ndarray,
+    inv: np.float32,
+    off: np.float32,
+    teacher_logprobs: np.ndarray,
+    teacher_probs_matched: np.ndarray,
+) -> float:
     """Teacher log-probabilities and probabilities on the matched columns; returns their mass (≤ 1)."""
-    for m in range(tm.shape[0]):
-        t_vals[m] = zt[tm[m]] * inv - off
+    for m in range(teacher_matched.shape[0]):
+        teacher_logprobs[m] = teacher_row[teacher_matched[m]] * inv - off
     total = np.float32(0.0)
-    for m in range(tm.shape[0]):
-        e = fexp(t_vals[m])
-        t_exp[m] = e
+    for m in range(teacher_matched.shape[0]):
+        e = fexp(teacher_logprobs[m])
+        teacher_probs_matched[m] = e
         total += e
     return min(float(total), 1.0)
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def matched_jsd(zs: np.ndarray, sm: np.ndarray, inv: np.float32, off: np.float32, t_vals: np.ndarray,
-                t_exp: np.ndarray, beta: float, grads: np.ndarray) -> float:  # fmt: skip
+def matched_jsd(
+    student_row: np.ndarray,
+    student_matched: np.ndarray,
+    inv: np.float32,
+    off: np.float32,
+    teacher_logprobs: np.ndarray,
+    teacher_probs_matched: np.ndarray,
+    beta: float,
+    grads: np.ndarray,
+) -> float:
     """Generalized JSD over the matched columns; ∂JSD/∂s per matched pair into ``grads``.
 
     β = 0 is KL(T‖S) and β = 1 KL(S‖T), exactly (:func:`gold.losses.divergences.generalized_jsd`).
@@ -94,25 +108,25 @@ def matched_jsd(zs: np.ndarray, sm: np.ndarray, inv: np.float32, off: np.float32
     bound; such a pair adds less than 1e-36 to the value and the gradient.
     """
     b, one_minus_b = np.float32(beta), np.float32(1.0 - beta)
-    for m in range(sm.shape[0]):
-        grads[m] = zs[sm[m]] * inv - off  # the student's log-probabilities, overwritten below
+    for m in range(student_matched.shape[0]):
+        grads[m] = student_row[student_matched[m]] * inv - off  # the student's log-probabilities, overwritten below
     total = np.float32(0.0)
     if beta == 0.0:
-        for m in range(sm.shape[0]):
-            total += t_exp[m] * (t_vals[m] - grads[m])
-            grads[m] = -t_exp[m]
+        for m in range(student_matched.shape[0]):
+            total += teacher_probs_matched[m] * (teacher_logprobs[m] - grads[m])
+            grads[m] = -teacher_probs_matched[m]
     elif beta == 1.0:
-        for m in range(sm.shape[0]):
+        for m in range(student_matched.shape[0]):
             s = grads[m]
             es = fexp(s)
-            total += es * (s - t_vals[m])
-            grads[m] = es * (s - t_vals[m] + np.float32(1.0))
+            total += es * (s - teacher_logprobs[m])
+            grads[m] = es * (s - teacher_logprobs[m] + np.float32(1.0))
     else:
-        for m in range(sm.shape[0]):
+        for m in range(student_matched.shape[0]):
             s = grads[m]
             es = fexp(s)
-            mix = flog(max(b * t_exp[m] + one_minus_b * es, TINY))
-            total += b * t_exp[m] * (t_vals[m] - mix) + one_minus_b * es * (s - mix)
+            mix = flog(max(b * teacher_probs_matched[m] + one_minus_b * es, TINY))
+            total += b * teacher_probs_matched[m] * (teacher_logprobs[m] - mix) + one_minus_b * es * (s - mix)
             grads[m] = one_minus_b * es * (s - mix)
     return float(total)
 
@@ -135,8 +149,17 @@ def uld_gradient_all(probs: np.ndarray, signs: np.ndarray, coef: float, q: np.nd
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def uld_gradient_cols(x: np.ndarray, cols: np.ndarray, probs: np.ndarray, signs: np.ndarray, coef: float,
-                      other: float, other_coef: float, grads: np.ndarray, q: np.ndarray) -> None:  # fmt: skip
+def uld_gradient_cols(
+    x: np.ndarray,
+    cols: np.ndarray,
+    probs: np.ndarray,
+    signs: np.ndarray,
+    coef: float,
+    other: float,
+    other_coef: float,
+    grads: np.ndarray,
+    q: np.ndarray,
+) -> None:
     """On ``cols`` (``x`` their log-probabilities, ``probs`` their exponentials): the ULD subgradient
     times ``coef`` plus ``other_coef · exp(x - other)``, the chain rule into the log-mass ``other``."""
     c_uld, c_other = np.float32(coef), np.float32(other_coef)
