@@ -29,7 +29,7 @@ import torch
 from gold.config import LossConfig
 from gold.losses.batch import AlignedBatch
 from gold.losses.fused_kernels import HYBRID, MASS, MATCHED, ULD, UNMATCHED, finalize_gradient, group_terms, row_stats
-from gold.losses.merge import grouped_positions
+from gold.losses.merge import checked_positions
 from gold.losses.uld_quantized import LEVEL_VALUES
 
 FUSED_TERMS = ("hybrid", "uld")
@@ -40,7 +40,8 @@ def purge_stale_kernel_cache(folder: Path = Path(__file__).parent) -> bool:
     """Drop numba's cached fused kernels when any of their sources changed; True if it dropped them.
 
     numba checks only the file that defines a cached kernel, not the helpers inlined into it from
-    other files: after an edit of ``fused_rows.py`` alone it would load the old machine code. A digest
+    other files: after an edit of ``fused_rows.py`` or ``fast_math.py`` alone it would load the old
+    machine code (of the fused kernels, or of :mod:`gold.losses.uld_quantized`). A digest
     of all kernel sources, kept next to the cache, catches that; the kernels are then compiled again.
     """
     digest = hashlib.sha256(b"".join((folder / name).read_bytes() for name in KERNEL_SOURCES)).hexdigest()
@@ -48,8 +49,9 @@ def purge_stale_kernel_cache(folder: Path = Path(__file__).parent) -> bool:
     stamp = cache / "fused_kernels.sources"
     if stamp.is_file() and stamp.read_text() == digest:
         return False
-    for path in cache.glob("fused_kernels.*.nb[ic]"):
-        path.unlink(missing_ok=True)
+    for prefix in ("fused_kernels", "uld_quantized"):
+        for path in cache.glob(f"{prefix}.*.nb[ic]"):
+            path.unlink(missing_ok=True)
     try:
         cache.mkdir(exist_ok=True)
         stamp.write_text(digest)
@@ -105,23 +107,11 @@ class _Side:
 def _side(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor, temperature: float) -> _Side:
     """Positions of the grouped tokens and the prefix of every group; the rows predicting the groups'
     last tokens are left to the group kernel, which reads each of them once."""
-    if logits.shape[:2] != ids.shape or ids.shape != groups.shape:
-        raise ValueError(
-            f"logits {tuple(logits.shape)}, ids {tuple(ids.shape)} and groups {tuple(groups.shape)} "
-            "must agree on (B, T)"
-        )
-    batch_index, position, group, num_groups = grouped_positions(groups.cpu())
-    if (position == 0).any():
-        raise ValueError(
-            "a grouped token sits at position 0, so no logit predicts it; keep at least one prompt token "
-            "(or a BOS token) before the completion"
-        )
-    flat = logits.detach().contiguous().view(-1, logits.shape[-1]).numpy()
+    batch_index, position, group, num_groups, last = checked_positions(logits, ids.cpu(), groups.cpu())
+    flat = logits.detach().contiguous().view(-1, logits.shape[-1]).numpy()  # (B*T, V)
     rows = (batch_index * logits.shape[1] + position - 1).numpy()
     token_ids = ids.cpu()[batch_index, position].numpy()
-    group_np = group.numpy()
-    is_last = np.ones(group_np.shape[0], dtype=bool)
-    is_last[:-1] = group_np[1:] != group_np[:-1]
+    group_np, is_last = group.numpy(), last.numpy()
     inner = np.flatnonzero(~is_last)
     inner_lse, inner_token = np.empty(inner.shape[0], np.float32), np.empty(inner.shape[0], np.float32)
     row_stats(flat, rows[inner], token_ids[inner], 1.0 / temperature, inner_lse, inner_token)
@@ -132,7 +122,8 @@ def _side(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor, tempera
     return _Side(flat, rows, token_ids, lse, is_last, group_np, prefix.astype(np.float64))
 
 
-def _tables(batch: AlignedBatch, student_rows: int, teacher_rows: int) -> tuple[tuple, tuple]:  # type: ignore[type-arg]
+def _tables(batch: AlignedBatch, student_rows: int, teacher_rows: int) -> tuple[np.ndarray, ...]:
+    """Matched ids of both sides and the ids without a partner (the hybrid's ULD part)."""
     tables = batch.tables
     student_matched = tables.student_matched.cpu().numpy().astype(np.int64)
     teacher_matched = tables.teacher_matched.cpu().numpy().astype(np.int64)
@@ -142,10 +133,8 @@ def _tables(batch: AlignedBatch, student_rows: int, teacher_rows: int) -> tuple[
         keep[matched] = False
         return np.flatnonzero(keep).astype(np.int64)
 
-    hybrid_tables = (student_matched, teacher_matched, unmatched(student_matched, student_rows),
-                     unmatched(teacher_matched, teacher_rows), LEVEL_VALUES)  # fmt: skip
-    uld_tables = (np.arange(student_rows, dtype=np.int64), np.arange(teacher_rows, dtype=np.int64), LEVEL_VALUES)
-    return hybrid_tables, uld_tables
+    return (student_matched, teacher_matched, unmatched(student_matched, student_rows),
+            unmatched(teacher_matched, teacher_rows))  # fmt: skip
 
 
 def _settings(config: LossConfig, denominator: float, want_grad: bool) -> np.ndarray:
@@ -170,13 +159,13 @@ def _run(student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Alig
     rows = np.stack([student.last_rows, teacher.last_rows], axis=1)
     prefixes = np.stack([student.prefix, teacher.prefix], axis=1)
     inv = np.array([1.0 / config.student_temperature, 1.0 / config.teacher_temperature], dtype=np.float32)
-    hybrid_tables, uld_tables = _tables(batch, student.flat.shape[1], teacher.flat.shape[1])
+    hybrid_tables = _tables(batch, student.flat.shape[1], teacher.flat.shape[1])
     values = np.zeros((5, num_groups), dtype=np.float64)
     grad = np.empty_like(student.flat) if want_grad else np.zeros((1, 1), np.float32)
     row_grad = np.zeros((num_groups, 2), dtype=np.float64)
     offsets = np.zeros((num_groups, 2), dtype=np.float32)
     workers = max(1, min(numba.get_num_threads(), num_groups))
-    group_terms(student.flat, teacher.flat, rows, prefixes, inv, hybrid_tables, uld_tables,
+    group_terms(student.flat, teacher.flat, rows, prefixes, inv, hybrid_tables, LEVEL_VALUES,
                 _settings(config, denominator, want_grad), values, grad, row_grad, offsets, workers)  # fmt: skip
     if not want_grad:
         return values, None

@@ -21,7 +21,6 @@ from numba import njit, prange
 
 from gold.losses.fast_math import FASTMATH, fexp
 from gold.losses.fused_rows import (
-    count_levels,
     gather_scaled,
     jsd_scalar,
     log1mexp,
@@ -35,24 +34,10 @@ from gold.losses.fused_rows import (
     uld_gradient_all,
     uld_gradient_cols,
 )
-from gold.losses.uld_quantized import LEVELS, compare_counts
+from gold.losses.uld_quantized import LEVELS, compare_counts, count_levels
 
 # value rows of the group kernel
 HYBRID, ULD, MASS, MATCHED, UNMATCHED = range(5)
-
-
-@njit(inline="always", fastmath=FASTMATH)
-def _lse(z: np.ndarray, inv_t: np.float32) -> np.float32:
-    top = np.float32(-np.inf)
-    for v in range(z.shape[0]):
-        top = max(top, z[v])
-    top *= inv_t
-    if not np.isfinite(top):
-        return top if top == top else np.float32(np.nan)
-    total = np.float32(0.0)
-    for v in range(z.shape[0]):
-        total += fexp(z[v] * inv_t - top)
-    return top + np.float32(math.log(total))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -63,7 +48,7 @@ def row_stats(
     scale = np.float32(inv_t)
     for n in prange(rows.shape[0]):
         z = flat[rows[n]]
-        lse[n] = _lse(z, scale)
+        lse[n] = lse_of(z, z.shape[0], scale)
         token[n] = z[ids[n]] * scale
 
 
@@ -73,6 +58,7 @@ def _hybrid(
     teacher_row: np.ndarray,
     g: int,
     tables: tuple,
+    levels: np.ndarray,
     offsets: np.ndarray,
     prefixes: np.ndarray,
     inv: np.ndarray,
@@ -82,7 +68,7 @@ def _hybrid(
     q: np.ndarray,
 ) -> float:
     """The hybrid term of group ``g`` into ``values``; its gradient into ``q``; returns ∂loss/∂prefix."""
-    student_matched, teacher_matched, student_unmatched, teacher_unmatched, levels = tables
+    student_matched, teacher_matched, student_unmatched, teacher_unmatched = tables
     (
         student_counts,
         teacher_counts,
@@ -111,8 +97,10 @@ def _hybrid(
     gather_scaled(student_row, student_unmatched, inv[0], student_scaled)
     gather_scaled(teacher_row, teacher_unmatched, inv[1], teacher_scaled)
     student_missing = log1mexp(min(prefixes[g, 0], 0.0))
-    student_other = log_add(lse_of(student_scaled, student_count) - student_off, student_missing)
-    teacher_other = log_add(lse_of(teacher_scaled, teacher_count) - teacher_off, log1mexp(min(prefixes[g, 1], 0.0)))
+    student_other = log_add(lse_of(student_scaled, student_count, np.float32(1.0)) - student_off, student_missing)
+    teacher_other = log_add(
+        lse_of(teacher_scaled, teacher_count, np.float32(1.0)) - teacher_off, log1mexp(min(prefixes[g, 1], 0.0))
+    )
     other, d_other = jsd_scalar(student_other, teacher_other, beta)
     probs_of(student_scaled, student_count, student_off, student_probs)
     probs_of(teacher_scaled, teacher_count, teacher_off, teacher_probs)
@@ -147,7 +135,7 @@ def _uld(
     student_row: np.ndarray,
     teacher_row: np.ndarray,
     g: int,
-    tables: tuple,
+    levels: np.ndarray,
     offsets: np.ndarray,
     inv: np.ndarray,
     settings: np.ndarray,
@@ -156,7 +144,6 @@ def _uld(
     q: np.ndarray,
 ) -> None:
     """The ULD term of group ``g`` over whole rows into ``values``; its gradient into ``q``."""
-    levels = tables[2]
     student_counts, teacher_counts, signs, student_probs, teacher_probs = (
         scratch[0],
         scratch[1],
@@ -181,7 +168,7 @@ def group_terms(
     prefixes: np.ndarray,
     inv: np.ndarray,
     hybrid_tables: tuple,
-    uld_tables: tuple,
+    levels: np.ndarray,
     settings: np.ndarray,
     values: np.ndarray,
     grad: np.ndarray,
@@ -195,6 +182,8 @@ def group_terms(
     Args:
         student_flat / teacher_flat: (Rs, Vs) / (Rt, Vt) float32 logits.
         rows: (G, 2) int64 student and teacher row predicting each group's last token.
+        hybrid_tables: (M,) student and teacher matched ids, then the student's and the teacher's ids
+            without a partner; levels: (K,) float64 ULD level values.
         prefixes: (G, 2) float64 log-probability of each group's earlier tokens, per side.
         inv: (2,) float32 inverse temperatures; settings: (9,) float64 β, use hybrid, use ULD, mass
             weighting, fixed matched / unmatched weights, hybrid and ULD coefficients, want gradient.
@@ -221,18 +210,29 @@ def group_terms(
         dummy = np.zeros(1, np.float32)
         for g in range(worker, groups, workers):
             student_row, teacher_row = student_flat[rows[g, 0]], teacher_flat[rows[g, 1]]
-            student_lse = _lse(student_row, inv[0])
+            student_lse = np.float32(lse_of(student_row, student_row.shape[0], inv[0]))
             offsets[g, 0] = student_lse - np.float32(prefixes[g, 0])
-            offsets[g, 1] = _lse(teacher_row, inv[1]) - np.float32(prefixes[g, 1])
+            offsets[g, 1] = lse_of(teacher_row, teacher_row.shape[0], inv[1]) - prefixes[g, 1]
             q = grad[rows[g, 0]] if want else dummy
             if want:
                 q[:] = 0.0
             pre_grad = 0.0
             if settings[2] > 0:
-                _uld(student_row, teacher_row, g, uld_tables, offsets, inv, settings, scratch, values, q)
+                _uld(student_row, teacher_row, g, levels, offsets, inv, settings, scratch, values, q)
             if settings[1] > 0:
                 pre_grad = _hybrid(
-                    student_row, teacher_row, g, hybrid_tables, offsets, prefixes, inv, settings, scratch, values, q
+                    student_row,
+                    teacher_row,
+                    g,
+                    hybrid_tables,
+                    levels,
+                    offsets,
+                    prefixes,
+                    inv,
+                    settings,
+                    scratch,
+                    values,
+                    q,
                 )
             row_grad[g, 1] = pre_grad
             if want:

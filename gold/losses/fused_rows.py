@@ -13,10 +13,10 @@ import math
 import numpy as np
 from numba import njit
 
-from gold.losses.fast_math import FASTMATH, fexp, float_bits, flog
-from gold.losses.uld_quantized import LEVELS, SHIFT
+from gold.losses.divergences import FLOOR  # a -inf "other" bucket is clamped to it
+from gold.losses.fast_math import FASTMATH, fexp, flog
+from gold.losses.uld_quantized import level_of
 
-FLOOR = -1e30  # gold.losses.divergences.FLOOR: a -inf "other" bucket is clamped to it
 TINY = np.float32(1.1754944e-38)  # smallest normal float32: flog's domain
 
 
@@ -42,31 +42,18 @@ def probs_of(x: np.ndarray, size: int, off: float, probs: np.ndarray) -> None:
         probs[i] = fexp(x[i] - shift)
 
 
-@njit(inline="always")
-def count_levels(probs: np.ndarray, size: int, counts: np.ndarray) -> bool:
-    """Histogram of the ULD levels of ``probs[:size]``; False if a value is not in [0, 1] (or NaN)."""
-    counts[:] = 0
-    valid = True
-    for i in range(size):
-        key = np.int64(float_bits(probs[i])) >> SHIFT
-        if key >= LEVELS or key < 0:
-            valid = False
-            key = LEVELS - 1
-        counts[key] += 1
-    return valid
-
-
 @njit(inline="always", fastmath=FASTMATH)
-def lse_of(x: np.ndarray, size: int) -> float:
-    """``logsumexp(x[:size])`` (-inf when empty)."""
+def lse_of(x: np.ndarray, size: int, inv: np.float32) -> float:
+    """``logsumexp(x[:size] · inv)`` (-inf when empty, NaN when ``x`` holds one)."""
     top = np.float32(-np.inf)
     for i in range(size):
         top = max(top, x[i])
+    top *= inv
     if not np.isfinite(top):
         return float(top)
     total = np.float32(0.0)
     for i in range(size):
-        total += fexp(x[i] - top)
+        total += fexp(x[i] * inv - top)
     return float(top) + math.log(total)
 
 
@@ -144,8 +131,7 @@ def uld_gradient_all(probs: np.ndarray, signs: np.ndarray, coef: float, q: np.nd
     """``q[v] += coef · sign(level of p_v) · p_v``: the quantized ULD subgradient over a whole row."""
     c = np.float32(coef)
     for v in range(q.shape[0]):
-        key = min(np.int64(float_bits(probs[v])) >> SHIFT, LEVELS - 1)
-        q[v] += c * signs[key] * probs[v]
+        q[v] += c * signs[level_of(probs[v])] * probs[v]
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -165,8 +151,7 @@ def uld_gradient_cols(
     c_uld, c_other = np.float32(coef), np.float32(other_coef)
     shift = np.float32(other) if np.isfinite(other) else np.float32(0.0)
     for i in range(cols.shape[0]):
-        key = min(np.int64(float_bits(probs[i])) >> SHIFT, LEVELS - 1)
-        grads[i] = c_uld * signs[key] * probs[i] + c_other * fexp(x[i] - shift)
+        grads[i] = c_uld * signs[level_of(probs[i])] * probs[i] + c_other * fexp(x[i] - shift)
     scatter_add(cols, grads, 1.0, q)
 
 

@@ -84,6 +84,36 @@ def grouped_positions(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return batch_index, position, offsets[batch_index] + local, num_groups
 
 
+def checked_positions(
+    logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`grouped_positions` after checking that every grouped token has a logit predicting it,
+    plus (N,) bool: is the token its group's last.
+
+    Args:
+        logits: (B, T, V); ``logits[:, k]`` predicts ``ids[:, k + 1]``.
+        ids: (B, T) int64 token ids.
+        groups: (B, T) int64 group of each token in its example, -1 outside every group.
+
+    Raises:
+        ValueError: a grouped token sits at position 0 (nothing predicts it), or shapes disagree.
+    """
+    if logits.shape[:2] != ids.shape or ids.shape != groups.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)}, ids {tuple(ids.shape)} and groups {tuple(groups.shape)} "
+            "must agree on (B, T)"
+        )
+    batch_index, position, group, num_groups = grouped_positions(groups)
+    if (position == 0).any():
+        raise ValueError(
+            "a grouped token sits at position 0, so no logit predicts it; keep at least one prompt token "
+            "(or a BOS token) before the completion"
+        )
+    is_last = torch.ones_like(group, dtype=torch.bool)
+    is_last[:-1] = group[1:] != group[:-1]
+    return batch_index, position, group, num_groups, is_last
+
+
 def scale(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Logits divided by the temperature (no copy at 1)."""
     if temperature <= 0:
@@ -103,23 +133,11 @@ def index_groups(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor) 
     Raises:
         ValueError: a grouped token sits at position 0 (nothing predicts it), or shapes disagree.
     """
-    if logits.shape[:2] != ids.shape or ids.shape != groups.shape:
-        raise ValueError(
-            f"logits {tuple(logits.shape)}, ids {tuple(ids.shape)} and groups {tuple(groups.shape)} "
-            "must agree on (B, T)"
-        )
-    batch_index, position, group, num_groups = grouped_positions(groups)
-    if (position == 0).any():
-        raise ValueError(
-            "a grouped token sits at position 0, so no logit predicts it; keep at least one prompt token "
-            "(or a BOS token) before the completion"
-        )
+    batch_index, position, group, num_groups, is_last = checked_positions(logits, ids, groups)
     # log p(x_t | x_<t) of every grouped token as scalars: the normalizer is a reduction over logits
     # already in memory, and autograd keeps a reference to them rather than a copy
     log_normalizer = torch.logsumexp(logits, dim=-1)[batch_index, position - 1]  # (N,)
     token_logprob = logits[batch_index, position - 1, ids[batch_index, position]] - log_normalizer  # (N,)
-    is_last = torch.ones_like(group, dtype=torch.bool)
-    is_last[:-1] = group[1:] != group[:-1]
     is_first = torch.ones_like(is_last)
     is_first[1:] = group[1:] != group[:-1]
     prefix = torch.zeros(int(num_groups.sum()), dtype=token_logprob.dtype, device=logits.device)

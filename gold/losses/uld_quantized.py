@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from gold.losses.fast_math import float_bits
+
 SHIFT = 16
 LEVELS = 0x3F80 + 1  # keys of values in [0, 1]: float32 bits >> 16 go up to 0x3F80 (1.0)
 
@@ -38,13 +40,21 @@ def _level_values() -> np.ndarray:
 LEVEL_VALUES = _level_values()
 
 
-@njit(cache=True, inline="always")
-def _keys_histogram(bits: np.ndarray, counts: np.ndarray) -> bool:
-    """Count bucket keys; False when a value is above 1 by more than rounding, infinite or NaN."""
+@njit(inline="always")
+def level_of(prob: np.float32) -> np.int64:
+    """The level (bucket key) of a probability: the top 16 bits of its float32 pattern, at most 1.0's."""
+    return min(np.int64(float_bits(prob)) >> SHIFT, LEVELS - 1)
+
+
+@njit(inline="always")
+def count_levels(probs: np.ndarray, size: int, counts: np.ndarray) -> bool:
+    """Histogram of the levels of ``probs[:size]`` into ``counts``; False when a value is above 1 by more
+    than rounding, negative, infinite or NaN."""
+    counts[:] = 0
     valid = True
-    for i in range(bits.shape[0]):
-        key = np.int64(bits[i]) >> SHIFT
-        if key >= LEVELS:
+    for i in range(size):
+        key = np.int64(float_bits(probs[i])) >> SHIFT
+        if key >= LEVELS or key < 0:
             valid = False
             key = LEVELS - 1
         counts[key] += 1
@@ -77,37 +87,36 @@ def compare_counts(s_counts: np.ndarray, t_counts: np.ndarray, levels: np.ndarra
 
 
 @njit(cache=True, parallel=True)
-def _forward(student_bits: np.ndarray, teacher_bits: np.ndarray, levels: np.ndarray,
+def _forward(student_probs: np.ndarray, teacher_probs: np.ndarray, levels: np.ndarray,
              values: np.ndarray, signs: np.ndarray) -> None:  # fmt: skip
     """Per row: the quantized sorted-L1 into ``values`` and the gradient sign per bucket into ``signs``."""
-    for row in prange(student_bits.shape[0]):
+    for row in prange(student_probs.shape[0]):
         s_counts = np.zeros(LEVELS, dtype=np.int64)
         t_counts = np.zeros(LEVELS, dtype=np.int64)
-        valid = _keys_histogram(student_bits[row], s_counts)
-        valid &= _keys_histogram(teacher_bits[row], t_counts)
+        valid = count_levels(student_probs[row], student_probs.shape[1], s_counts)
+        valid &= count_levels(teacher_probs[row], teacher_probs.shape[1], t_counts)
         total = compare_counts(s_counts, t_counts, levels, signs[row])
         values[row] = total if valid else np.nan  # NaN in, NaN out: the caller's finiteness check fires
 
 
 @njit(cache=True, parallel=True)
-def _backward(student_bits: np.ndarray, signs: np.ndarray, grad_out: np.ndarray, grad: np.ndarray) -> None:
+def _backward(student_probs: np.ndarray, signs: np.ndarray, grad_out: np.ndarray, grad: np.ndarray) -> None:
     """d ULD / d p = the sign of the value's bucket × the upstream gradient."""
-    for row in prange(student_bits.shape[0]):
+    for row in prange(student_probs.shape[0]):
         scale = grad_out[row]
-        for i in range(student_bits.shape[1]):
-            key = min(np.int64(student_bits[row, i]) >> SHIFT, LEVELS - 1)
-            grad[row, i] = signs[row, key] * scale
+        for i in range(student_probs.shape[1]):
+            grad[row, i] = signs[row, level_of(student_probs[row, i])] * scale
 
 
 class _QuantizedULD(torch.autograd.Function):
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, student_probs: torch.Tensor,
                 teacher_probs: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        s_bits = student_probs.detach().float().contiguous().numpy().view(np.uint32)
-        t_bits = teacher_probs.detach().float().contiguous().numpy().view(np.uint32)
-        values = np.zeros(s_bits.shape[0], dtype=np.float64)
-        signs = np.zeros((s_bits.shape[0], LEVELS), dtype=np.float32)
-        _forward(s_bits, t_bits, LEVEL_VALUES, values, signs)
+        s_probs = student_probs.detach().float().contiguous().numpy()
+        t_probs = teacher_probs.detach().float().contiguous().numpy()
+        values = np.zeros(s_probs.shape[0], dtype=np.float64)
+        signs = np.zeros((s_probs.shape[0], LEVELS), dtype=np.float32)
+        _forward(s_probs, t_probs, LEVEL_VALUES, values, signs)
         ctx.save_for_backward(student_probs)
         ctx.signs = signs  # type: ignore[attr-defined]
         return torch.from_numpy(values).to(student_probs.dtype)
@@ -115,9 +124,9 @@ class _QuantizedULD(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
         (student_probs,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        s_bits = student_probs.detach().float().contiguous().numpy().view(np.uint32)
-        grad = np.empty(s_bits.shape, dtype=np.float32)
-        _backward(s_bits, ctx.signs, grad_out.detach().double().contiguous().numpy(), grad)  # type: ignore[attr-defined]
+        s_probs = student_probs.detach().float().contiguous().numpy()
+        grad = np.empty(s_probs.shape, dtype=np.float32)
+        _backward(s_probs, ctx.signs, grad_out.detach().double().contiguous().numpy(), grad)  # type: ignore[attr-defined]
         return torch.from_numpy(grad).to(student_probs.dtype), None
 
 
