@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 
 from alignment import TokenizerBytesError, encode_text, token_byte_spans, token_bytes_table
 from tests.conftest import EXACT_ZOO, ZOO, texts, zoo
@@ -32,11 +32,19 @@ def test_table_matches_reference_piece_decoding(name: str) -> None:
 @pytest.mark.parametrize("name", EXACT_ZOO)
 @settings(max_examples=40)
 @given(text=texts)
+@example(text="\u2581")
+@example(text="a \u2581b\u2581")
 def test_spans_reproduce_text_and_agree_with_offsets(name: str, text: str) -> None:
     tokenizer = zoo(name)
     table = token_bytes_table(tokenizer)
     # SmolLM2's vocabulary lacks some single bytes (0x04, 0xF1, …): its tokenizer drops them
     assume(not table.missing_bytes & set(text.encode()))
+    if table.kind == "sentencepiece" and "\u2581" in text:
+        # SentencePiece writes a space as "▁", so a literal "▁" in the text is read as a space: the ids
+        # are those of the spaced text (the aligner flags such groups approximate, see test_align)
+        spaced = text.replace("\u2581", " ")
+        assert tokenizer.encode(text, add_special_tokens=False) == tokenizer.encode(spaced, add_special_tokens=False)
+        text = spaced
     encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
     ids = encoded["input_ids"]
     starts_text = not text.startswith(" ")  # see token_byte_spans: no dummy prefix then
