@@ -139,7 +139,7 @@ def test_a_slice_without_any_group_gives_a_zero_loss_with_a_graph(tmp_path, stud
     assert batch.aligned.num_groups == 0 and batch.completions == ("", "")
     loss = trainer.compute_loss(trainer.model, {"batch": batch}, num_items_in_batch=torch.tensor(5.0))
     loss.backward()
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
     grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
 
