@@ -84,11 +84,10 @@ def _trl_inputs(data: dict[str, Any]) -> dict[str, torch.Tensor]:
 def _loss_fn(impl: str, mode: str, data: dict[str, Any], device: str) -> Any:
     if impl == "gold":
         from gold.config import LossConfig
-        from gold.losses import cross_tokenizer_loss, uld_quantized
+        from gold.losses import cross_tokenizer_loss
         from gold.losses.fused import warm_up
 
-        uld_quantized(torch.zeros(1, 4), torch.zeros(1, 4))  # load numba's compiled kernels before timing
-        warm_up()
+        warm_up()  # load numba's compiled kernels before timing
         config = LossConfig(hybrid_weight=1.0) if mode == "hybrid" else LossConfig(hybrid_weight=0.0, uld_weight=1.0)
         batch = data["batch"]
         batch = type(batch)(batch.student_ids.to(device), batch.teacher_ids.to(device), batch.student_groups.to(device),

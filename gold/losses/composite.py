@@ -22,7 +22,7 @@ from gold.losses.batch import AlignedBatch
 from gold.losses.byte_marginal import byte_marginal
 from gold.losses.fused import FUSED_TERMS, fused_applies, fused_row_terms
 from gold.losses.hybrid import hybrid
-from gold.losses.merge import GroupIndex, index_groups, rows_of, scale, start_rows
+from gold.losses.merge import GroupIndex, check_same_groups, index_groups, rows_of, scale, start_rows
 from gold.losses.reduce import check_finite, reduce_rows
 from gold.losses.span import span_likelihood
 from gold.losses.uld import uld, uld_topk
@@ -138,11 +138,7 @@ def _torch_rows(
     t_logits = scale(teacher_logits.detach(), config.teacher_temperature)
     student_index = index_groups(s_logits, batch.student_ids, batch.student_groups)
     teacher_index = index_groups(t_logits, batch.teacher_ids, batch.teacher_groups)
-    if student_index.num_groups != teacher_index.num_groups:
-        raise ValueError(
-            f"the student side has {student_index.num_groups} groups and the teacher side "
-            f"{teacher_index.num_groups}; both must come from the same alignments"
-        )
+    check_same_groups(student_index.num_groups, teacher_index.num_groups)
     per_row = _chunked(config, terms, batch, s_logits, t_logits, student_index, teacher_index)  # (6, G)
     span_rows = span_likelihood(student_index.observed, teacher_index.observed.detach(), beta=config.beta)
     rows = {"hybrid": per_row[0], "uld": per_row[1], "span": span_rows, "byte_marginal": per_row[2]}

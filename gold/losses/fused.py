@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 from gold.config import LossConfig
+from gold.losses import fused_kernels as kernels
 from gold.losses.batch import AlignedBatch
 from gold.losses.fused_kernels import HYBRID, MASS, MATCHED, ULD, UNMATCHED, finalize_gradient, group_terms, row_stats
-from gold.losses.merge import checked_positions
+from gold.losses.merge import check_same_groups, checked_positions
+from gold.losses.reduce import global_denominator
 from gold.losses.uld_quantized import LEVEL_VALUES
 
 FUSED_TERMS = ("hybrid", "uld")
@@ -138,24 +140,35 @@ def _tables(batch: AlignedBatch, student_rows: int, teacher_rows: int) -> tuple[
 
 
 def _settings(config: LossConfig, denominator: float, want_grad: bool) -> np.ndarray:
-    return np.array([
-        config.beta, float(config.hybrid_weight > 0), float(config.uld_weight > 0),
-        float(config.hybrid_weighting == "mass"), config.hybrid_matched_weight, config.hybrid_unmatched_weight,
-        config.hybrid_weight / denominator, config.uld_weight / denominator, float(want_grad),
-    ], dtype=np.float64)  # fmt: skip
+    """The group kernel's (9,) settings vector, entries at the indices :mod:`gold.losses.fused_kernels` names."""
+    entries = {
+        kernels.BETA: config.beta,
+        kernels.USE_HYBRID: config.hybrid_weight > 0,
+        kernels.USE_ULD: config.uld_weight > 0,
+        kernels.MASS_WEIGHTING: config.hybrid_weighting == "mass",
+        kernels.MATCHED_WEIGHT: config.hybrid_matched_weight,
+        kernels.UNMATCHED_WEIGHT: config.hybrid_unmatched_weight,
+        kernels.HYBRID_COEF: config.hybrid_weight / denominator,
+        kernels.ULD_COEF: config.uld_weight / denominator,
+        kernels.WANT_GRAD: want_grad,
+    }
+    settings = np.zeros(len(entries), dtype=np.float64)
+    for index, value in entries.items():
+        settings[index] = float(value)
+    return settings
 
 
-def _run(student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: AlignedBatch, config: LossConfig,
-         denominator: float, want_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
-    """(5, G) values per group and, with ``want_grad``, the (B, Ts, Vs) gradient of the fused loss."""
+def _run(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: AlignedBatch, config: LossConfig,
+    num_items_in_batch: int | torch.Tensor | None, want_grad: bool,
+) -> tuple[np.ndarray, np.ndarray | None, float]:  # fmt: skip
+    """(5, G) values per group, with ``want_grad`` the (B, Ts, Vs) gradient of the fused loss, and the
+    number the group sums are divided by (:func:`gold.losses.reduce.global_denominator`)."""
     student = _side(student_logits, batch.student_ids, batch.student_groups, config.student_temperature)
     teacher = _side(teacher_logits, batch.teacher_ids, batch.teacher_groups, config.teacher_temperature)
-    if student.prefix.shape != teacher.prefix.shape:
-        raise ValueError(
-            f"the student side has {student.prefix.shape[0]} groups and the teacher side "
-            f"{teacher.prefix.shape[0]}; both must come from the same alignments"
-        )
     num_groups = student.prefix.shape[0]
+    check_same_groups(num_groups, teacher.prefix.shape[0])
+    denominator = float(global_denominator(num_groups, num_items_in_batch))
     rows = np.stack([student.last_rows, teacher.last_rows], axis=1)
     prefixes = np.stack([student.prefix, teacher.prefix], axis=1)
     inv = np.array([1.0 / config.student_temperature, 1.0 / config.teacher_temperature], dtype=np.float32)
@@ -168,9 +181,9 @@ def _run(student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Alig
     group_terms(student.flat, teacher.flat, rows, prefixes, inv, hybrid_tables, LEVEL_VALUES,
                 _settings(config, denominator, want_grad), values, grad, row_grad, offsets, workers)  # fmt: skip
     if not want_grad:
-        return values, None
+        return values, None, denominator
     finalize_gradient(student.flat, grad, *_row_roles(student, row_grad), 1.0 / config.student_temperature)
-    return values, grad.reshape(student_logits.shape)
+    return values, grad.reshape(student_logits.shape), denominator
 
 
 def _row_roles(student: _Side, row_grad: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -189,20 +202,24 @@ def _row_roles(student: _Side, row_grad: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 class _FusedRowTerms(torch.autograd.Function):
-    """Forward computes the loss and (when needed) its gradient; backward hands the gradient on."""
+    """Forward computes the loss, the (5, G) values and the reduced (hybrid, ULD) terms, and (when
+    needed) the loss's gradient; backward hands the gradient on."""
 
     @staticmethod
     def forward(ctx: Any, student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: AlignedBatch,
-                config: LossConfig, denominator: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        values, grad = _run(student_logits, teacher_logits, batch, config, denominator, ctx.needs_input_grad[0])
+                config: LossConfig, num_items_in_batch: int | torch.Tensor | None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        values, grad, denominator = _run(student_logits, teacher_logits, batch, config, num_items_in_batch,
+                                         ctx.needs_input_grad[0])  # fmt: skip
         ctx.grad = None if grad is None else torch.from_numpy(grad)
-        total = (config.hybrid_weight * values[HYBRID].sum() + config.uld_weight * values[ULD].sum()) / denominator
         values_tensor = torch.from_numpy(values)
-        ctx.mark_non_differentiable(values_tensor)
-        return torch.tensor(total, dtype=student_logits.dtype), values_tensor
+        terms = values_tensor[[HYBRID, ULD]].sum(dim=1) / denominator  # (2,), in FUSED_TERMS order
+        ctx.mark_non_differentiable(values_tensor, terms)
+        total = config.hybrid_weight * terms[0] + config.uld_weight * terms[1]
+        return total.to(student_logits.dtype), values_tensor, terms
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, grad_values: torch.Tensor) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_: torch.Tensor) -> tuple[Any, ...]:
         grad, ctx.grad = ctx.grad, None
         if grad is None:
             return None, None, None, None, None
@@ -246,11 +263,7 @@ def fused_row_terms(
         reduced value (for logging and the finiteness check), and (3, G) teacher matched mass, matched
         JSD and unmatched ULD per group.
     """
-    num_groups = int((batch.student_groups.amax(dim=1) + 1).clamp(min=0).sum()) if batch.student_groups.numel() else 0
-    denominator = float(num_groups if num_items_in_batch is None else num_items_in_batch)
-    if denominator <= 0:
-        denominator = 1.0  # no rows anywhere: the sum is 0, as in gold.losses.reduce_rows
-    loss, values = _FusedRowTerms.apply(student_logits, teacher_logits.detach(), batch, config, denominator)
-    terms = {name: values[row].sum() / denominator for name, row in (("hybrid", HYBRID), ("uld", ULD))
-             if getattr(config, f"{name}_weight") > 0}  # fmt: skip
+    loss, values, reduced = _FusedRowTerms.apply(student_logits, teacher_logits.detach(), batch, config,
+                                                 num_items_in_batch)  # fmt: skip
+    terms = {name: reduced[i] for i, name in enumerate(FUSED_TERMS) if getattr(config, f"{name}_weight") > 0}
     return loss, terms, values[[MASS, MATCHED, UNMATCHED]]

@@ -38,6 +38,8 @@ from gold.losses.uld_quantized import LEVELS, compare_counts, count_levels
 
 # value rows of the group kernel
 HYBRID, ULD, MASS, MATCHED, UNMATCHED = range(5)
+# entries of its settings vector (built by gold.losses.fused._settings)
+BETA, USE_HYBRID, USE_ULD, MASS_WEIGHTING, MATCHED_WEIGHT, UNMATCHED_WEIGHT, HYBRID_COEF, ULD_COEF, WANT_GRAD = range(9)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -81,12 +83,19 @@ def _hybrid(
         teacher_probs_matched,
         grads,
     ) = scratch
-    beta, c_hybrid, want = settings[0], settings[6], settings[8] > 0
+    beta, c_hybrid, want = settings[BETA], settings[HYBRID_COEF], settings[WANT_GRAD] > 0
     student_off, teacher_off = offsets[g, 0], offsets[g, 1]
     mass = teacher_matched_probs(
         teacher_row, teacher_matched, inv[1], teacher_off, teacher_logprobs, teacher_probs_matched
     )
-    w_matched, w_unmatched = (mass, 1.0 - mass) if settings[3] > 0 else (settings[4], settings[5])
+    w_matched, w_unmatched = (
+        (mass, 1.0 - mass)
+        if settings[MASS_WEIGHTING] > 0
+        else (
+            settings[MATCHED_WEIGHT],
+            settings[UNMATCHED_WEIGHT],
+        )
+    )
     matched = matched_jsd(
         student_row, student_matched, inv[0], student_off, teacher_logprobs, teacher_probs_matched, beta, grads
     )
@@ -144,20 +153,14 @@ def _uld(
     q: np.ndarray,
 ) -> None:
     """The ULD term of group ``g`` over whole rows into ``values``; its gradient into ``q``."""
-    student_counts, teacher_counts, signs, student_probs, teacher_probs = (
-        scratch[0],
-        scratch[1],
-        scratch[2],
-        scratch[3],
-        scratch[4],
-    )
+    student_counts, teacher_counts, signs, student_probs, teacher_probs = scratch[:5]
     probs_all(student_row, inv[0], offsets[g, 0], student_probs)
     probs_all(teacher_row, inv[1], offsets[g, 1], teacher_probs)
     valid = count_levels(student_probs, student_row.shape[0], student_counts)
     valid &= count_levels(teacher_probs, teacher_row.shape[0], teacher_counts)
     values[ULD, g] = compare_counts(student_counts, teacher_counts, levels, signs) if valid else np.nan
-    if settings[8] > 0:
-        uld_gradient_all(student_probs, signs, settings[7], q)
+    if settings[WANT_GRAD] > 0:
+        uld_gradient_all(student_probs, signs, settings[ULD_COEF], q)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -176,7 +179,7 @@ def group_terms(
     offsets: np.ndarray,
     workers: int,
 ) -> None:
-    """Hybrid and ULD values of every group and, with ``settings[8]``, the gradient of the rows
+    """Hybrid and ULD values of every group and, with ``settings[WANT_GRAD]``, the gradient of the rows
     predicting the groups' last tokens, final (softmax and temperature included) while in cache.
 
     Args:
@@ -185,14 +188,14 @@ def group_terms(
         hybrid_tables: (M,) student and teacher matched ids, then the student's and the teacher's ids
             without a partner; levels: (K,) float64 ULD level values.
         prefixes: (G, 2) float64 log-probability of each group's earlier tokens, per side.
-        inv: (2,) float32 inverse temperatures; settings: (9,) float64 β, use hybrid, use ULD, mass
-            weighting, fixed matched / unmatched weights, hybrid and ULD coefficients, want gradient.
+        inv: (2,) float32 inverse temperatures; settings: (9,) float64, entries named by the constants
+            above (β, which terms, the hybrid's weighting, coefficients, whether to write the gradient).
         values: (5, G) float64 out; grad: (Rs, Vs) float32 out (rows of last tokens only);
         row_grad: (G, 2) float64 out, Σ_v ∂loss/∂r(v) and the explicit ∂loss/∂prefix per group;
         offsets: (G, 2) float32 out, ``logsumexp(z) - prefix`` per side.
     """
     groups = rows.shape[0]
-    want = settings[8] > 0
+    want = settings[WANT_GRAD] > 0
     student_size, teacher_size, matched = student_flat.shape[1], teacher_flat.shape[1], hybrid_tables[0].shape[0]
     for worker in prange(workers):
         scratch = (
@@ -217,9 +220,9 @@ def group_terms(
             if want:
                 q[:] = 0.0
             pre_grad = 0.0
-            if settings[2] > 0:
+            if settings[USE_ULD] > 0:
                 _uld(student_row, teacher_row, g, levels, offsets, inv, settings, scratch, values, q)
-            if settings[1] > 0:
+            if settings[USE_HYBRID] > 0:
                 pre_grad = _hybrid(
                     student_row,
                     teacher_row,

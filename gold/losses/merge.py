@@ -114,6 +114,15 @@ def checked_positions(
     return batch_index, position, group, num_groups, is_last
 
 
+def check_same_groups(student_groups: int, teacher_groups: int) -> None:
+    """Raise unless both sides have the same number of groups (they must come from the same alignments)."""
+    if student_groups != teacher_groups:
+        raise ValueError(
+            f"the student side has {student_groups} groups and the teacher side {teacher_groups}; "
+            "both must come from the same alignments"
+        )
+
+
 def scale(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Logits divided by the temperature (no copy at 1)."""
     if temperature <= 0:

@@ -16,19 +16,27 @@ class NonFiniteLossError(FloatingPointError):
     """A loss term came out NaN or infinite; the message names the term and the step."""
 
 
+def global_denominator(num_rows: int, num_items_in_batch: int | torch.Tensor | None = None) -> int | torch.Tensor:
+    """What a micro-batch's row sum is divided by: the rows of the whole optimizer step
+    (``num_items_in_batch``) or, without it, this micro-batch's ``num_rows``; 1 when there are no rows
+    anywhere (the empty sum stays 0, with no division by zero). A tensor stays a tensor (no device sync)."""
+    denominator = num_rows if num_items_in_batch is None else num_items_in_batch
+    if isinstance(denominator, torch.Tensor):
+        return torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return denominator if denominator > 0 else 1
+
+
 def reduce_rows(rows: torch.Tensor, *, num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
-    """Sum of ``rows`` over the global number of rows.
+    """Sum of ``rows`` over the global number of rows (:func:`global_denominator`).
 
     Args:
         rows: (R,) per-row losses of this micro-batch.
         num_items_in_batch: rows in the whole optimizer step (all micro-batches, all ranks);
             defaults to R (a plain mean).
     """
-    denominator = rows.shape[0] if num_items_in_batch is None else num_items_in_batch
+    denominator = global_denominator(rows.shape[0], num_items_in_batch)
     if isinstance(denominator, torch.Tensor):
         denominator = denominator.to(rows.device)
-    elif denominator <= 0:
-        return rows.sum()  # no rows anywhere: nothing to learn from, and no division by zero
     return rows.sum() / denominator
 
 

@@ -98,6 +98,26 @@ def test_fused_normalizes_by_the_global_number_of_groups() -> None:
     torch.testing.assert_close(grad_f, grad_t, atol=1e-7, rtol=1e-4)
 
 
+def test_both_paths_take_the_global_count_as_a_tensor_and_name_a_group_count_mismatch() -> None:
+    batch = random_batch(5)
+    (loss_f, _, grad_f), (loss_t, _, grad_t) = both_paths(batch, {}, 6, num_items_in_batch=torch.tensor(40.0))
+    (loss_int, _, grad_int), _ = both_paths(batch, {}, 6, num_items_in_batch=40)
+    torch.testing.assert_close(loss_f, loss_t, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad_f, grad_t, atol=1e-7, rtol=1e-4)
+    assert loss_f.item() == loss_int.item() and torch.equal(grad_f, grad_int)
+    teacher_groups = batch.teacher_groups.clone()
+    teacher_groups[1][teacher_groups[1] == 1] = -1  # example 1's teacher side loses its second group
+    mismatched = AlignedBatch(batch.student_ids, batch.teacher_ids, batch.student_groups, teacher_groups,
+                              batch.tables, batch.stats)  # fmt: skip
+    student, teacher = (
+        torch.randn(*batch.student_ids.shape, STUDENT_VOCAB),
+        torch.randn(*batch.teacher_ids.shape, TEACHER_VOCAB),
+    )
+    for implementation in ("fused", "torch"):
+        with pytest.raises(ValueError, match="student side has 7 groups and the teacher side 6"):
+            cross_tokenizer_loss(student, teacher, mismatched, LossConfig(implementation=implementation))
+
+
 def test_fused_on_a_real_pair_equals_torch_path() -> None:
     batch = make_batch("qwen2.5", "llama-3", student_rows=151936, teacher_rows=128256)
     student = logits_for(batch.student_ids, 151936, 3).float().requires_grad_()

@@ -16,6 +16,7 @@ from gold.losses import (
     reduce_rows,
     span_likelihood,
 )
+from gold.losses.reduce import global_denominator
 from tests.reference import reference_hybrid, reference_kl
 
 
@@ -110,6 +111,14 @@ def test_reduction_uses_the_global_count_and_tolerates_empty_rows() -> None:
     assert reduce_rows(values, num_items_in_batch=6).item() == 1.0
     assert reduce_rows(values).item() == 2.0
     empty = reduce_rows(torch.zeros(0, requires_grad=True), num_items_in_batch=4)
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_the_denominator_is_the_same_for_counts_given_as_numbers_or_tensors() -> None:
+    assert global_denominator(3) == 3 and global_denominator(3, 8) == 8 and global_denominator(0, 0) == 1
+    assert global_denominator(3, torch.tensor(8.0)).item() == 8.0
+    assert global_denominator(0, torch.tensor(0.0)).item() == 1.0  # no rows anywhere: no division by zero
+    empty = reduce_rows(torch.zeros(0, requires_grad=True), num_items_in_batch=torch.tensor(0.0))
     assert empty.item() == 0.0 and empty.requires_grad
 
 
