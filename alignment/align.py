@@ -9,6 +9,9 @@ sequences, e.g. a sampled completion and the teacher's encoding of its bytes), a
 When both sides spell the same bytes the alignment is exact. When they differ (a normalizer rewrote
 the text, a SentencePiece model added a space) the boundaries are mapped through edit operations
 (:mod:`alignment.fuzzy`), the groups touching an edit are marked approximate and the bytes counted.
+When both tokenizers rewrote a text the same way (one normalizer on both sides, or one tokenizer
+against itself), their streams agree byte for byte: they are aligned to each other exactly, in the
+rewritten stream's coordinates, and the rewrite is counted apart (``stats.rewritten_bytes``).
 A rewrite that the tokenizer's own normalizer explains (Qwen's NFC) is expected at any size; any
 other difference larger than ``max_edit_fraction`` of the bytes (counted on both strings) means the
 tokenizer does not reproduce the text at all, and raises instead of giving silently wrong groups.
@@ -47,7 +50,9 @@ class Alignment:
         teacher_groups: (Tt,) int64, likewise for the teacher.
         group_bytes: (G, 2) int64, ``[start, end)`` of each group in ``text_bytes``.
         approximate: (G,) bool, groups whose bytes differ between the two streams.
-        text_bytes: the bytes aligned (the text, or the student's stream for :func:`align_ids`).
+        text_bytes: the bytes aligned: the text; the two sides' common stream when both tokenizers
+            rewrote the text the same way (then ``stats.rewritten_bytes > 0``); the student's stream
+            (the longer one when one side is a truncation of the other) for :func:`align_ids`.
         student_spans: (Ts, 2) int64 byte span of each student token in ``text_bytes``.
         teacher_spans: (Tt, 2) int64 byte span of each teacher token in ``text_bytes``.
         stats: coverage statistics.
@@ -92,6 +97,16 @@ class _Side:
     ids: IntArray
     special: BoolArray
     mapping: ByteMapping
+
+
+@dataclass(frozen=True)
+class _Spelled:
+    """One side's (T,) ids of a text, their (T,) byte lengths, the bytes they spell, the edit fraction allowed."""
+
+    ids: IntArray
+    lengths: IntArray
+    stream: bytes
+    limit: float
 
 
 def align_ids(
@@ -159,29 +174,55 @@ def align_text_batch(
         student_ids: B id sequences that encode ``texts`` (e.g. sampled ones); default: encode them.
         teacher_ids: likewise for the teacher.
         max_edit_fraction: most bytes a tokenizer may change before this raises.
+
+    Returns:
+        B alignments. ``text_bytes`` is the text, except where both sides spell the same rewrite of it
+        (see :class:`Alignment`).
     """
     student_table = token_bytes_table(student_tokenizer)
     teacher_table = token_bytes_table(teacher_tokenizer)
     students: list[_Side] = []
     teachers: list[_Side] = []
     references: list[bytes] = []
+    rewritten: list[int] = []
     for index, text in enumerate(texts):
-        reference = text.encode("utf-8")
+        text_bytes = text.encode("utf-8")
         s_ids = encode_text(student_tokenizer, text) if student_ids is None else student_ids[index]
         t_ids = encode_text(teacher_tokenizer, text) if teacher_ids is None else teacher_ids[index]
-        for tokenizer, table, raw_ids, role, sides in (
-            (student_tokenizer, student_table, s_ids, "student", students),
-            (teacher_tokenizer, teacher_table, t_ids, "teacher", teachers),
+        student = _spell(student_tokenizer, student_table, s_ids, text, max_edit_fraction)
+        teacher = _spell(teacher_tokenizer, teacher_table, t_ids, text, max_edit_fraction)
+        reference, rewritten_bytes = text_bytes, 0
+        if student.stream == teacher.stream != text_bytes:
+            # Both tokenizers rewrote the text the same way (one normalizer on both sides, one tokenizer
+            # against itself): the sides predict the same bytes, so the rewritten stream is the reference
+            # and the groups are exact. Mapping each side onto the text instead would mark every group
+            # touching the rewrite approximate, and proportional mapping inside a rewritten block (NFC
+            # reorders stacked marks) can collapse token ends and merge groups. The rewrite is still
+            # checked against the text, so that ids of another text raise as they do on one side.
+            rewrite = map_positions(student.stream, text_bytes, np.zeros(0, dtype=np.int64))
+            _check_edits(rewrite, student.stream, text_bytes, "student", student.limit)
+            _check_edits(rewrite, teacher.stream, text_bytes, "teacher", teacher.limit)
+            reference, rewritten_bytes = student.stream, rewrite.edited_bytes
+        for table, side, role, sides in (
+            (student_table, student, "student", students),
+            (teacher_table, teacher, "teacher", teachers),
         ):
-            ids = np.asarray(raw_ids, dtype=np.int64).reshape(-1)
-            starts_text = _prefix_was_added(table, ids, reference)
-            lengths = table.sequence_lengths(ids, starts_text=starts_text)
-            stream = table.spell(ids, lengths)
-            # a rewrite that the tokenizer's own normalizer explains (NFC) is expected, however large
-            limit = 1.0 if stream == normalized(tokenizer, text) else max_edit_fraction
-            sides.append(_side_onto(table, ids, lengths, stream, reference, role, limit, prefix_ok=False))
+            sides.append(
+                _side_onto(table, side.ids, side.lengths, side.stream, reference, role, side.limit, prefix_ok=False)
+            )
         references.append(reference)
-    return _assemble(students, teachers, references)
+        rewritten.append(rewritten_bytes)
+    return _assemble(students, teachers, references, rewritten)
+
+
+def _spell(tokenizer: Any, table: TokenBytesTable, raw_ids: Any, text: str, max_edit_fraction: float) -> _Spelled:
+    """What ``raw_ids`` ((T,) ids that encode ``text`` from its start) spell, and how far it may differ."""
+    ids = np.asarray(raw_ids, dtype=np.int64).reshape(-1)
+    lengths = table.sequence_lengths(ids, starts_text=_prefix_was_added(table, ids, text.encode("utf-8")))
+    stream = table.spell(ids, lengths)
+    # a rewrite that the tokenizer's own normalizer explains (NFC) is expected, however large
+    limit = 1.0 if stream == normalized(tokenizer, text) else max_edit_fraction
+    return _Spelled(ids, lengths, stream, limit)
 
 
 def align_batch(
@@ -222,7 +263,8 @@ def align_batch(
         students.append(_side_onto(student_table, s_ids, s_lengths, s_stream, reference, "student", max_edit_fraction))
         teachers.append(_side_onto(teacher_table, t_ids, t_lengths, t_stream, reference, "teacher", max_edit_fraction))
         references.append(reference)
-    return _assemble(students, teachers, references)
+    # two id sequences carry no text that both could have rewritten: the streams are the truth
+    return _assemble(students, teachers, references, [0] * len(references))
 
 
 def normalized(tokenizer: Any, text: str) -> bytes:
@@ -248,9 +290,12 @@ def _prefix_was_added(table: TokenBytesTable, ids: IntArray, reference: bytes) -
     """Whether the first token's leading space is a synthetic dummy prefix.
 
     A Metaspace pre-tokenizer prepends ``▁`` only when the text does not already start with a space,
-    so the same first piece ``▁a`` spells ``"a"`` or ``" a"``; the text tells which.
+    so the same first piece ``▁a`` spells ``"a"`` or ``" a"``; the text tells which. SentencePiece reads
+    a literal ``▁`` as a space (``"▁a"`` and ``" a"`` give the same ids), so a text starting with one got
+    no prefix either: the piece spells that space, and dropping it would lose a byte of the text.
     """
-    return table.prefix_space and not reference.startswith(b" ")
+    spaced = reference.startswith(b" ") or (table.kind == "sentencepiece" and reference.startswith("\u2581".encode()))
+    return table.prefix_space and not spaced
 
 
 def _side_onto(
@@ -274,10 +319,14 @@ def _side_onto(
         mapping = identity_mapping(ends)
     else:
         mapping = map_positions(stream, reference, ends)
-        limit = max_edit_fraction * max(len(reference) + len(stream), 1)
-        if mapping.edited_bytes > limit:
-            raise TokenizerBytesError(_mismatch_message(role, stream, reference, mapping, max_edit_fraction))
+        _check_edits(mapping, stream, reference, role, max_edit_fraction)
     return _Side(ids, table.special_mask[ids], mapping)
+
+
+def _check_edits(mapping: ByteMapping, stream: bytes, reference: bytes, role: str, max_edit_fraction: float) -> None:
+    """Raise when ``stream`` differs from ``reference`` in more than ``max_edit_fraction`` of both strings' bytes."""
+    if mapping.edited_bytes > max_edit_fraction * max(len(reference) + len(stream), 1):
+        raise TokenizerBytesError(_mismatch_message(role, stream, reference, mapping, max_edit_fraction))
 
 
 def _mismatch_message(role: str, stream: bytes, reference: bytes, mapping: ByteMapping, limit: float) -> str:
@@ -293,7 +342,10 @@ def _mismatch_message(role: str, stream: bytes, reference: bytes, mapping: ByteM
     )
 
 
-def _assemble(students: list[_Side], teachers: list[_Side], references: list[bytes]) -> list[Alignment]:
+def _assemble(
+    students: list[_Side], teachers: list[_Side], references: list[bytes], rewritten: list[int]
+) -> list[Alignment]:
+    """Group the B examples in one pass; ``rewritten``: B counts of bytes both sides rewrote alike."""
     if not references:
         return []
     groupings = group_batch(
@@ -303,7 +355,9 @@ def _assemble(students: list[_Side], teachers: list[_Side], references: list[byt
         [np.concatenate([s.mapping.edits, t.mapping.edits]) for s, t in zip(students, teachers, strict=True)],
     )
     out = []
-    for student, teacher, reference, grouping in zip(students, teachers, references, groupings, strict=True):
+    for student, teacher, reference, rewritten_bytes, grouping in zip(
+        students, teachers, references, rewritten, groupings, strict=True
+    ):
         stats = compute_stats(
             student_groups=grouping.student_groups,
             teacher_groups=grouping.teacher_groups,
@@ -312,6 +366,7 @@ def _assemble(students: list[_Side], teachers: list[_Side], references: list[byt
             group_bytes=grouping.group_bytes,
             approximate=grouping.approximate,
             edited_bytes=student.mapping.edited_bytes + teacher.mapping.edited_bytes,
+            rewritten_bytes=rewritten_bytes,
         )
         out.append(
             Alignment(

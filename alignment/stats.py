@@ -26,7 +26,11 @@ class AlignmentStats:
         aligned_bytes: bytes covered by groups.
         approximate_groups: groups touching bytes where the two streams differ.
         approximate_bytes: bytes inside approximate groups.
-        edited_bytes: bytes involved in edit operations (both streams counted).
+        edited_bytes: bytes involved in edit operations between a side's stream and the aligned bytes
+            (both strings counted); these make groups approximate.
+        rewritten_bytes: bytes involved in a rewrite of the text that both sides made alike (both
+            strings counted, once for the pair): the groups are exact in the rewritten stream, so these
+            bytes are not approximate, but the pair was trained on other bytes than the text had.
         size_histogram: ``{"s:t": count}`` of (student tokens, teacher tokens) per group.
     """
 
@@ -43,6 +47,7 @@ class AlignmentStats:
     approximate_groups: int
     approximate_bytes: int
     edited_bytes: int
+    rewritten_bytes: int
     size_histogram: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -98,6 +103,7 @@ def compute_stats(
     group_bytes: IntArray,
     approximate: BoolArray,
     edited_bytes: int,
+    rewritten_bytes: int,
 ) -> AlignmentStats:
     """Statistics of one alignment (shapes as in :class:`alignment.Alignment`)."""
     num_groups = int(group_bytes.shape[0])
@@ -122,5 +128,6 @@ def compute_stats(
         approximate_groups=int(approximate.sum()),
         approximate_bytes=int(widths[approximate].sum()),
         edited_bytes=edited_bytes,
+        rewritten_bytes=rewritten_bytes,
         size_histogram=histogram,
     )

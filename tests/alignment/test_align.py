@@ -7,7 +7,8 @@ import unicodedata
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 
 from alignment import (
     Alignment,
@@ -17,12 +18,34 @@ from alignment import (
     align_text_batch,
     align_texts,
     encode_text,
+    text_stream,
     token_bytes_table,
 )
 from tests.conftest import EXACT_ZOO, texts, zoo
 from tests.reference import reference_groups
 
 PAIRS = list(itertools.combinations(EXACT_ZOO, 2))
+
+# Text that normalizers rewrite: decomposed accents (NFC composes them), stacked marks of different
+# combining classes (NFC also reorders them, so a proportional mapping can collapse token ends), a
+# literal "▁" (SentencePiece reads it as a space), mixed with plain text.
+REWRITTEN_TEXTS = [
+    "cafe\u0301",
+    "e\u0301\u0301 stacked",
+    unicodedata.normalize("NFD", "Ångström"),
+    "\uae00\u0369\u036f\u032a",  # 글 + above, above, below: NFC moves the mark below first
+    "U\u036b\u0354\u0320u O\u03b2\u0311\u031e",
+    "plain text, then cafe\u0301 au lait and n\u0303o\u0308 again",
+]
+# a base character followed by up to four marks in any order (canonical reordering at work)
+marked_clusters = st.tuples(
+    st.sampled_from("aeoAOUnc ωβ한글"),
+    st.lists(st.sampled_from("\u0301\u0308\u0303\u0323\u0327\u0320\u0354\u0345\u031b\u036f"), max_size=4),
+).map(lambda pair: pair[0] + "".join(pair[1]))
+rewritten_texts = st.one_of(
+    texts.map(lambda text: unicodedata.normalize("NFD", text)),
+    st.lists(st.one_of(marked_clusters, texts), max_size=8).map("".join),
+)
 
 
 def check_invariants(alignment: Alignment) -> None:
@@ -60,14 +83,20 @@ def check_exact_groups_match_streams(alignment: Alignment, student, teacher) -> 
 @pytest.mark.parametrize(("student_name", "teacher_name"), PAIRS)
 @settings(max_examples=15)
 @given(text=texts)
+@example(text="\u2581x a\u2581b")
 def test_invariants_on_every_pair(student_name: str, teacher_name: str, text: str) -> None:
     student, teacher = zoo(student_name), zoo(teacher_name)
     missing = token_bytes_table(student).missing_bytes | token_bytes_table(teacher).missing_bytes
     assume(not missing & set(text.encode()))
     alignment = align_texts(student, teacher, text)
     check_invariants(alignment)
-    assert alignment.text_bytes == text.encode()
-    assert b"".join(alignment.group_text(g) for g in range(alignment.num_groups)) == text.encode()
+    # the text, unless both sides spell the same rewrite of it (two SentencePiece models reading "▁" as a space)
+    student_stream = text_stream(student, alignment.student_ids, text.encode())
+    teacher_stream = text_stream(teacher, alignment.teacher_ids, text.encode())
+    aligned = student_stream if student_stream == teacher_stream else text.encode()
+    assert alignment.text_bytes == aligned
+    assert b"".join(alignment.group_text(g) for g in range(alignment.num_groups)) == aligned
+    assert (alignment.stats.rewritten_bytes > 0) == (aligned != text.encode())
     check_exact_groups_match_streams(alignment, student, teacher)
     # only two rewrites are expected: Qwen's NFC, and SentencePiece reading a literal "▁" as a space
     nfc_rewrite = "qwen2.5" in (student_name, teacher_name) and not unicodedata.is_normalized("NFC", text)
@@ -96,6 +125,83 @@ def test_identical_tokenizers_give_only_one_to_one_groups(name: str, text: str) 
     assert np.array_equal(alignment.student_groups, alignment.teacher_groups)
     assert alignment.stats.num_groups == int((text_tokens & (widths > 0)).sum())
     assert set(alignment.stats.size_histogram) <= {"1:1", "2:2"}  # 2:2 only with a zero-width prefix piece
+    assert not alignment.approximate.any()
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("qwen2.5", text) for text in REWRITTEN_TEXTS]  # NFC
+    + [("minilm", text) for text in ("cafe\u0301", "e\u0301\u0301 stacked", "Ångström and CAFÉ")]  # lower, no accents
+    + [("gemma-3", text) for text in ("a\u2581b", "x \u2581\u2581y", "\u2581", "cafe\u0301\u2581ok")]  # ▁ → space
+    # a leading ▁ is a space too, so no dummy prefix was added: the first piece keeps it
+    + [("mistral-v1", text) for text in ("\u2581", "\u2581x a\u2581b", "\u2581\u2581x")],
+)
+def test_one_tokenizer_against_itself_is_exact_on_text_its_normalizer_rewrote(name: str, text: str) -> None:
+    tokenizer = zoo(name)
+    alignment = align_texts(tokenizer, tokenizer, text)
+    check_invariants(alignment)
+    check_exact_groups_match_streams(alignment, tokenizer, tokenizer)
+    stream = text_stream(tokenizer, alignment.student_ids, text.encode())
+    assert stream != text.encode(), "the text must really be rewritten for this test to mean anything"
+    # aligned in the rewritten stream's coordinates: every byte covered, every group one token a side
+    assert alignment.text_bytes == stream
+    assert b"".join(alignment.group_text(g) for g in range(alignment.num_groups)) == stream
+    assert alignment.stats.size_histogram == {"1:1": alignment.num_groups}
+    assert not alignment.approximate.any() and alignment.stats.approximate_bytes == 0
+    assert np.array_equal(alignment.student_groups, alignment.teacher_groups)
+    assert alignment.stats.edited_bytes == 0 and alignment.stats.rewritten_bytes > 0
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "gemma-3"])
+@settings(max_examples=40)
+@given(text=rewritten_texts)
+def test_one_tokenizer_against_itself_is_exact_on_random_rewritten_unicode(name: str, text: str) -> None:
+    tokenizer = zoo(name)
+    assume(not token_bytes_table(tokenizer).missing_bytes & set(text.encode()))
+    alignment = align_texts(tokenizer, tokenizer, text)
+    check_invariants(alignment)
+    check_exact_groups_match_streams(alignment, tokenizer, tokenizer)
+    stream = text_stream(tokenizer, alignment.student_ids, text.encode())
+    assert alignment.text_bytes == stream  # the text itself where nothing was rewritten
+    assert b"".join(alignment.group_text(g) for g in range(alignment.num_groups)) == stream
+    assert set(alignment.stats.size_histogram) <= {"1:1"}
+    assert not alignment.approximate.any()
+    assert (alignment.stats.rewritten_bytes > 0) == (stream != text.encode())
+
+
+@pytest.mark.parametrize(("student_name", "teacher_name"), [("gemma-3", "mistral-v1"), ("mistral-v3", "gemma-3")])
+@pytest.mark.parametrize("text", ["a\u2581b", "one\u2581two three\u2581\u2581four", "x\u2581", "\u2581x y"])
+def test_two_tokenizers_with_the_same_rewrite_align_exactly(student_name: str, teacher_name: str, text: str) -> None:
+    # no two zoo tokenizers share NFC; these SentencePiece models both read a literal "▁" as a space
+    student, teacher = zoo(student_name), zoo(teacher_name)
+    alignment = align_texts(student, teacher, text)
+    check_invariants(alignment)
+    check_exact_groups_match_streams(alignment, student, teacher)
+    expected = text.replace("\u2581", " ").encode()
+    assert text_stream(student, alignment.student_ids, text.encode()) == expected
+    assert text_stream(teacher, alignment.teacher_ids, text.encode()) == expected
+    assert alignment.text_bytes == expected
+    assert b"".join(alignment.group_text(g) for g in range(alignment.num_groups)) == expected
+    assert not alignment.approximate.any() and alignment.stats.rewritten_bytes > 0
+
+
+def test_same_rewrite_is_exact_with_given_ids_in_a_batch(qwen) -> None:
+    batch = ["cafe\u0301 noir", "plain", unicodedata.normalize("NFD", "Ångström")]
+    ids = [encode_text(qwen, text) for text in batch]
+    together = align_text_batch(qwen, qwen, batch, student_ids=ids, teacher_ids=ids)
+    for text, alignment in zip(batch, together, strict=True):
+        alone = align_texts(qwen, qwen, text)
+        assert alignment.text_bytes == alone.text_bytes == unicodedata.normalize("NFC", text).encode()
+        assert np.array_equal(alignment.group_bytes, alone.group_bytes) and alignment.stats == alone.stats
+        assert alignment.stats.size_histogram == {"1:1": alignment.num_groups}
+        assert not alignment.approximate.any()
+    assert [a.stats.rewritten_bytes > 0 for a in together] == [True, False, True]
+
+
+def test_same_rewrite_of_other_text_still_raises(qwen) -> None:
+    ids = encode_text(qwen, "completely different")
+    with pytest.raises(TokenizerBytesError, match="the student tokenizer's bytes do not reproduce the text"):
+        align_text_batch(qwen, qwen, ["XYZ 123 !!"], student_ids=[ids], teacher_ids=[ids])
 
 
 def test_batch_equals_per_example(qwen, llama) -> None:
