@@ -6,7 +6,8 @@ On float32 CPU logits the hybrid and ULD terms run in fused numba kernels (:mod:
 Otherwise (and for the span and byte-marginal terms) rows are computed only for aligned groups,
 never as full ``[B, T, V]`` probabilities. With ``chunk_groups`` set, each chunk of groups is
 wrapped in activation checkpointing, so its (g, V) rows are recomputed in backward instead of being
-kept: peak memory grows with the chunk, not with G.
+kept: peak memory grows with the chunk, not with G. Rows, terms and the loss are float32 for bf16 /
+fp16 logits (:func:`gold.losses.merge.reduction_dtype`); only each chunk's rows are upcast.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gold.losses.batch import AlignedBatch
 from gold.losses.byte_marginal import byte_marginal
 from gold.losses.fused import FUSED_TERMS, fused_applies, fused_row_terms
 from gold.losses.hybrid import hybrid
-from gold.losses.merge import GroupIndex, check_same_groups, index_groups, rows_of, scale, start_rows
+from gold.losses.merge import GroupIndex, check_same_groups, index_groups, reduction_dtype, rows_of, start_rows
 from gold.losses.reduce import check_finite, reduce_rows
 from gold.losses.span import span_likelihood
 from gold.losses.uld import uld, uld_topk
@@ -38,7 +39,7 @@ def _row_terms(
     """(6, g) per-group values for one chunk: hybrid, ULD, byte marginal, teacher matched mass, and
     the hybrid's matched (JSD) and unmatched (ULD) parts before weighting (zeros for terms not asked)."""
     tables = batch.tables
-    zeros = student_logits.new_zeros(select.shape[0])
+    zeros = torch.zeros(select.shape[0], dtype=reduction_dtype(student_logits), device=student_logits.device)
     hybrid_rows, uld_rows, byte_rows, mass, matched, unmatched = zeros, zeros, zeros, zeros, zeros, zeros
     if "hybrid" in terms or "uld" in terms:
         student_rows = rows_of(student_logits, student_index, select)  # (g, Vs)
@@ -99,15 +100,16 @@ def cross_tokenizer_loss(
         step: the training step, named in the error if a term is not finite.
 
     Returns:
-        ``(loss, metrics)``: the scalar loss and floats for logging (each term, matched mass,
-        alignment coverage).
+        ``(loss, metrics)``: the scalar loss (float32 for bf16 / fp16 logits) and floats for logging
+        (each term, matched mass, alignment coverage).
     """
     weights = {"hybrid": config.hybrid_weight, "uld": config.uld_weight, "span": config.span_weight,
                "byte_marginal": config.byte_marginal_weight}  # fmt: skip
     fused = fused_applies(config, student_logits, teacher_logits) and bool((batch.student_groups >= 0).any())
-    loss = student_logits.new_zeros(())
+    dtype = reduction_dtype(student_logits)
+    loss = torch.zeros((), dtype=dtype, device=student_logits.device)
     values: dict[str, torch.Tensor] = {}
-    hybrid_health = student_logits.new_zeros(3, 0)
+    hybrid_health = torch.zeros(3, 0, dtype=dtype, device=student_logits.device)
     if fused:
         fused_loss, values, hybrid_health = fused_row_terms(
             student_logits, teacher_logits, batch, config, num_items_in_batch=num_items_in_batch
@@ -134,36 +136,39 @@ def _torch_rows(
     teacher_logits: torch.Tensor,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
     """Per-group rows of ``terms`` by the composed torch path, and the hybrid's (3, G) health rows."""
-    s_logits = scale(student_logits, config.student_temperature)
-    t_logits = scale(teacher_logits.detach(), config.teacher_temperature)
-    student_index = index_groups(s_logits, batch.student_ids, batch.student_groups)
-    teacher_index = index_groups(t_logits, batch.teacher_ids, batch.teacher_groups)
+    # the temperatures are applied to each chunk's upcast rows, never to a copy of the whole logits
+    teacher_logits = teacher_logits.detach()
+    student_index = index_groups(student_logits, batch.student_ids, batch.student_groups,
+                                 temperature=config.student_temperature)  # fmt: skip
+    teacher_index = index_groups(teacher_logits, batch.teacher_ids, batch.teacher_groups,
+                                 temperature=config.teacher_temperature)  # fmt: skip
     check_same_groups(student_index.num_groups, teacher_index.num_groups)
-    per_row = _chunked(config, terms, batch, s_logits, t_logits, student_index, teacher_index)  # (6, G)
+    per_row = _chunked(config, terms, batch, student_logits, teacher_logits, student_index, teacher_index)  # (6, G)
     span_rows = span_likelihood(student_index.observed, teacher_index.observed.detach(), beta=config.beta)
     rows = {"hybrid": per_row[0], "uld": per_row[1], "span": span_rows, "byte_marginal": per_row[2]}
     return rows, per_row[3:]
 
 
 def _chunked(
-    config: LossConfig, terms: frozenset[str], batch: AlignedBatch, s_logits: torch.Tensor, t_logits: torch.Tensor,
-    student_index: GroupIndex, teacher_index: GroupIndex,
+    config: LossConfig, terms: frozenset[str], batch: AlignedBatch, student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor, student_index: GroupIndex, teacher_index: GroupIndex,
 ) -> torch.Tensor:  # fmt: skip
     total = student_index.num_groups
-    device = s_logits.device
+    device = student_logits.device
+    dtype = reduction_dtype(student_logits)
     if total == 0:
         # no groups anywhere in this slice (e.g. every rollout stopped at once): empty rows that are
         # still views of the student logits, so the (zero) loss has a graph to call backward on
-        return torch.stack([s_logits.flatten()[:0]] * 6)
+        return torch.stack([student_logits.flatten()[:0].to(dtype)] * 6)
     if not terms & {"hybrid", "uld", "byte_marginal"}:
-        return s_logits.new_zeros(6, total)
+        return torch.zeros(6, total, dtype=dtype, device=device)
     size = config.chunk_groups or total
     parts = []
     for start in range(0, total, size):
         select = torch.arange(start, min(start + size, total), device=device)
         fn: Callable[..., torch.Tensor] = _row_terms
-        args = (config, terms, batch, s_logits, t_logits, student_index, teacher_index, select)
-        if config.chunk_groups is not None and s_logits.requires_grad:
+        args = (config, terms, batch, student_logits, teacher_logits, student_index, teacher_index, select)
+        if config.chunk_groups is not None and student_logits.requires_grad:
             parts.append(checkpoint(fn, *args, use_reentrant=False))
         else:
             parts.append(fn(*args))

@@ -13,6 +13,11 @@ prefix (1 for a single-token group), not to 1; :func:`with_rest_bucket` adds the
 extra outcome ("any other continuation") so that divergences compare proper distributions.
 TRL's default ``observed`` merge reads each token's own position, which predicts the *next* token;
 this module never does.
+
+Precision: whatever the logits' dtype, normalizers, rows and every scalar here are float32 (float64
+logits stay float64, :func:`reduction_dtype`). A bf16 log-normalizer near 10 is off by up to 2^-5 nats,
+which put the span term 37 % off on one measured batch. Only the rows a step needs are upcast, a chunk
+at a time: a float32 copy of the whole (B, T, V) logits is never made, in forward or backward.
 """
 
 from __future__ import annotations
@@ -30,17 +35,21 @@ class GroupIndex:
         observed: (G,) log-likelihood of each group's bytes (the row's observed column).
         prefix: (G,) log-probability of each group's tokens before its last.
         log_normalizer: (G,) log-partition of the row predicting each group's last token.
+        start_normalizer: (G,) log-partition of the row predicting each group's first token.
         example: (G,) int64 example of each group.
         last_position: (G,) int64 position of each group's last token.
         first_position: (G,) int64 position of each group's first token.
+        temperature: the logits are divided by it (after the upcast) before every softmax.
     """
 
     observed: torch.Tensor
     prefix: torch.Tensor
     log_normalizer: torch.Tensor
+    start_normalizer: torch.Tensor
     example: torch.Tensor
     last_position: torch.Tensor
     first_position: torch.Tensor
+    temperature: float
 
     @property
     def num_groups(self) -> int:
@@ -123,30 +132,131 @@ def check_same_groups(student_groups: int, teacher_groups: int) -> None:
         )
 
 
-def scale(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Logits divided by the temperature (no copy at 1)."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    return logits if temperature == 1.0 else logits / temperature
+def reduction_dtype(logits: torch.Tensor) -> torch.dtype:
+    """What rows and terms of ``logits`` are computed in: float32 for bf16 / fp16, their own dtype when wider."""
+    return torch.promote_types(logits.dtype, torch.float32)
 
 
-def index_groups(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor) -> GroupIndex:
-    """Per-group scalars of the chain rule, batched (no loop over groups, no (N, V) copy).
+def _upcast_rows(flat_logits: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(n, V) rows ``rows`` (n,) of the (B·T, V) flattened logits, upcast to :func:`reduction_dtype`, then
+    divided by the temperature (a bf16 ``x / 0.7`` would be off by up to 2^-9 of x).
+
+    ``index_select``, not advanced indexing: its backward is an index_add, much cheaper on CPU than
+    advanced indexing's index_put.
+    """
+    picked = flat_logits.index_select(0, rows).to(reduction_dtype(flat_logits))  # (n, V)
+    return picked if temperature == 1.0 else picked / temperature
+
+
+# values upcast at once by the log-normalizer: 2^24, 64 MiB of float32 per block of rows
+_BLOCK_VALUES = 1 << 24
+
+
+def _blocks(count: int, width: int) -> list[slice]:
+    size = max(1, _BLOCK_VALUES // max(width, 1))
+    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+class _NextTokenLogprobs(torch.autograd.Function):
+    """(N,) log-partition of selected rows of the logits over a temperature, and (N,) log-probability of
+    the token each row predicts, both in :func:`reduction_dtype`.
+
+    ``torch.logsumexp`` on bf16 logits rounds its result to bf16, and upcasting the logits first would
+    keep a float32 (B·T, V) copy for backward. Here the selected rows are upcast a block at a time in
+    both directions; backward keeps only the logits (already in memory) and (N,) vectors, recomputes
+    each block's softmax, and adds the token's own term to it in float32 before the one cast back: at a
+    confident row's token the two nearly cancel, and autograd adding them after two bf16 roundings was
+    22 % off there (the span term's gradient on one measured batch).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, flat_logits: torch.Tensor, rows: torch.Tensor,
+                tokens: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        dtype = reduction_dtype(flat_logits)
+        log_normalizer = torch.empty(rows.shape[0], dtype=dtype, device=flat_logits.device)  # (N,)
+        for block in _blocks(rows.shape[0], flat_logits.shape[-1]):
+            log_normalizer[block] = torch.logsumexp(_upcast_rows(flat_logits, rows[block], temperature), dim=-1)
+        token_logprob = flat_logits[rows, tokens].to(dtype) / temperature - log_normalizer  # (N,)
+        ctx.save_for_backward(flat_logits, rows, tokens, log_normalizer)
+        ctx.temperature = temperature  # type: ignore[attr-defined]
+        return log_normalizer, token_logprob
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_normalizer: torch.Tensor,
+                 grad_token: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # fmt: skip
+        flat_logits, rows, tokens, log_normalizer = ctx.saved_tensors  # type: ignore[attr-defined]
+        temperature: float = ctx.temperature  # type: ignore[attr-defined]
+        grad_logits = torch.zeros_like(flat_logits)  # (B·T, V)
+        # rows whose scalars reach the loss: the rows of last tokens only do through the span term (the
+        # chain-rule rows take their normalizer's gradient themselves, :class:`_ChainRows`)
+        active = torch.nonzero((grad_normalizer != 0) | (grad_token != 0)).squeeze(1)  # (n,)
+        for block in _blocks(active.shape[0], flat_logits.shape[-1]):
+            keep = active[block]
+            # d logsumexp(x / τ) / dx = softmax(x / τ) / τ; the token's log-probability adds one-hot / τ
+            # and takes the softmax away
+            probs = (_upcast_rows(flat_logits, rows[keep], temperature) - log_normalizer[keep, None]).exp_()
+            probs.mul_(((grad_normalizer[keep] - grad_token[keep]) / temperature).unsqueeze(1))
+            probs.scatter_add_(1, tokens[keep, None], (grad_token[keep] / temperature).unsqueeze(1))
+            grad_logits.index_add_(0, rows[keep], probs.to(flat_logits.dtype))
+        return grad_logits, None, None, None
+
+
+class _ChainRows(torch.autograd.Function):
+    """(n, V) chain-rule rows ``x / τ - log_normalizer + prefix`` of selected rows of the logits, in
+    :func:`reduction_dtype`, given their (n,) log-normalizers and prefixes.
+
+    Backward recomputes the softmax and sums a row's two gradient parts, each entry's own and the
+    normalizer's ``-softmax · Σ grad``, in float32 before the one cast back to the logits' dtype: at a
+    confident row's top token they nearly cancel, and autograd adding them after two bf16 roundings was
+    36 % off there (the hybrid's gradient on one measured batch). The normalizer gets no gradient here
+    (pass it detached); the prefix gets ``Σ grad``.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, flat_logits: torch.Tensor, rows: torch.Tensor,
+                log_normalizer: torch.Tensor, prefix: torch.Tensor, temperature: float) -> torch.Tensor:  # fmt: skip
+        ctx.save_for_backward(flat_logits, rows, log_normalizer)
+        ctx.temperature = temperature  # type: ignore[attr-defined]
+        return _upcast_rows(flat_logits, rows, temperature) - (log_normalizer - prefix).unsqueeze(1)  # (n, V)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, torch.Tensor, None]:
+        flat_logits, rows, log_normalizer = ctx.saved_tensors  # type: ignore[attr-defined]
+        temperature: float = ctx.temperature  # type: ignore[attr-defined]
+        total = grad.sum(dim=-1)  # (n,)
+        probs = (_upcast_rows(flat_logits, rows, temperature) - log_normalizer.unsqueeze(1)).exp_()  # (n, V)
+        grad_rows = torch.addcmul(grad, probs, total.unsqueeze(1), value=-1.0)  # (n, V)
+        if temperature != 1.0:
+            grad_rows = grad_rows.div_(temperature)
+        grad_logits = torch.zeros_like(flat_logits)  # (B·T, V)
+        grad_logits.index_add_(0, rows, grad_rows.to(flat_logits.dtype))
+        return grad_logits, None, None, total, None
+
+
+def index_groups(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor, *,
+                 temperature: float = 1.0) -> GroupIndex:  # fmt: skip
+    """Per-group scalars of the chain rule, batched (no loop over groups; (N, V) rows only a block at a
+    time), in :func:`reduction_dtype` whatever the logits' dtype.
 
     Args:
-        logits: (B, T, V) logits, already divided by any temperature; ``logits[:, k]`` predicts
-            ``ids[:, k + 1]``.
+        logits: (B, T, V) logits; ``logits[:, k]`` predicts ``ids[:, k + 1]``.
         ids: (B, T) int64 token ids.
         groups: (B, T) int64 group of each token in its example, -1 outside every group.
+        temperature: logits are divided by it before the softmax.
 
     Raises:
-        ValueError: a grouped token sits at position 0 (nothing predicts it), or shapes disagree.
+        ValueError: a grouped token sits at position 0 (nothing predicts it), shapes disagree, or the
+            temperature is not positive.
     """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
     batch_index, position, group, num_groups, is_last = checked_positions(logits, ids, groups)
-    # log p(x_t | x_<t) of every grouped token as scalars: the normalizer is a reduction over logits
-    # already in memory, and autograd keeps a reference to them rather than a copy
-    log_normalizer = torch.logsumexp(logits, dim=-1)[batch_index, position - 1]  # (N,)
-    token_logprob = logits[batch_index, position - 1, ids[batch_index, position]] - log_normalizer  # (N,)
+    flat = batch_index * logits.shape[1] + position - 1  # (N,) rows of (B*T, V) predicting grouped tokens
+    # log p(x_t | x_<t) of every grouped token as (N,) scalars
+    log_normalizer, token_logprob = _NextTokenLogprobs.apply(logits.flatten(0, 1), flat, ids[batch_index, position],
+                                                              temperature)  # fmt: skip
     is_first = torch.ones_like(is_last)
     is_first[1:] = group[1:] != group[:-1]
     prefix = torch.zeros(int(num_groups.sum()), dtype=token_logprob.dtype, device=logits.device)
@@ -155,18 +265,25 @@ def index_groups(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor) 
         observed=token_logprob[is_last] + prefix,
         prefix=prefix,
         log_normalizer=log_normalizer[is_last],
+        start_normalizer=log_normalizer[is_first],
         example=batch_index[is_last],
         last_position=position[is_last],
         first_position=position[is_first],
+        temperature=temperature,
     )
 
 
 def rows_of(logits: torch.Tensor, index: GroupIndex, select: torch.Tensor | slice = slice(None)) -> torch.Tensor:
-    """(g, V) chain-rule rows of the selected groups (all by default); ``logits`` as for :func:`index_groups`."""
+    """(g, V) chain-rule rows of the selected groups (all by default), in :func:`reduction_dtype`.
+
+    Args:
+        logits: (B, T, V) the logits ``index`` was built from (:func:`index_groups`), not yet scaled.
+        index: the groups' scalars and temperature.
+        select: which groups: (g,) int64 or a slice.
+    """
     flat = index.example[select] * logits.shape[1] + index.last_position[select] - 1  # (g,) rows of (B*T, V)
-    offset = index.log_normalizer[select] - index.prefix[select]  # (g,)
-    # index_select's backward is an index_add, much cheaper on CPU than advanced indexing's index_put
-    return logits.flatten(0, 1).index_select(0, flat) - offset.unsqueeze(1)  # (g, V)
+    normalizer = index.log_normalizer[select].detach()  # (g,)
+    return _ChainRows.apply(logits.flatten(0, 1), flat, normalizer, index.prefix[select], index.temperature)
 
 
 def group_logprobs(
@@ -181,17 +298,18 @@ def group_logprobs(
         temperature: logits are divided by it before the softmax.
 
     Returns:
-        (G, V) rows with their per-group scalars, in (example, group) order.
+        (G, V) rows with their per-group scalars, in (example, group) order, in :func:`reduction_dtype`.
     """
-    scaled = scale(logits, temperature)
-    index = index_groups(scaled, ids, groups)
-    return GroupRows(rows_of(scaled, index), index)
+    index = index_groups(logits, ids, groups, temperature=temperature)
+    return GroupRows(rows_of(logits, index), index)
 
 
 def start_rows(logits: torch.Tensor, index: GroupIndex, select: torch.Tensor | slice = slice(None)) -> torch.Tensor:
-    """(g, V) next-token log-probabilities at each selected group's *start* (predicting its first token)."""
-    rows = logits[index.example[select], index.first_position[select] - 1]
-    return rows - torch.logsumexp(rows, dim=-1, keepdim=True)
+    """(g, V) next-token log-probabilities at each selected group's *start* (predicting its first token), in
+    :func:`reduction_dtype`; ``logits`` as for :func:`rows_of`."""
+    flat = index.example[select] * logits.shape[1] + index.first_position[select] - 1  # (g,) rows of (B*T, V)
+    normalizer = index.start_normalizer[select].detach()  # (g,)
+    return _ChainRows.apply(logits.flatten(0, 1), flat, normalizer, torch.zeros_like(normalizer), index.temperature)
 
 
 def with_rest_bucket(logprobs: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gold.losses import group_logprobs, with_rest_bucket
+from gold.losses.merge import start_rows
 from tests.reference import reference_group_rows
 
 
@@ -27,18 +28,34 @@ def random_groups(batch: int, length: int, *, seed: int) -> torch.Tensor:
     return groups
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize(("batch", "length", "vocab"), [(3, 47, 123), (1, 5, 7), (4, 16, 2)])
-def test_rows_match_reference_values_and_gradients(batch: int, length: int, vocab: int) -> None:
+def test_rows_match_reference_values_and_gradients(batch: int, length: int, vocab: int, temperature: float) -> None:
+    """Rows, observed columns and start rows, whose backward passes are written by hand (merge's
+    autograd Functions), against the loop reference on the scaled logits."""
     gen = torch.Generator().manual_seed(batch * 100 + vocab)
     logits = torch.randn(batch, length, vocab, generator=gen, dtype=torch.float64, requires_grad=True)
     ids = torch.randint(0, vocab, (batch, length), generator=gen)
     groups = random_groups(batch, length, seed=vocab)
-    rows = group_logprobs(logits, ids, groups)
-    expected = reference_group_rows(logits, ids, groups)
+    rows = group_logprobs(logits, ids, groups, temperature=temperature)
+    starts = start_rows(logits, rows.index)
+    expected = reference_group_rows(logits / temperature, ids, groups)
+    expected_observed = expected.gather(1, ids[rows.index.example, rows.index.last_position][:, None])[:, 0]
+    expected_starts = (logits[rows.index.example, rows.index.first_position - 1] / temperature).log_softmax(-1)
     torch.testing.assert_close(rows.logprobs, expected)
-    weights = torch.randn_like(expected)
-    (grad,) = torch.autograd.grad((rows.logprobs * weights).sum(), logits)
-    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), logits)
+    torch.testing.assert_close(rows.observed, expected_observed)
+    torch.testing.assert_close(starts, expected_starts)
+    weights, observed_weights, start_weights = (
+        torch.randn_like(expected),
+        torch.randn(expected.shape[0], dtype=torch.float64),
+        torch.randn_like(expected_starts),
+    )
+
+    def total(row_values: torch.Tensor, observed: torch.Tensor, start_values: torch.Tensor) -> torch.Tensor:
+        return (row_values * weights).sum() + (observed * observed_weights).sum() + (start_values * start_weights).sum()
+
+    (grad,) = torch.autograd.grad(total(rows.logprobs, rows.observed, starts), logits)
+    (expected_grad,) = torch.autograd.grad(total(expected, expected_observed, expected_starts), logits)
     torch.testing.assert_close(grad, expected_grad)
 
 
