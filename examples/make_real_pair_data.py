@@ -4,7 +4,8 @@ Writes the data of the real-pair recipes: plain-text prompts on general topics a
 *sampled from the teacher* (Gemma-3-270M, temperature 1), split by topic so that the held-out
 prompts are about topics the student never trains on.
 
-* ``examples/data/real_pair_train.jsonl``: training rows (``prompt``, ``completion``).
+* ``examples/data/real_pair_train.jsonl``: training rows (``prompt``, ``completion``, ``ended``: false where the
+  48-token limit cut the sample rather than the teacher stopping).
 * ``examples/data/real_pair_heldout.jsonl``: held-out rows; their completions are teacher samples,
   so ``gold eval`` on them estimates the teacher→student KL per byte.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from gold.config import RolloutConfig
-from gold.rollout import sample_texts
+from gold.rollout import SampledText, sample_completions
 from gold.zoo import load_model, load_tokenizer
 
 TOPICS = [
@@ -79,8 +80,11 @@ def prompts_for(topics: list[str]) -> list[str]:
     return [opener.format(topic=topic) for topic in topics for opener in OPENERS]
 
 
-def write_rows(path: Path, prompts: list[str], completions: list[str]) -> int:
-    rows = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions, strict=True) if c.strip()]
+def write_rows(path: Path, prompts: list[str], samples: list[SampledText]) -> int:
+    # "ended": false marks a sample the length limit cut; it gets no end group (the student must not learn to
+    # stop where the teacher was only interrupted)
+    rows = [{"prompt": p, "completion": s.text, "ended": s.ended}
+            for p, s in zip(prompts, samples, strict=True) if s.text.strip()]  # fmt: skip
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return len(rows)
 
@@ -98,8 +102,8 @@ def main() -> None:
     splits = {"train": TOPICS[:-HELD_OUT_TOPICS], "heldout": TOPICS[-HELD_OUT_TOPICS:]}
     for split, topics in splits.items():
         prompts = prompts_for(topics)
-        completions = sample_texts(teacher, tokenizer, prompts, config, batch_size=16, progress=True)
-        count = write_rows(args.out / f"real_pair_{split}.jsonl", prompts, completions)
+        samples = sample_completions(teacher, tokenizer, prompts, config, batch_size=16, progress=True)
+        count = write_rows(args.out / f"real_pair_{split}.jsonl", prompts, samples)
         print(f"{split}: {count} rows written to {args.out / f'real_pair_{split}.jsonl'}")
 
 

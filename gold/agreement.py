@@ -8,12 +8,13 @@ each group's log-likelihood under each model is exact (the chain rule over its t
   their bytes, is the teacher→student KL per byte of :func:`gold.evaluate.distillation_gap`, split
   into per-group terms (equal to it when every token is in a group);
 * at every group start both models answer "which byte comes next?": folding each next-token
-  distribution onto the first byte (:func:`gold.losses.fold_to_bytes`) gives two 257-bin
+  distribution onto the first byte (:func:`gold.losses.fold_to_bytes`) gives two 258-bin
   distributions whose top-1 agreement and KL need no vocabulary map.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from gold.evaluate import LN2, sequence_logprobs
 from gold.losses import PairTables, fold_to_bytes, forward_kl, index_groups
 from gold.losses.byte_marginal import on_shared_bins
 from gold.losses.merge import start_rows
+from gold.stops import model_stop_rule
 
 NO_LIMIT = 1 << 30
 
@@ -79,7 +81,9 @@ class AgreementCache:
         key = (logit_rows(student), tuple(sorted(student_tokenizer.get_vocab().items())))
         if key not in self.tables:
             self.tables[key] = PairTables.build(student_tokenizer, teacher_tokenizer, student_rows=key[0],
-                                                teacher_rows=logit_rows(teacher))  # fmt: skip
+                                                teacher_rows=logit_rows(teacher),
+                                                student_stop=model_stop_rule(student, student_tokenizer),
+                                                teacher_stop=model_stop_rule(teacher, teacher_tokenizer))  # fmt: skip
         return self.tables[key]
 
 
@@ -110,7 +114,9 @@ def group_agreement(
         raise ValueError("group_agreement needs at least one example")
     cache = cache if cache is not None else AgreementCache()
     tables = cache.pair_tables(student, student_tokenizer, teacher, teacher_tokenizer)
-    collator = Collator(student_tokenizer, teacher_tokenizer, tables, max_completion_length=NO_LIMIT)
+    collator = Collator(student_tokenizer, teacher_tokenizer, tables, max_completion_length=NO_LIMIT,
+                        student_stop=model_stop_rule(student, student_tokenizer),
+                        teacher_stop=model_stop_rule(teacher, teacher_tokenizer))  # fmt: skip
     modes = student.training, teacher.training
     student.eval()
     teacher.eval()
@@ -137,7 +143,13 @@ def group_agreement(
 def _collate(collator: Collator, examples: Sequence[Example]) -> TrainBatch:
     student_prompts = [prompt_ids(collator.student_tokenizer, e.prompt) for e in examples]
     teacher_prompts = [prompt_ids(collator.teacher_tokenizer, e.prompt) for e in examples]
-    completions = collator.student_completion_ids([e.completion for e in examples])
+    # evaluation scores each text as given, every group of it (as completion_logprobs does): a sample cut by a
+    # length limit keeps its last group here, where training leaves it out (the tail may be split otherwise
+    # in the longer text, a bias both sides share when both tokenize the same cut text)
+    completions = [
+        dataclasses.replace(collator.from_text(e.completion, index=i, ended=e.ended), exact_tail=True)
+        for i, e in enumerate(examples)
+    ]
     return collator(student_prompts, teacher_prompts, completions, source="dataset")
 
 

@@ -16,7 +16,15 @@ from gold.trainer import GoldTrainer
 
 
 class SequenceKDTrainer(GoldTrainer):
-    """Cross-entropy on completion tokens (mean over the slice's tokens); use with ``lmbda=0``."""
+    """Cross-entropy on completion tokens, a mean over the tokens of the global batch; use with ``lmbda=0``.
+
+    The completion ids of a batch end with the student's end token when the completion ended, so SFT
+    learns to stop exactly as the distilled student does (the end group's token).
+    """
+
+    def count_items(self, batch: TrainBatch) -> int:
+        """Completion tokens (the end token included): what cross-entropy is averaged over."""
+        return int((batch.student.completion_targets() != -100).sum())
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
@@ -25,7 +33,10 @@ class SequenceKDTrainer(GoldTrainer):
         batch: TrainBatch = inputs["batch"].to(self.args.device)
         logits = batch.student.logits(model)[:, :-1]  # (B, Ls - 1, Vs)
         targets = batch.student.completion_targets()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        self._metrics["loss/cross_entropy"].append(float(loss.detach()))
-        loss = loss / self.current_gradient_accumulation_steps
+        total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                                  reduction="sum")  # fmt: skip
+        denominator = num_items_in_batch if num_items_in_batch is not None else max(self.count_items(batch), 1)
+        loss = total / denominator
+        self._record({"loss/cross_entropy": float(loss.detach())}, batch, num_items_in_batch)
+        loss = loss * self.accelerator.num_processes  # each process holds its share of the global mean
         return (loss, None) if return_outputs else loss

@@ -93,7 +93,22 @@ def _add_eval(commands: Any) -> None:
     evaluate.add_argument("--limit", type=int, help="use only the first N rows")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast models to this dtype")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of teacher sampling")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of teacher sampling and stop-rate samples")
+    evaluate.add_argument(
+        "--sample-student",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also score N samples per prompt of each student's own text with both models: KL(student‖teacher) per "
+        "byte, the teacher's bits per byte of it, and the stop rate on them",
+    )
+    evaluate.add_argument(
+        "--stop-samples",
+        type=int,
+        default=1,
+        metavar="N",
+        help="samples per prompt of each model for its stop rate (share that stops within --max-new-tokens); 0: skip",
+    )
     evaluate.add_argument("--json", type=Path, help="write the scores as JSON here")
     evaluate.add_argument("--plot", type=Path, help="with --checkpoints: plot the metrics against the step here")
 
@@ -148,6 +163,12 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     if not args.student and not args.checkpoints and not args.teacher:
         raise SystemExit("gold eval: name at least one model (--student, --checkpoints or --teacher)")
+    if args.sample_student < 0:
+        raise SystemExit(f"gold eval: --sample-student must be >= 0, got {args.sample_student}")
+    if args.sample_student and not args.teacher:
+        raise SystemExit("gold eval: --sample-student scores the students' samples with the teacher: give --teacher")
+    if args.stop_samples < 0:
+        raise SystemExit(f"gold eval: --stop-samples must be >= 0 (0 skips the stop rate), got {args.stop_samples}")
     try:
         rows = read_rows(str(args.data))[: args.limit]
         teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
@@ -157,8 +178,9 @@ def run_eval(args: argparse.Namespace) -> int:
         students = [(spec, None, spec) for spec in args.student]
         for run_dir in args.checkpoints:
             students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in eval_run.checkpoints(run_dir)]
-        options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-                   "cache": eval_run.AgreementCache()}  # fmt: skip
+        options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                   "cache": eval_run.AgreementCache(), "stop_samples": args.stop_samples,
+                   "student_samples": args.sample_student}  # fmt: skip
         scores = []
         if teacher is not None:
             scores.append(eval_run.score_model(args.teacher, teacher, data, role="teacher", **options))

@@ -1,33 +1,71 @@
-"""Build a :class:`gold.data.TrainBatch` from prompts and student completion ids.
+"""Build a :class:`gold.data.TrainBatch` from prompts and completions.
 
-One path for every source of completions (dataset, student rollout, teacher rollout): the student's
-ids are cut to whole characters and decoded once, the teacher tokenizes that text, the two
-tokenizations are checked to spell the same bytes, aligned in one batched call, and padded.
+One path for every source of completions (dataset, student rollout, teacher sample): the student's
+ids are cut at a trailing unfinished character and decoded once, the teacher tokenizes that text, the
+two tokenizations are checked to spell the same bytes, aligned in one batched call, and padded.
+
+Where a completion ends matters as much as its bytes (DESIGN §3):
+
+* a completion that **ended** (a dataset row within the limit; a sample that produced a stop id) gets
+  one zero-byte *end group* after its last byte: each side's own end token (:mod:`gold.stops`),
+  predicted from the last completion position, so the student learns when to stop;
+* a completion **cut** by ``max_completion_length`` gets none. A dataset row or teacher sample that is
+  too long is cut at a group boundary of the *whole* text's alignment, so both sides keep exactly the
+  tokens they have in the whole text; a sample cut by the sampler's limit keeps the tokens it has, but
+  its last group is not scored (the other side tokenized a text that ends there, and may have split its
+  last word differently from how it would split the longer text).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from alignment import AlignmentStats, align_text_batch, encode_continuation
+from alignment import Alignment, AlignmentStats, align_text_batch, encode_continuation, token_bytes_table
 from gold.data import (
+    DataError,
+    DecodedCompletion,
     TrainBatch,
     check_prompts,
     check_same_bytes,
-    completion_text,
+    decode_completion,
     pad_id,
     side_inputs,
 )
 from gold.losses import AlignedBatch, PairTables
+from gold.stops import StopRule, stop_rule
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One completion on its way into a batch.
+
+    Attributes:
+        student_ids: the student's tokens of the completion text (no stop id).
+        ended: the completion is whole (it gets an end group); False when a length limit cut it.
+        student_end_id: the stop id the student sampled; None: the student's default end token.
+        teacher_end_id: the stop id the teacher sampled (``seq_kd``); None: the teacher's default end token.
+        teacher_ids: the teacher's own tokens of the same text, when known (its sample; a cut dataset row);
+            None: the teacher tokenizes the decoded text.
+        exact_tail: both sides' tokens are exactly those of the longer text (cut at a shared boundary), so
+            the last group of a cut completion is scored.
+    """
+
+    student_ids: tuple[int, ...]
+    ended: bool
+    student_end_id: int | None = None
+    teacher_end_id: int | None = None
+    teacher_ids: tuple[int, ...] | None = None
+    exact_tail: bool = False
 
 
 @dataclass(frozen=True)
 class Collator:
-    """Turns (prompt ids, completion ids) of both sides into a :class:`TrainBatch`.
+    """Turns prompts and :class:`Completion` items into a :class:`TrainBatch`.
 
     Attributes:
         student_tokenizer / teacher_tokenizer: fast tokenizers.
@@ -35,6 +73,8 @@ class Collator:
         max_completion_length: completions are cut to this many student tokens.
         max_prompt_length: longer prompts raise (None: no limit).
         max_edit_fraction: alignment tolerance for tokenizer rewrites.
+        end_group: add the zero-byte end group to completions that ended (off: nothing teaches stopping).
+        student_stop / teacher_stop: each side's stop ids and end token (default: from the tokenizer).
     """
 
     student_tokenizer: Any
@@ -43,16 +83,82 @@ class Collator:
     max_completion_length: int
     max_prompt_length: int | None = None
     max_edit_fraction: float = 0.5
+    end_group: bool = True
+    student_stop: StopRule | None = field(default=None)
+    teacher_stop: StopRule | None = field(default=None)
 
-    def student_completion_ids(self, completions: Sequence[str]) -> list[list[int]]:
-        """Student ids of given completion texts (dataset rows, teacher samples), cut to the limit."""
-        return [encode_continuation(self.student_tokenizer, c)[: self.max_completion_length] for c in completions]
+    def __post_init__(self) -> None:
+        if self.student_stop is None:
+            object.__setattr__(self, "student_stop", stop_rule(self.student_tokenizer))
+        if self.teacher_stop is None:
+            object.__setattr__(self, "teacher_stop", stop_rule(self.teacher_tokenizer))
+
+    @property
+    def student_rule(self) -> StopRule:
+        assert self.student_stop is not None  # set in __post_init__
+        return self.student_stop
+
+    @property
+    def teacher_rule(self) -> StopRule:
+        assert self.teacher_stop is not None  # set in __post_init__
+        return self.teacher_stop
+
+    # ---- completions from their sources ----
+
+    def from_rollout(self, ids: Sequence[int]) -> Completion:
+        """A student sample: cut after its first stop id, which becomes the student's end token."""
+        body, stop = self.student_rule.split(ids)
+        return Completion(tuple(body[: self.max_completion_length]), ended=stop is not None, student_end_id=stop)
+
+    def from_text(
+        self, text: str, *, index: int, ended: bool = True, teacher_ids: Sequence[int] | None = None,
+        teacher_end_id: int | None = None,
+    ) -> Completion:  # fmt: skip
+        """A completion given as text (a dataset row, a teacher sample).
+
+        Args:
+            text: the completion.
+            index: its row, named in errors.
+            ended: the text is whole (False: a teacher sample cut by the sampler's limit).
+            teacher_ids: the teacher's own tokens of exactly ``text`` (its sample), if known.
+            teacher_end_id: the stop id the teacher sampled, if any.
+
+        Raises:
+            DataError: a tokenizer encodes the text with a special token (``<unk>``), which spells no bytes.
+        """
+        student_ids = encode_continuation(self.student_tokenizer, text)
+        _check_no_specials(self.student_tokenizer, student_ids, index=index, role="student")
+        # the teacher reads the text the student's tokens spell (a normalizer may have rewritten it)
+        student_text = decode_completion(self.student_tokenizer, student_ids).text
+        if teacher_ids is None or student_text != text:
+            teacher_ids = encode_continuation(self.teacher_tokenizer, student_text)
+            _check_no_specials(self.teacher_tokenizer, teacher_ids, index=index, role="teacher")
+        if len(student_ids) <= self.max_completion_length:
+            return Completion(tuple(student_ids), ended, None, teacher_end_id, tuple(teacher_ids))
+        return self._cut_at_shared_boundary(student_ids, list(teacher_ids), student_text)
+
+    def _cut_at_shared_boundary(self, student_ids: list[int], teacher_ids: list[int], text: str) -> Completion:
+        """A too-long completion cut at the last group boundary of its whole text within the limit that
+        ends on a whole character: both sides keep exactly their tokens of the whole text."""
+        whole = align_text_batch(self.student_tokenizer, self.teacher_tokenizer, [text], student_ids=[student_ids],
+                                 teacher_ids=[teacher_ids], max_edit_fraction=self.max_edit_fraction)[0]  # fmt: skip
+        limit = self.max_completion_length
+        kept_groups = int(whole.student_groups[limit])  # the first group past the limit
+        while kept_groups > 0 and not _whole_characters(whole, kept_groups):
+            kept_groups -= 1
+        if kept_groups == 0:  # one group longer than the limit: keep the limit, score all but the tail
+            return Completion(tuple(student_ids[:limit]), ended=False)
+        student_kept = tuple(np.asarray(student_ids)[whole.student_groups < kept_groups].tolist())
+        teacher_kept = tuple(np.asarray(teacher_ids)[whole.teacher_groups < kept_groups].tolist())
+        return Completion(student_kept, ended=False, teacher_ids=teacher_kept, exact_tail=True)
+
+    # ---- the batch ----
 
     def __call__(
         self,
         student_prompts: Sequence[Sequence[int]],
         teacher_prompts: Sequence[Sequence[int]],
-        student_completions: Sequence[Sequence[int]],
+        completions: Sequence[Completion],
         *,
         source: str,
     ) -> TrainBatch:
@@ -61,32 +167,118 @@ class Collator:
         Args:
             student_prompts: B student prompt id lists.
             teacher_prompts: B teacher prompt id lists (the teacher's own rendering).
-            student_completions: B student completion id lists (given or sampled).
+            completions: B completions (:meth:`from_text`, :meth:`from_rollout`).
             source: "dataset", "student" or "teacher", kept for metrics.
         """
         check_prompts(student_prompts, role="student", limit=self.max_prompt_length)
         check_prompts(teacher_prompts, role="teacher", limit=self.max_prompt_length)
-        student_ids, texts = [], []
-        for ids in student_completions:
-            kept, text = completion_text(self.student_tokenizer, list(ids)[: self.max_completion_length])
-            student_ids.append(kept)
-            texts.append(text)
-        teacher_ids = [encode_continuation(self.teacher_tokenizer, text) for text in texts]
-        for index, (ids, text) in enumerate(zip(teacher_ids, texts, strict=True)):
-            check_same_bytes(self.teacher_tokenizer, ids, text, index=index)
-        alignments = align_text_batch(self.student_tokenizer, self.teacher_tokenizer, texts, student_ids=student_ids,
-                                      teacher_ids=teacher_ids, max_edit_fraction=self.max_edit_fraction)  # fmt: skip
-        student = side_inputs(student_prompts, student_ids, pad_id=pad_id(self.student_tokenizer))
-        teacher = side_inputs(teacher_prompts, teacher_ids, pad_id=pad_id(self.teacher_tokenizer))
+        decoded = [decode_completion(self.student_tokenizer, c.student_ids) for c in completions]
+        teacher_ids = [self._teacher_ids(c, d, index) for index, (c, d) in enumerate(zip(completions, decoded,
+                                                                                           strict=True))]  # fmt: skip
+        alignments = self._align(decoded, teacher_ids)
+        rows = [self._scored(c, d, a) for c, d, a in zip(completions, decoded, alignments, strict=True)]
+        student = side_inputs(student_prompts, [r.student_ids for r in rows], pad_id=pad_id(self.student_tokenizer))
+        teacher = side_inputs(teacher_prompts, [r.teacher_ids for r in rows], pad_id=pad_id(self.teacher_tokenizer))
         aligned = AlignedBatch(
             student_ids=student.input_ids[:, student.prompt_width - 1 :],
             teacher_ids=teacher.input_ids[:, teacher.prompt_width - 1 :],
-            student_groups=_loss_view_groups([a.student_groups for a in alignments], student.logits_to_keep),
-            teacher_groups=_loss_view_groups([a.teacher_groups for a in alignments], teacher.logits_to_keep),
+            student_groups=_loss_view_groups([r.student_groups for r in rows], student.logits_to_keep),
+            teacher_groups=_loss_view_groups([r.teacher_groups for r in rows], teacher.logits_to_keep),
             tables=self.tables,
             stats=AlignmentStats.combine([a.stats for a in alignments]),
         )
-        return TrainBatch(student, teacher, aligned, tuple(texts), source)
+        counts = {
+            "completions": float(len(rows)),
+            "completions/ended": float(sum(r.ended for r in rows)),
+            "align/end_groups": float(sum(r.end_group for r in rows)),
+            "align/dropped_tail_groups": float(sum(r.dropped_tail for r in rows)),
+            "align/invalid_bytes": float(sum(d.invalid_bytes for d in decoded)),
+            "completions/cut_partial_tokens": float(sum(d.cut_tokens for d in decoded)),
+        }
+        return TrainBatch(student, teacher, aligned, tuple(d.text for d in decoded), source, counts)
+
+    def _teacher_ids(self, completion: Completion, decoded: DecodedCompletion, index: int) -> list[int]:
+        """The teacher's tokens of the decoded text: its own when given and still the same text, else encoded."""
+        if completion.teacher_ids is not None and decoded.cut_tokens == 0 and not decoded.invalid_bytes:
+            ids = list(completion.teacher_ids)
+        else:
+            ids = encode_continuation(self.teacher_tokenizer, decoded.text)
+            _check_no_specials(self.teacher_tokenizer, ids, index=index, role="teacher")
+        check_same_bytes(self.teacher_tokenizer, ids, decoded.text, index=index)
+        return ids
+
+    def _align(self, decoded: Sequence[DecodedCompletion], teacher_ids: Sequence[list[int]]) -> list[Alignment]:
+        """Align every example in one batched call per tolerance: a text with invalid bytes differs from the
+        student's stream by exactly those replacements (at any share of the bytes), so it is accepted whole."""
+        out: list[Alignment | None] = [None] * len(decoded)
+        for broken in (False, True):
+            chosen = [i for i, d in enumerate(decoded) if bool(d.invalid_bytes) == broken]
+            if not chosen:
+                continue
+            aligned = align_text_batch(
+                self.student_tokenizer, self.teacher_tokenizer, [decoded[i].text for i in chosen],
+                student_ids=[decoded[i].ids for i in chosen], teacher_ids=[teacher_ids[i] for i in chosen],
+                max_edit_fraction=1.0 if broken else self.max_edit_fraction,
+            )  # fmt: skip
+            for i, alignment in zip(chosen, aligned, strict=True):
+                out[i] = alignment
+        return [a for a in out if a is not None]
+
+    def _scored(self, completion: Completion, decoded: DecodedCompletion, alignment: Alignment) -> _ScoredRow:
+        """One example's ids and groups as scored: the end group added, or an inexact tail group dropped."""
+        student_ids, teacher_ids = list(decoded.ids), [int(i) for i in alignment.teacher_ids]
+        student_groups, teacher_groups = alignment.student_groups.copy(), alignment.teacher_groups.copy()
+        num_groups = alignment.num_groups
+        ended = completion.ended and decoded.cut_tokens == 0  # a stop after a cut character follows other bytes
+        dropped = not ended and not completion.exact_tail and num_groups > 0
+        if dropped:
+            num_groups -= 1
+            student_groups[student_groups == num_groups] = -1
+            teacher_groups[teacher_groups == num_groups] = -1
+        student_end = completion.student_end_id if completion.student_end_id is not None else self.student_rule.end_id
+        teacher_end = completion.teacher_end_id if completion.teacher_end_id is not None else self.teacher_rule.end_id
+        end_group = ended and self.end_group and student_end is not None and teacher_end is not None
+        if end_group:
+            student_ids.append(int(student_end))  # type: ignore[arg-type]
+            teacher_ids.append(int(teacher_end))  # type: ignore[arg-type]
+            student_groups = np.append(student_groups, num_groups)
+            teacher_groups = np.append(teacher_groups, num_groups)
+        return _ScoredRow(student_ids, teacher_ids, student_groups, teacher_groups, ended, end_group, dropped)
+
+
+@dataclass(frozen=True)
+class _ScoredRow:
+    student_ids: list[int]
+    teacher_ids: list[int]
+    student_groups: np.ndarray
+    teacher_groups: np.ndarray
+    ended: bool
+    end_group: bool
+    dropped_tail: bool
+
+
+def _whole_characters(alignment: Alignment, num_groups: int) -> bool:
+    """Whether the bytes of the first ``num_groups`` groups end on a whole UTF-8 character."""
+    end = int(alignment.group_bytes[num_groups - 1, 1])
+    try:
+        alignment.text_bytes[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _check_no_specials(tokenizer: Any, ids: Sequence[int], *, index: int, role: str) -> None:
+    """Raise :class:`DataError` when encoded text holds a special token (``<unk>``, ``[UNK]``): it spells no
+    bytes, so the two models would see different contexts."""
+    special = token_bytes_table(tokenizer).special_mask
+    found = [int(i) for i in ids if i < special.shape[0] and special[i]]
+    if found:
+        names = sorted(set(tokenizer.convert_ids_to_tokens(found)))
+        raise DataError(
+            f"row {index}: the {role} tokenizer encodes the completion with special token(s) {names}, which spell "
+            "no bytes (the other model would see different text); remove the characters it cannot spell "
+            "or use a tokenizer with byte fallback"
+        )
 
 
 def _loss_view_groups(groups: Sequence[Any], width: int) -> torch.Tensor:

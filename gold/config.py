@@ -74,8 +74,14 @@ class AlignmentConfig:
     # most bytes (share of both streams) a tokenizer may rewrite before alignment raises; a rewrite the
     # tokenizer's own normalizer explains (NFC) is always accepted
     max_edit_fraction: float = 0.5
+    # a completion that ended gets one zero-byte end group (each side's end token after its last byte), so
+    # the student learns to stop; false drops it from every term, like Oumi's uld_skip_student_eos and
+    # uld_skip_teacher_eos both on (one side alone has no meaning here: the end is an event both predict)
+    end_group: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.end_group, bool):
+            raise ValueError(f"AlignmentConfig.end_group must be true or false, got {self.end_group!r}")
         if not 0.0 <= self.max_edit_fraction <= 1.0:
             raise ValueError(f"AlignmentConfig.max_edit_fraction must be in [0, 1], got {self.max_edit_fraction}")
 
@@ -84,7 +90,9 @@ class AlignmentConfig:
 class RolloutConfig:
     """Where completions come from. Names follow TRL's GOLDConfig."""
 
-    # probability that a gradient-accumulation slice uses student-generated completions (on-policy)
+    # probability that a gradient-accumulation slice uses student-generated completions (on-policy). It
+    # draws slices, not rows: an on-policy slice holds num_generations rollouts of each of its prompts, so
+    # the share of rows that are on-policy is higher when num_generations > 1 (both shares are logged)
     lmbda: float = 0.5
     # off-policy slices use teacher-generated completions instead of the dataset's
     seq_kd: bool = False
@@ -137,6 +145,9 @@ class ModelConfig:
     device: str | None = None
     # for model == "tiny": LlamaConfig fields (hidden_size, num_hidden_layers, ...); vocab from the tokenizer
     tiny: dict[str, Any] = field(default_factory=dict)
+    # chat template for `messages` rows: a built-in name (chatml, llama-3, gemma; see gold.chat) or a Jinja
+    # file; None keeps the tokenizer's own (a model without one gets gold's plain format, with a warning)
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -145,6 +156,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.model == "tiny" and not self.tokenizer:
             raise ValueError("a 'tiny' random model needs ModelConfig.tokenizer (a zoo name or directory)")
+        if self.chat_template is not None and not self.chat_template:
+            raise ValueError("ModelConfig.chat_template is empty; give a built-in name or a Jinja file, or omit it")
         if self.tiny and self.model != "tiny":
             raise ValueError(f"ModelConfig.tiny is only read for model 'tiny', got model {self.model!r}")
 
@@ -159,8 +172,18 @@ class DataConfig:
     prompt_field: str = "prompt"
     completion_field: str = "completion"
     messages_field: str = "messages"
+    # optional boolean column: false marks a completion cut by a length limit (a teacher sample that did not
+    # stop), which gets no end group; rows without it are whole completions
+    ended_field: str = "ended"
+    # held-out rows scored every training.eval_steps in both directions (forward KL per byte on their
+    # completions; reverse KL, the teacher's bits per byte and the stop rate on student samples), logged as eval/*
+    eval_path: str | None = None
+    # student samples per held-out prompt for the reverse direction
+    eval_samples: int = 1
 
     def __post_init__(self) -> None:
+        if self.eval_samples < 1:
+            raise ValueError(f"DataConfig.eval_samples must be >= 1, got {self.eval_samples}")
         if not self.path:
             raise ValueError("DataConfig.path is empty; give a .jsonl/.json file or a saved dataset directory")
 

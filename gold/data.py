@@ -16,18 +16,24 @@ Rules the batch keeps:
 
 * each model renders its **own** prompt: its chat template for conversational prompts, or the plain
   format of :func:`plain_prompt` when it has none;
+* a text prompt's trailing whitespace moves into the completion (:func:`move_seam_whitespace`);
 * the completion is the student's token ids (given, sampled, or re-encoded from a teacher sample),
-  cut to ``max_completion_length`` student tokens and to whole UTF-8 characters, decoded to text
-  **once**; the teacher tokenizes exactly that text, and :func:`check_same_bytes` raises when its
-  tokens spell other bytes (beyond what its own normalizer rewrites).
+  cut to ``max_completion_length`` student tokens and at a trailing unfinished character, decoded to
+  text **once** (interior invalid bytes read as U+FFFD and are counted, :func:`decode_completion`);
+  the teacher tokenizes exactly that text, and :func:`check_same_bytes` raises when its tokens spell
+  other bytes (beyond what its own normalizer rewrites);
+* a completion that ended is followed by each side's end token, one zero-byte end group
+  (:mod:`gold.stops`); no other special token appears inside a completion.
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from alignment import encode_text, normalized, text_stream, token_bytes_table
@@ -47,10 +53,37 @@ class CompletionBytesError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    """One training example: a prompt (text or chat messages) and a reference completion."""
+    """One training example: a prompt (text or chat messages) and a reference completion.
+
+    ``ended`` says whether the completion is whole (a dataset row; a sample that produced a stop id) or
+    was cut by a length limit: only a whole completion gets an end group (the model learns to stop there).
+    """
 
     prompt: str | Messages
     completion: str
+    ended: bool = True
+
+    def __post_init__(self) -> None:
+        prompt, completion = move_seam_whitespace(self.prompt, self.completion)
+        object.__setattr__(self, "prompt", prompt)
+        object.__setattr__(self, "completion", completion)
+
+
+def move_seam_whitespace(prompt: str | Messages, completion: str) -> tuple[str | Messages, str]:
+    """Move a text prompt's trailing spaces and tabs to the front of the completion (every :class:`Example`).
+
+    ``"Answer: "`` + ``"Paris"`` would give both models a split they never produce in running text
+    (``Ġ`` then ``Paris``; SentencePiece ``▁`` then ``Paris``): their tokenizers attach a space to the word
+    after it. Moved, both sides see ``"Answer:"`` and score ``" Paris"`` as they would tokenize it inside the
+    whole text, identically on both sides (the completion bytes are shared), and a rollout starts where the
+    model would write the space itself. A trailing newline stays: the pre-tokenizers of every supported
+    family split before a word after a newline anyway, and many prompt formats end in one. Chat prompts are
+    left alone: the template's own ending is part of the format the model was trained on.
+    """
+    if not isinstance(prompt, str):
+        return prompt, completion
+    stripped = prompt.rstrip(" \t")
+    return stripped, prompt[len(stripped) :] + completion
 
 
 def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig) -> Example:
@@ -73,7 +106,11 @@ def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig) 
         raise DataError(f"row {index}: the completion is empty or not a string ({completion!r}); drop the row")
     if not prompt:
         raise DataError(f"row {index}: the prompt is empty; the first completion token needs a context to predict it")
-    return Example(prompt=prompt, completion=completion)
+    ended = row.get(config.ended_field, True)
+    if not isinstance(ended, bool):
+        raise DataError(f"row {index}: {config.ended_field!r} must be true or false (was the completion cut?), "
+                        f"got {ended!r}")  # fmt: skip
+    return Example(prompt=prompt, completion=completion, ended=ended)
 
 
 def examples_from_rows(rows: Iterable[Mapping[str, Any]], config: DataConfig | None = None) -> list[Example]:
@@ -94,15 +131,26 @@ def plain_prompt(prompt: str | Messages) -> str:
     return "\n\n".join([*turns, "Assistant:"])
 
 
+def leading_special_ids(tokenizer: Any) -> list[int]:
+    """The special ids the tokenizer itself puts before a text (its BOS when it adds one; nothing for
+    tokenizers that add none, such as SmolLM2's, whose ``bos_token`` is the chat marker ``<|im_start|>``)."""
+    with_specials = list(tokenizer("x", add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer("x", add_special_tokens=False)["input_ids"])
+    for start in range(len(with_specials) - len(plain) + 1):
+        if with_specials[start : start + len(plain)] == plain:
+            return with_specials[:start]
+    return []
+
+
 def prompt_ids(tokenizer: Any, prompt: str | Messages) -> list[int]:
     """One model's prompt ids: its chat template for chat turns when it has one, else the plain format
-    after its BOS token (if it has one). An empty prompt gives just BOS (or EOS, the document separator of
-    tokenizers without BOS), so that a plain text can be scored from its first token."""
+    after the special tokens its tokenizer adds in front of a text (:func:`leading_special_ids`). An empty
+    prompt with no such token starts from EOS, the document separator, so a plain text can be scored
+    from its first token."""
     if not isinstance(prompt, str) and tokenizer.chat_template:
         text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    ids = bos + encode_text(tokenizer, plain_prompt(prompt))
+    ids = leading_special_ids(tokenizer) + encode_text(tokenizer, plain_prompt(prompt))
     if not ids:  # an empty prompt (plain text scored from its start) and no BOS: EOS separates documents
         if tokenizer.eos_token_id is None:
             raise DataError("the prompt is empty and the tokenizer has neither BOS nor EOS to start the text from")
@@ -110,24 +158,60 @@ def prompt_ids(tokenizer: Any, prompt: str | Messages) -> list[int]:
     return ids
 
 
-def completion_text(tokenizer: Any, ids: Sequence[int]) -> tuple[list[int], str]:
-    """Cut ``ids`` at the first EOS and to whole UTF-8 characters; return them and their text.
+@dataclass(frozen=True)
+class DecodedCompletion:
+    """A completion's tokens read as text, exactly.
 
-    The text is decoded from the exact bytes of the tokens (no clean-up), read as a continuation of
-    the prompt: a SentencePiece ``▁`` on the first token is a real space (see
-    :func:`alignment.encode_continuation`, which gives the inverse).
+    Attributes:
+        ids: the tokens kept: all of them, less the trailing ones that spell an unfinished character.
+        text: their bytes decoded; each interior invalid UTF-8 sequence reads as U+FFFD.
+        invalid_bytes: bytes that read as U+FFFD (the student's tokens spell them, the text cannot).
+        cut_tokens: trailing tokens dropped with an unfinished character (a length limit or a stop cut it).
+    """
+
+    ids: list[int]
+    text: str
+    invalid_bytes: int
+    cut_tokens: int
+
+
+def _decode_replacing(data: bytes) -> tuple[str, int]:
+    """``data`` decoded with each invalid sequence as U+FFFD, and how many bytes were invalid."""
+    parts, invalid, start = [], 0, 0
+    while True:
+        try:
+            parts.append(data[start:].decode("utf-8"))
+            return "".join(parts), invalid
+        except UnicodeDecodeError as error:  # error positions are relative to data[start:]
+            parts.append(data[start : start + error.start].decode("utf-8"))
+            parts.append("\ufffd")
+            invalid += error.end - error.start
+            start += error.end
+
+
+def decode_completion(tokenizer: Any, ids: Sequence[int]) -> DecodedCompletion:
+    """Read completion tokens as text: cut only a trailing unfinished character, keep everything else.
+
+    The text is decoded from the exact bytes of the tokens (no clean-up), read as a continuation of the
+    prompt: a SentencePiece ``▁`` on the first token is a real space (:func:`alignment.encode_continuation`
+    gives the inverse). A trailing partial character (the length limit or a stop cut it) is dropped with the
+    tokens that spell it; an invalid sequence inside keeps its tokens and reads as U+FFFD, so both sides
+    score the same text, the student's tokens align to it approximately, and the bytes are counted.
     """
     table = token_bytes_table(tokenizer)
-    kept = list(ids)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in kept:
-        kept = kept[: kept.index(tokenizer.eos_token_id)]
-    while kept:
-        data = table.sequence_bytes(kept, starts_text=False)  # type: ignore[arg-type]
-        try:
-            return kept, data.decode("utf-8")
-        except UnicodeDecodeError:
-            kept = kept[:-1]  # a character cut by the length limit: drop its partial token
-    return [], ""
+    kept = np.asarray(list(ids), dtype=np.int64)
+    lengths = table.sequence_lengths(kept, starts_text=False)
+    data = table.spell(kept, lengths)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoder.decode(data, final=False)
+    pending = len(decoder.getstate()[0])  # bytes of an unfinished last character
+    count = len(kept)
+    if pending:
+        ends = np.cumsum(lengths)
+        count = int(np.searchsorted(ends, len(data) - pending, side="right"))
+        data = data[: int(ends[count - 1])] if count else b""
+    text, invalid = _decode_replacing(data)
+    return DecodedCompletion(kept[:count].tolist(), text, invalid, len(kept) - count)
 
 
 def check_same_bytes(tokenizer: Any, ids: Sequence[int], text: str, *, index: int, role: str = "teacher") -> None:
@@ -187,7 +271,8 @@ class TrainBatch:
 
     ``aligned`` holds ids and groups of the loss-view columns only, (B, Ls) and (B, Lt), matching
     the logits returned with ``logits_to_keep``. ``source`` says where the completions came from:
-    ``"dataset"``, ``"student"`` (on-policy) or ``"teacher"`` (``seq_kd``).
+    ``"dataset"``, ``"student"`` (on-policy) or ``"teacher"`` (``seq_kd``). ``counts`` holds per-batch
+    sums for the log (completions that ended, end groups, invalid bytes, groups dropped at a cut).
     """
 
     student: SideInputs
@@ -195,12 +280,14 @@ class TrainBatch:
     aligned: AlignedBatch
     completions: tuple[str, ...]
     source: str
+    counts: Mapping[str, float] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> TrainBatch:
         aligned = AlignedBatch(*(t.to(device) for t in (self.aligned.student_ids, self.aligned.teacher_ids,
                                                         self.aligned.student_groups, self.aligned.teacher_groups)),
                                tables=self.aligned.tables.to(device), stats=self.aligned.stats)  # fmt: skip
-        return TrainBatch(self.student.to(device), self.teacher.to(device), aligned, self.completions, self.source)
+        return TrainBatch(self.student.to(device), self.teacher.to(device), aligned, self.completions, self.source,
+                          self.counts)  # fmt: skip
 
 
 def logit_rows(model: Any) -> int:

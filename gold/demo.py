@@ -5,7 +5,7 @@
 3. Sample teacher completions for training prompts (the distillation data) and held-out prompts.
 4. From one random student (byte-level BPE tokenizer, SmolLM2's), train two copies for the same steps
    on the same batches: gold (GOLD hybrid loss, half the slices on-policy) and SFT on teacher samples.
-5. Report teacher→student KL per byte on held-out teacher samples and held-out task accuracy; write
+5. Report teacher→student KL per byte on held-out teacher samples, held-out task accuracy and stop rate; write
    a loss-curve PNG, an HTML alignment view and metrics.json; exit non-zero unless gold improved
    the student.
 """
@@ -28,6 +28,7 @@ from gold.baselines import SequenceKDTrainer
 from gold.config import LossConfig, RolloutConfig
 from gold.data import Example
 from gold.demo_task import accuracy, fit_to_task, task_prompts, teacher_examples, tiny_model
+from gold.eval_run import model_stop_rate
 from gold.evaluate import distillation_gap
 from gold.trainer import GoldTrainer
 from gold.zoo import load_tokenizer
@@ -57,6 +58,7 @@ class Scores:
     kl_bits_per_byte: float
     student_bits_per_byte: float
     accuracy: float
+    stop_rate: float
 
 
 class _BarOnly(ProgressCallback):
@@ -83,7 +85,8 @@ def _args(out: Path, settings: DemoSettings, name: str) -> TrainingArguments:
 def _score(student: Any, student_tok: Any, teacher: Any, teacher_tok: Any, held_out: list[Example],
            prompts: list[Any]) -> Scores:  # fmt: skip
     gap = distillation_gap(student, student_tok, teacher, teacher_tok, held_out)
-    return Scores(gap.kl_bits_per_byte, gap.student_bits_per_byte, accuracy(student, student_tok, prompts))
+    stops = model_stop_rate(student, student_tok, [p.text for p in prompts], samples=4, max_new_tokens=16)
+    return Scores(gap.kl_bits_per_byte, gap.student_bits_per_byte, accuracy(student, student_tok, prompts), stops)
 
 
 def _train(
@@ -124,11 +127,12 @@ def _plot(path: Path, curves: dict[str, list[float]]) -> None:
     plt.close(figure)
 
 
-def _table(rows: dict[str, Scores], teacher_accuracy: float) -> str:
-    lines = [f"{'student':<22}{'KL(T‖S) bits/byte':>19}{'bits/byte':>11}{'accuracy':>10}"]
+def _table(rows: dict[str, Scores], teacher_accuracy: float, teacher_stop_rate: float) -> str:
+    lines = [f"{'student':<22}{'KL(T‖S) bits/byte':>19}{'bits/byte':>11}{'accuracy':>10}{'stops':>8}"]
     for name, s in rows.items():
-        lines.append(f"{name:<22}{s.kl_bits_per_byte:>19.3f}{s.student_bits_per_byte:>11.3f}{s.accuracy:>10.0%}")
-    lines.append(f"{'(teacher)':<22}{'':>19}{'':>11}{teacher_accuracy:>10.0%}")
+        lines.append(f"{name:<22}{s.kl_bits_per_byte:>19.3f}{s.student_bits_per_byte:>11.3f}{s.accuracy:>10.0%}"
+                     f"{s.stop_rate:>8.0%}")  # fmt: skip
+    lines.append(f"{'(teacher)':<22}{'':>19}{'':>11}{teacher_accuracy:>10.0%}{teacher_stop_rate:>8.0%}")
     return "\n".join(lines)
 
 
@@ -148,6 +152,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> int:
     teacher_curve = fit_to_task(teacher, teacher_tok, train_prompts, steps=settings.teacher_steps,
                                 lr=settings.teacher_lr, seed=settings.seed)  # fmt: skip
     teacher_accuracy = accuracy(teacher, teacher_tok, held_prompts)
+    teacher_stops = model_stop_rate(teacher, teacher_tok, [p.text for p in held_prompts], samples=4, max_new_tokens=16)
     done()
 
     done = _phase("sampling teacher completions (training data and held-out set)")
@@ -176,12 +181,13 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> int:
         done()
 
     _plot(out / "loss_curve.png", curves)
-    table = _table(scores, teacher_accuracy)
+    table = _table(scores, teacher_accuracy, teacher_stops)
     print(f"\nheld-out: {len(held_out)} teacher samples on {len(held_prompts)} unseen prompts\n{table}")
     gold_name = runs[0][0]
     improved = scores[gold_name].kl_bits_per_byte < scores["before"].kl_bits_per_byte
     summary = {"settings": asdict(settings), "scores": {k: asdict(v) for k, v in scores.items()},
-               "teacher_accuracy": teacher_accuracy, "seconds": time.perf_counter() - started,
+               "teacher_accuracy": teacher_accuracy, "teacher_stop_rate": teacher_stops,
+               "seconds": time.perf_counter() - started,
                "gold_improved": improved}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(f"\nwrote {out / 'loss_curve.png'}, {out / 'alignment.html'}, {out / 'metrics.json'} "

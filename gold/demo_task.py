@@ -17,7 +17,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from alignment import encode_continuation
 from gold.config import RolloutConfig
 from gold.data import Example, prompt_ids, side_inputs
-from gold.rollout import sample_texts
+from gold.rollout import sample_completions, sample_texts
+from gold.stops import model_stop_rule
 
 SOUNDS = {
     "cow": "moo", "dog": "woof", "cat": "meow", "duck": "quack", "sheep": "baa", "pig": "oink", "horse": "neigh",
@@ -87,12 +88,13 @@ def fit_to_task(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
     cached: dict[str, list[int]] = {}
+    end_id = model_stop_rule(model, tokenizer).end_id  # the teacher learns to stop after its answer
     losses = []
     model.train()
     for _ in range(steps):
         chosen = [rng.choice(prompts) for _ in range(batch_size)]
         prompt_batch = [cached.setdefault(p.text, prompt_ids(tokenizer, p.text)) for p in chosen]
-        answers = [[*encode_continuation(tokenizer, true_answer(p, rng)), tokenizer.eos_token_id] for p in chosen]
+        answers = [[*encode_continuation(tokenizer, true_answer(p, rng)), end_id] for p in chosen]
         side = side_inputs(prompt_batch, answers, pad_id=0)
         logits = side.logits(model)[:, :-1]  # (B, L - 1, V)
         targets = side.completion_targets()
@@ -121,7 +123,9 @@ def accuracy(model: Any, tokenizer: Any, prompts: list[Prompt]) -> float:
 
 
 def teacher_examples(model: Any, tokenizer: Any, prompts: list[Prompt], *, copies: int) -> list[Example]:
-    """``copies`` teacher samples (temperature 1) per prompt, as training or evaluation examples."""
+    """``copies`` teacher samples (temperature 1) per prompt, as training or evaluation examples; a sample the
+    length limit cut is marked as not ended (it gets no end group)."""
     repeated = [p for p in prompts for _ in range(copies)]
-    answers = sample_answers(model, tokenizer, repeated, temperature=1.0)
-    return [Example(p.text, a) for p, a in zip(repeated, answers, strict=True) if a]
+    config = RolloutConfig(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=16)
+    samples = sample_completions(model, tokenizer, [p.text for p in repeated], config, batch_size=len(repeated) or 1)
+    return [Example(p.text, s.text, ended=s.ended) for p, s in zip(repeated, samples, strict=True) if s.text]

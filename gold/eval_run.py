@@ -21,8 +21,8 @@ import torch
 from gold.agreement import AgreementCache, group_agreement
 from gold.config import DataConfig, ModelConfig, RolloutConfig
 from gold.data import DataError, Example, Messages, example_from_row
-from gold.evaluate import LN2, completion_logprobs
-from gold.rollout import sample_texts
+from gold.evaluate import LN2, completion_logprobs, student_sample_scores
+from gold.rollout import sample_completions, sample_texts, stop_rate
 from gold.zoo import MODEL_TOKENIZERS, load_tokenizer
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
@@ -40,6 +40,11 @@ class ModelScore:
     next_byte_agreement: float | None = None
     next_byte_kl_bits: float | None = None
     accuracy: float | None = None
+    stop_rate: float | None = None
+    # on the student's own samples (--sample-student): KL(S‖T) per byte and the teacher's bits per byte
+    reverse_kl_bits_per_byte: float | None = None
+    teacher_bits_per_byte_on_student: float | None = None
+    student_sample_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,26 @@ class EvalSet:
     answers: list[str] | None
     source: str
     prompts: list[str | Messages] | None = None
+
+    @property
+    def distinct_prompts(self) -> list[str | Messages]:
+        """The prompts of the set, each once, in order."""
+        prompts = self.prompts if self.prompts is not None else [e.prompt for e in self.examples]
+        seen: dict[str, str | Messages] = {}
+        for prompt in prompts:
+            seen.setdefault(repr(prompt), prompt)
+        return list(seen.values())
+
+    @property
+    def distinct_answers(self) -> list[str] | None:
+        """The answers of :attr:`distinct_prompts`, when the rows carry answers."""
+        if self.answers is None:
+            return None
+        prompts = self.prompts if self.prompts is not None else [e.prompt for e in self.examples]
+        first: dict[str, str] = {}
+        for prompt, answer in zip(prompts, self.answers, strict=True):
+            first.setdefault(repr(prompt), answer)
+        return list(first.values())
 
     @property
     def num_bytes(self) -> int:
@@ -89,11 +114,12 @@ def _prompt_of(row: Mapping[str, Any], index: int) -> str | Messages:
 
 
 def _example_of(row: Mapping[str, Any], index: int) -> Example:
-    """A plain ``text`` row is scored from its start; other rows are read as for training."""
+    """A plain ``text`` row is scored from its start, as text (no end token unless the row says ``"ended": true``);
+    other rows are read as for training."""
     if "text" in row and "prompt" not in row and "messages" not in row:
         if not row["text"]:
             raise DataError(f"row {index}: the text is empty; drop the row")
-        return Example("", str(row["text"]))
+        return Example("", str(row["text"]), ended=row.get("ended") is True)
     return example_from_row(row, index=index, config=DataConfig(path="<eval>"))
 
 
@@ -124,9 +150,9 @@ def eval_set(
     torch.manual_seed(seed)
     config = RolloutConfig(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=max_new_tokens,
                            num_generations=samples_per_prompt)  # fmt: skip
-    texts = sample_texts(teacher[0], teacher[1], prompts, config, progress=True)
+    samples = sample_completions(teacher[0], teacher[1], prompts, config, progress=True)
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
-    examples = [Example(p, t) for p, t in zip(repeated, texts, strict=True) if t]
+    examples = [Example(p, s.text, ended=s.ended) for p, s in zip(repeated, samples, strict=True) if s.text]
     return EvalSet(examples, answers, f"{samples_per_prompt} teacher sample(s) per prompt", prompts)
 
 
@@ -150,9 +176,10 @@ def load_scored_model(spec: str, *, dtype: str | None = None) -> tuple[Any, Any]
 def bits_per_byte(
     model: Any, tokenizer: Any, examples: Sequence[Example], *, batch_size: int = 8, progress: str | None = None
 ) -> float:
-    """A model's bits per UTF-8 byte of the completions of ``examples``."""
+    """A model's bits per UTF-8 byte of the completions of ``examples`` (with the end token of those that ended)."""
     logprobs = completion_logprobs(model, tokenizer, [e.prompt for e in examples], [e.completion for e in examples],
-                                   batch_size=batch_size, progress=progress)  # fmt: skip
+                                   ended=[e.ended for e in examples], batch_size=batch_size,
+                                   progress=progress)  # fmt: skip
     num_bytes = sum(len(e.completion.encode("utf-8")) for e in examples)
     return float(-logprobs.sum()) / num_bytes / LN2
 
@@ -168,11 +195,17 @@ def score_model(
     cache: AgreementCache | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 32,
+    stop_samples: int = 1,
+    student_samples: int = 0,
+    seed: int = 0,
 ) -> ModelScore:
     """Every figure of one model on ``data`` (agreement only when a teacher is given and ``role`` is student).
 
     Pass one ``cache`` for all students scored against the same teacher and data: the pair tables and the
-    teacher's forwards are then computed once.
+    teacher's forwards are then computed once. ``stop_samples`` samples per prompt (temperature 1, seeded,
+    ``max_new_tokens`` long) give the model's stop rate: the share that ends with a stop id within the limit.
+    ``student_samples`` > 0 (students, with a teacher) scores that many of the student's own samples per prompt
+    in the other direction (:func:`gold.evaluate.student_sample_scores`); its stop rate is then theirs.
     """
     model, tokenizer = model_and_tokenizer
     score: dict[str, Any] = {"name": name, "role": role, "step": step}
@@ -189,24 +222,55 @@ def score_model(
     if data.answers is not None:
         prompts = data.prompts if data.prompts is not None else [e.prompt for e in data.examples]
         score["accuracy"] = task_accuracy(model, tokenizer, prompts, data.answers, max_new_tokens=max_new_tokens)
+    if student_samples > 0 and teacher is not None and role == "student":
+        own = student_sample_scores(model, tokenizer, teacher[0], teacher[1], data.distinct_prompts,
+                                    samples_per_prompt=student_samples, max_new_tokens=max_new_tokens, seed=seed,
+                                    answers=data.distinct_answers, batch_size=batch_size)  # fmt: skip
+        score |= {"reverse_kl_bits_per_byte": own.reverse_kl_bits_per_byte, "stop_rate": own.stop_rate,
+                  "teacher_bits_per_byte_on_student": own.teacher_bits_per_byte,
+                  "student_sample_accuracy": own.accuracy}  # fmt: skip
+    elif stop_samples > 0:
+        score["stop_rate"] = model_stop_rate(model, tokenizer, data.distinct_prompts, samples=stop_samples,
+                                             max_new_tokens=max_new_tokens, seed=seed)  # fmt: skip
     return ModelScore(**score)
 
 
+def model_stop_rate(
+    model: Any, tokenizer: Any, prompts: Sequence[str | Messages], *, samples: int, max_new_tokens: int, seed: int = 0
+) -> float:
+    """Share of a model's samples (temperature 1, ``samples`` per prompt) that stop within ``max_new_tokens``."""
+    config = RolloutConfig(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=max_new_tokens,
+                           num_generations=samples)  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return stop_rate(sample_completions(model, tokenizer, prompts, config))
+
+
 def format_table(scores: Sequence[ModelScore]) -> str:
-    """A fixed-width table, one line per model."""
+    """A fixed-width table, one line per model; the student-sample columns only when measured."""
 
     def cell(value: float | None, spec: str) -> str:
         return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
+    both = any(s.reverse_kl_bits_per_byte is not None for s in scores)
     header = f"{'model':<34}{'step':>6}{'bits/byte':>11}{'KL(T‖S) b/B':>13}{'next-byte agree':>17}{'next-byte KL':>14}"
-    header += f"{'accuracy':>10}"
+    header += f"{'accuracy':>10}{'stops':>8}"
+    if both:
+        header += f"{'KL(S‖T) b/B':>13}{'T b/B of S':>12}"
     lines = [header]
     for s in scores:
-        lines.append(
+        line = (
             f"{s.name[-34:]:<34}{'' if s.step is None else s.step:>6}{cell(s.bits_per_byte, '.3f'):>11}"
             f"{cell(s.kl_bits_per_byte, '.3f'):>13}{cell(s.next_byte_agreement, '.1%'):>17}"
-            f"{cell(s.next_byte_kl_bits, '.3f'):>14}{cell(s.accuracy, '.0%'):>10}"
+            f"{cell(s.next_byte_kl_bits, '.3f'):>14}{cell(s.accuracy, '.0%'):>10}{cell(s.stop_rate, '.0%'):>8}"
         )
+        if both:
+            line += (
+                f"{cell(s.reverse_kl_bits_per_byte, '.3f'):>13}{cell(s.teacher_bits_per_byte_on_student, '.3f'):>12}"
+            )
+        lines.append(line)
+    if both:
+        lines.append("KL(T‖S): on the data's completions; KL(S‖T) and T b/B of S: on each student's own samples")
     return "\n".join(lines)
 
 
@@ -226,9 +290,12 @@ def plot_steps(path: Path, scores: Sequence[ModelScore]) -> None:
 
     students = [s for s in scores if s.role == "student"]
     steps = sorted((s for s in students if s.step is not None), key=lambda s: s.step or 0)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for axis, field, label in ((axes[0], "kl_bits_per_byte", "KL(teacher‖student), bits/byte"),
-                               (axes[1], "bits_per_byte", "student bits/byte")):  # fmt: skip
+    panels = [("kl_bits_per_byte", "KL(teacher‖student), bits/byte\n(data completions)")]
+    if any(s.reverse_kl_bits_per_byte is not None for s in students):
+        panels.append(("reverse_kl_bits_per_byte", "KL(student‖teacher), bits/byte\n(student samples)"))
+    panels.append(("bits_per_byte", "student bits/byte"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    for axis, (field, label) in zip(axes, panels, strict=True):
         values = [getattr(s, field) for s in steps]
         if steps and all(v is not None for v in values):
             axis.plot([s.step for s in steps], values, marker="o", label="checkpoints")

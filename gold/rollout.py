@@ -1,14 +1,21 @@
 """Completions sampled from a model (the student on-policy, the teacher for ``seq_kd``).
 
 :class:`Generator` is the seam: anything with ``generate(prompts) -> completions`` plugs in (a vLLM
-engine later). :class:`HFGenerator` uses ``transformers`` ``generate`` and never samples an id the
-tokenizer cannot spell: embedding rows without a token (padding rows of a rounded-up vocabulary,
-holes in the id space) get ``-inf`` logits before sampling.
+engine later). :class:`HFGenerator` uses ``transformers`` ``generate``. Both rules of DESIGN §3 hold for
+every sampler:
+
+* it stops at **every** stop id (:class:`gold.stops.StopRule`: the generation config's list, the
+  tokenizer's EOS, the chat template's end token) and returns the ids up to and including the first;
+* it never samples an id that is not text or a stop id: embedding rows without a token (padding rows of a
+  rounded-up vocabulary, holes in the id space) and non-stop special tokens (``<|endoftext|>`` in a Qwen
+  rollout, chat markers) get ``-inf`` logits before sampling. Such a token spells no bytes, so the other
+  model would never see it while the sampler's own context held it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,20 +25,22 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from alignment import token_bytes_table
 from gold.config import RolloutConfig
-from gold.data import completion_text, logit_rows, pad_id, prompt_ids
+from gold.data import decode_completion, logit_rows, pad_id, prompt_ids
+from gold.stops import StopRule, model_stop_rule
 
 
 class Generator(Protocol):
-    """Samples completions: ``num_generations`` per prompt, in prompt order, cut at EOS."""
+    """Samples completions: ``num_generations`` per prompt, in prompt order, each cut after its first stop
+    id (kept as the last id; a completion without one was cut by the length limit)."""
 
     def generate(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]: ...
 
 
 class MaskUnspellable(LogitsProcessor):
-    """Sets the logits of ids without a token to ``-inf``.
+    """Sets the logits of ids that must not be sampled to ``-inf``.
 
     Args:
-        allowed: (V,) bool, True for ids the tokenizer can spell (special tokens included).
+        allowed: (V,) bool, True for ids that may be sampled (:func:`spellable_ids`: text tokens and stop ids).
     """
 
     def __init__(self, allowed: torch.Tensor) -> None:
@@ -46,31 +55,34 @@ class MaskUnspellable(LogitsProcessor):
         return scores
 
 
-def spellable_ids(tokenizer: Any, num_rows: int) -> torch.Tensor:
-    """(num_rows,) bool: embedding rows that are a token of ``tokenizer``."""
+def spellable_ids(tokenizer: Any, num_rows: int, stop_ids: Sequence[int] = ()) -> torch.Tensor:
+    """(num_rows,) bool: embedding rows that may be sampled: text tokens of ``tokenizer`` and its stop ids."""
     table = token_bytes_table(tokenizer)
     allowed = np.zeros(num_rows, dtype=bool)
     size = min(num_rows, table.vocab_size)
-    allowed[:size] = table.known_mask[:size]
+    allowed[:size] = table.known_mask[:size] & ~table.special_mask[:size]
+    stops = np.asarray([i for i in stop_ids if i < num_rows], dtype=np.int64)
+    allowed[stops] = True
     return torch.from_numpy(allowed)
 
 
 class HFGenerator:
-    """Sampling with ``model.generate``; prompts left-padded, completions cut at EOS.
+    """Sampling with ``model.generate``; prompts left-padded, completions cut after their first stop id.
 
     Args:
         model: a causal LM (its embedding rows may exceed the tokenizer).
         tokenizer: its tokenizer.
         config: temperature (0: greedy), top-p, top-k, ``num_generations``, ``max_completion_length``.
+        stop: stop ids and end token (default: from the model's generation config and the tokenizer).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, config: RolloutConfig) -> None:
+    def __init__(self, model: Any, tokenizer: Any, config: RolloutConfig, stop: StopRule | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        self.processors = LogitsProcessorList([MaskUnspellable(spellable_ids(tokenizer, logit_rows(model)))])
-        eos = tokenizer.eos_token_id
-        self.eos_id = None if eos is None else int(eos)
+        self.stop = stop or model_stop_rule(model, tokenizer)
+        allowed = spellable_ids(tokenizer, logit_rows(model), sorted(self.stop.stop_ids))
+        self.processors = LogitsProcessorList([MaskUnspellable(allowed)])
         self.pad_id = pad_id(tokenizer)
 
     def _sampling(self) -> dict[str, Any]:
@@ -99,7 +111,7 @@ class HFGenerator:
                 max_new_tokens=self.config.max_completion_length,
                 logits_processor=self.processors,
                 pad_token_id=self.pad_id,
-                eos_token_id=self.eos_id,
+                eos_token_id=sorted(self.stop.stop_ids) or None,
                 **self._sampling(),
             )
         finally:
@@ -107,9 +119,43 @@ class HFGenerator:
         return [self._cut(row) for row in out[:, width:].tolist()]
 
     def _cut(self, row: list[int]) -> list[int]:
-        if self.eos_id is not None and self.eos_id in row:
-            return row[: row.index(self.eos_id)]
-        return row
+        body, stop = self.stop.split(row)
+        return body if stop is None else [*body, stop]
+
+
+@dataclass(frozen=True)
+class SampledText:
+    """A sample read as text: its exact bytes (a trailing unfinished character cut), and whether it stopped."""
+
+    text: str
+    ended: bool
+
+
+def sample_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    config: RolloutConfig,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[SampledText]:
+    """Samples (``num_generations`` per prompt, in prompt order), each model rendering its own prompt.
+
+    Texts are decoded from the exact bytes of the sampled tokens before the stop id
+    (:func:`gold.data.decode_completion`); ``ended`` is False for a sample the length limit cut. An empty
+    text that ended means the model stopped at once.
+    """
+    generator = HFGenerator(model, tokenizer, config)
+    samples: list[SampledText] = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
+        batch = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        for row in generator.generate(batch):
+            body, stop = generator.stop.split(row)
+            decoded = decode_completion(tokenizer, body)
+            samples.append(SampledText(decoded.text, ended=stop is not None and decoded.cut_tokens == 0))
+    return samples
 
 
 def sample_texts(
@@ -121,15 +167,13 @@ def sample_texts(
     batch_size: int = 16,
     progress: bool = False,
 ) -> list[str]:
-    """Completion texts (``num_generations`` per prompt, in prompt order), each model rendering its own prompt.
+    """The texts of :func:`sample_completions`."""
+    samples = sample_completions(model, tokenizer, prompts, config, batch_size=batch_size, progress=progress)
+    return [s.text for s in samples]
 
-    Texts are decoded from the exact bytes of the sampled tokens, cut at EOS and to whole characters
-    (:func:`gold.data.completion_text`); an empty string means the model stopped at once.
-    """
-    generator = HFGenerator(model, tokenizer, config)
-    texts: list[str] = []
-    starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
-        batch = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
-        texts.extend(completion_text(tokenizer, row)[1] for row in generator.generate(batch))
-    return texts
+
+def stop_rate(samples: Sequence[SampledText]) -> float:
+    """Share of samples that ended with a stop id within the length limit."""
+    if not samples:
+        raise ValueError("stop_rate needs at least one sample")
+    return sum(s.ended for s in samples) / len(samples)

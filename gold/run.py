@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, TrainingArguments
 
+from gold.chat import set_chat_template
 from gold.config import GoldConfig, ModelConfig
 from gold.data import Example, examples_from_rows
 from gold.demo_task import tiny_model
@@ -22,9 +23,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def build_tokenizer(spec: ModelConfig) -> Any:
-    """The tokenizer a model section names (``tokenizer``, else the model's own)."""
+    """The tokenizer a model section names (``tokenizer``, else the model's own), with the section's
+    ``chat_template`` when it gives one (:func:`gold.chat.set_chat_template`)."""
     name = spec.tokenizer or spec.model
-    return load_tokenizer(MODEL_TOKENIZERS.get(name, name))
+    tokenizer = load_tokenizer(MODEL_TOKENIZERS.get(name, name))
+    if spec.chat_template is not None:
+        try:
+            set_chat_template(tokenizer, spec.chat_template)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+    return tokenizer
 
 
 def build_model(spec: ModelConfig, tokenizer: Any, *, seed: int) -> Any:
@@ -72,14 +80,21 @@ def training_arguments(values: dict[str, Any]) -> TrainingArguments:
     return TrainingArguments(**settings)
 
 
-def build_trainer(config: GoldConfig) -> GoldTrainer:
-    """Tokenizers, models, data and trainer of a run."""
+def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTrainer) -> GoldTrainer:
+    """Tokenizers, models, data and trainer of a run (``trainer_cls``: e.g. the SFT baseline
+    :class:`gold.baselines.SequenceKDTrainer`, on the same data path)."""
     args = training_arguments(config.training)
     student_tokenizer, teacher_tokenizer = build_tokenizer(config.student), build_tokenizer(config.teacher)
     student = build_model(config.student, student_tokenizer, seed=args.seed)
     teacher_model = build_model(config.teacher, teacher_tokenizer, seed=args.seed + 1)
     teacher = LocalTeacher(teacher_model, teacher_tokenizer, device=config.teacher.device or args.device)
     examples: list[Example] = examples_from_rows(read_rows(config.data.path), config.data)
-    return GoldTrainer(student, teacher, args=args, train_dataset=examples, student_tokenizer=student_tokenizer,
+    held_out = None
+    if config.data.eval_path is not None:
+        held_out = examples_from_rows(read_rows(config.data.eval_path), config.data)
+        if args.eval_steps is None:
+            raise RecipeError("data.eval_path is set: give training.eval_steps (how often to score the held-out set)")
+    return trainer_cls(student, teacher, args=args, train_dataset=examples, student_tokenizer=student_tokenizer,
                        teacher_tokenizer=teacher_tokenizer, loss=config.loss, rollout=config.rollout,
-                       alignment=config.alignment)  # fmt: skip
+                       alignment=config.alignment, held_out=held_out,
+                       held_out_samples=config.data.eval_samples)  # fmt: skip

@@ -14,6 +14,7 @@ import torch
 from gold.config import RolloutConfig
 from gold.data import SideInputs, logit_rows
 from gold.rollout import Generator, HFGenerator
+from gold.stops import StopRule, model_stop_rule
 
 
 class Teacher(Protocol):
@@ -24,6 +25,11 @@ class Teacher(Protocol):
     @property
     def num_rows(self) -> int:
         """Vt, the size of the teacher's logit rows (may exceed the tokenizer's vocabulary)."""
+        ...
+
+    @property
+    def stop(self) -> StopRule:
+        """The teacher's stop ids and end token (:mod:`gold.stops`)."""
         ...
 
     def logits(self, inputs: SideInputs) -> torch.Tensor:
@@ -55,10 +61,15 @@ class LocalTeacher:
         model.requires_grad_(False)
         self.model = model
         self.tokenizer = tokenizer
+        self._stop = model_stop_rule(model, tokenizer)
 
     @property
     def num_rows(self) -> int:
         return logit_rows(self.model)
+
+    @property
+    def stop(self) -> StopRule:
+        return self._stop
 
     @property
     def device(self) -> torch.device:
@@ -70,4 +81,4 @@ class LocalTeacher:
         return inputs.to(self.device).logits(self.model).to(caller)
 
     def generator(self, config: RolloutConfig) -> Generator:
-        return HFGenerator(self.model, self.tokenizer, config)
+        return HFGenerator(self.model, self.tokenizer, config, self._stop)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,20 +20,19 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from gold.collate import Collator
+from gold.chat import unequal_rendering
+from gold.collate import Collator, Completion
 from gold.config import AlignmentConfig, LossConfig, RolloutConfig
-from gold.data import (
-    Example,
-    Messages,
-    TrainBatch,
-    completion_text,
-    examples_from_rows,
-    logit_rows,
-    prompt_ids,
-)
+from gold.data import Example, Messages, TrainBatch, decode_completion, examples_from_rows, logit_rows, prompt_ids
+from gold.eval_callback import HeldOutEvalCallback
 from gold.losses import PairTables, cross_tokenizer_loss
 from gold.rollout import Generator, HFGenerator
+from gold.stops import model_stop_rule
 from gold.teacher import LocalTeacher, Teacher
+
+
+class UnequalRenderingWarning(UserWarning):
+    """Chat prompts reach one model in its chat template and the other in gold's plain format."""
 
 
 def _examples(dataset: Any) -> list[Example]:
@@ -56,6 +56,8 @@ class GoldTrainer(Trainer):
         teacher_tokenizer: the teacher's; needed when ``teacher`` is a bare model.
         loss: loss terms and weights. rollout: ``lmbda``, ``seq_kd``, sampling. alignment: tolerances.
         student_generator: replaces the HF ``generate`` sampler (e.g. a vLLM engine).
+        held_out: examples or rows scored every ``args.eval_steps`` in both directions and logged as ``eval/*``
+            (:class:`gold.eval_callback.HeldOutEvalCallback`); ``held_out_samples`` student samples per prompt.
         **kwargs: passed to ``transformers.Trainer`` (callbacks, optimizers, ...).
     """
 
@@ -74,12 +76,15 @@ class GoldTrainer(Trainer):
         rollout: RolloutConfig | None = None,
         alignment: AlignmentConfig | None = None,
         student_generator: Generator | None = None,
+        held_out: Sequence[Any] | None = None,
+        held_out_samples: int = 1,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("eval_dataset") is not None:
             raise ValueError(
-                "GoldTrainer does not run Trainer.evaluate on an eval_dataset; measure a student with "
-                "gold.evaluate.distillation_gap (KL per byte to the teacher) instead"
+                "GoldTrainer does not run Trainer.evaluate on an eval_dataset; pass held_out= (examples or rows, "
+                "scored in both directions every args.eval_steps) or measure a student with "
+                "gold.evaluate.distillation_gap / gold.evaluate.student_sample_scores"
             )
         self.loss_config = loss or LossConfig()
         self.rollout_config = rollout or RolloutConfig()
@@ -90,17 +95,39 @@ class GoldTrainer(Trainer):
             teacher = LocalTeacher(teacher, teacher_tokenizer, device=args.device)
         self.teacher: Teacher = teacher
         self.student_tokenizer = student_tokenizer
+        self.student_stop = model_stop_rule(model, student_tokenizer)
         tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher.num_rows,
-                                  student_rows=logit_rows(model))  # fmt: skip
+                                  student_rows=logit_rows(model), student_stop=self.student_stop,
+                                  teacher_stop=teacher.stop)  # fmt: skip
         self.collator = Collator(student_tokenizer, teacher.tokenizer, tables,
                                  max_completion_length=self.rollout_config.max_completion_length,
                                  max_prompt_length=self.rollout_config.max_prompt_length,
-                                 max_edit_fraction=alignment_config.max_edit_fraction)  # fmt: skip
+                                 max_edit_fraction=alignment_config.max_edit_fraction,
+                                 end_group=alignment_config.end_group, student_stop=self.student_stop,
+                                 teacher_stop=teacher.stop)  # fmt: skip
+        examples = _examples(train_dataset)
+        for index, example in enumerate(examples):  # fail before training, naming the row
+            self.collator.from_text(example.completion, index=index, ended=example.ended)
+        warning = unequal_rendering(student_tokenizer, teacher.tokenizer, examples)
+        if warning is not None:
+            warnings.warn(warning, UnequalRenderingWarning, stacklevel=2)
         self._student_generator = student_generator
         self._prompt_cache: dict[tuple[str, str], list[int]] = {}
         self._metrics: dict[str, list[float]] = defaultdict(list)
-        super().__init__(model=model, args=args, train_dataset=_examples(train_dataset),  # type: ignore[arg-type]
+        self._sums: dict[str, float] = defaultdict(float)
+        super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
                          data_collator=list, processing_class=student_tokenizer, **kwargs)  # fmt: skip
+        if held_out is not None:
+            self._add_held_out_eval(_examples(held_out), held_out_samples)
+
+    def _add_held_out_eval(self, examples: list[Example], samples_per_prompt: int) -> None:
+        if not isinstance(self.teacher, LocalTeacher):
+            raise ValueError("held-out evaluation during training needs a local teacher model (LocalTeacher)")
+        if self.args.eval_steps is None:
+            raise ValueError("held_out needs args.eval_steps (training.eval_steps in a recipe): how often to score")
+        self.add_callback(HeldOutEvalCallback(self, examples, every=int(self.args.eval_steps),
+                                              samples_per_prompt=samples_per_prompt, seed=self.args.seed,
+                                              max_new_tokens=self.rollout_config.max_completion_length))  # fmt: skip
 
     # ---- batches: sources, rollouts, alignment, global group count ----
 
@@ -121,7 +148,7 @@ class GoldTrainer(Trainer):
     def student_generator(self) -> Generator:
         if self._student_generator is None:
             self._student_generator = HFGenerator(self.accelerator.unwrap_model(self.model), self.student_tokenizer,
-                                                  self.rollout_config)  # fmt: skip
+                                                  self.rollout_config, self.student_stop)  # fmt: skip
         return self._student_generator
 
     def build_batch(self, examples: Sequence[Example], source: str) -> TrainBatch:
@@ -129,18 +156,29 @@ class GoldTrainer(Trainer):
         student_prompts = [self._prompt("student", self.student_tokenizer, e.prompt) for e in examples]
         teacher_prompts = [self._prompt("teacher", self.teacher.tokenizer, e.prompt) for e in examples]
         if source == "dataset":
-            completions = self.collator.student_completion_ids([e.completion for e in examples])
+            completions = [self.collator.from_text(e.completion, index=i, ended=e.ended)
+                           for i, e in enumerate(examples)]  # fmt: skip
             return self.collator(student_prompts, teacher_prompts, completions, source=source)
         copies = self.rollout_config.num_generations
         if source == "student":
-            completions = self.student_generator().generate(student_prompts)
+            completions = [
+                self.collator.from_rollout(ids) for ids in self.student_generator().generate(student_prompts)
+            ]
         else:
             sampled = self.teacher.generator(self.rollout_config).generate(teacher_prompts)
-            texts = [completion_text(self.teacher.tokenizer, ids)[1] for ids in sampled]
-            completions = self.collator.student_completion_ids(texts)
+            completions = [self._teacher_sample(ids, i) for i, ids in enumerate(sampled)]
         student_prompts = [p for p in student_prompts for _ in range(copies)]
         teacher_prompts = [p for p in teacher_prompts for _ in range(copies)]
         return self.collator(student_prompts, teacher_prompts, completions, source=source)
+
+    def _teacher_sample(self, ids: Sequence[int], index: int) -> Completion:
+        """A teacher sample (``seq_kd``) as a completion: the teacher keeps its own tokens and stop id."""
+        body, stop = self.teacher.stop.split(ids)
+        decoded = decode_completion(self.teacher.tokenizer, body)
+        ended = stop is not None and decoded.cut_tokens == 0
+        own = decoded.ids if not decoded.invalid_bytes else None  # replaced bytes: the teacher re-encodes the text
+        return self.collator.from_text(decoded.text, index=index, ended=ended, teacher_ids=own,
+                                       teacher_end_id=stop if ended else None)  # fmt: skip
 
     def _seeded_batch(self, examples: Sequence[Example], slice_index: int) -> TrainBatch:
         """:meth:`build_batch` with sampling seeded by (seed, step, slice, process): rollouts are
@@ -165,10 +203,14 @@ class GoldTrainer(Trainer):
         start = time.perf_counter()
         batches = [self._seeded_batch(examples, i) for i, examples in enumerate(raw)]
         self._metrics["time/rollout_and_alignment_s"].append(time.perf_counter() - start)
-        groups = torch.tensor(float(sum(b.aligned.num_groups for b in batches)), device=device)
+        items = torch.tensor(float(sum(self.count_items(b) for b in batches)), device=device)
         if self.accelerator.num_processes > 1:
-            groups = self.accelerator.reduce(groups, reduction="sum")
-        return [{"batch": b} for b in batches], groups.clamp(min=1.0)
+            items = self.accelerator.reduce(items, reduction="sum")
+        return [{"batch": b} for b in batches], items.clamp(min=1.0)
+
+    def count_items(self, batch: TrainBatch) -> int:
+        """What the loss of a step is a mean over: the scored groups (end groups included)."""
+        return batch.aligned.num_groups
 
     # ---- loss ----
 
@@ -197,22 +239,48 @@ class GoldTrainer(Trainer):
     # ---- metrics ----
 
     def _record(self, metrics: dict[str, float], batch: TrainBatch, num_items: Any) -> None:
-        groups = max(batch.aligned.num_groups, 1)
-        share = float(num_items) / groups if num_items is not None else 1.0
+        items = self.count_items(batch)
         for key, value in metrics.items():
-            # loss terms arrive as this slice's share of the global mean: report the slice's own mean
-            self._metrics[key].append(value * share if key.startswith("loss/") else value)
-        self._metrics["rollout/on_policy_fraction"].append(float(batch.source == "student"))
+            if key.startswith("loss/"):
+                # a term arrives as this slice's sum over the step's items: keep the sum and the slice's item
+                # count, and divide once per logging step, so the log shows the mean that was optimised
+                self._sums[key] += value * (float(num_items) if num_items is not None else items)
+            else:
+                self._metrics[key].append(value)
+        self._sums["items"] += items
+        rows = float(len(batch.completions))
+        on_policy = batch.source == "student"
+        self._metrics["rollout/on_policy_fraction"].append(float(on_policy))  # of slices (what lmbda draws)
+        self._sums["rows"] += rows
+        self._sums["rows_on_policy"] += rows if on_policy else 0.0
+        for key, value in batch.counts.items():
+            self._sums[f"count/{key}"] += value
         self._metrics["rollout/completion_tokens"].append(float((batch.aligned.student_groups >= 0).sum()))
 
+    def _logged_sums(self) -> dict[str, float]:
+        sums, out = self._sums, {}
+        for key, value in sums.items():
+            if key.startswith("loss/"):
+                out[key] = value / max(sums["items"], 1.0)
+        if sums["rows"]:
+            out["rollout/on_policy_row_fraction"] = sums["rows_on_policy"] / sums["rows"]
+        if sums["count/completions"]:
+            out["completions/stop_rate"] = sums["count/completions/ended"] / sums["count/completions"]
+        for key in ("align/end_groups", "align/dropped_tail_groups", "align/invalid_bytes",
+                    "completions/cut_partial_tokens"):  # fmt: skip
+            if f"count/{key}" in sums:
+                out[key] = sums[f"count/{key}"]
+        return out
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._metrics:
+        if "loss" in logs and (self._metrics or self._sums):  # a training log (not eval/*, not the run summary)
             averaged = {key: sum(values) / len(values) for key, values in self._metrics.items() if values}
             seconds = sum(self._metrics["time/rollout_and_alignment_s"]) + sum(self._metrics["time/train_s"])
             if seconds > 0:
                 averaged["throughput/completion_tokens_per_s"] = (
                     sum(self._metrics["rollout/completion_tokens"]) / seconds
                 )
-            logs = {**logs, **averaged}
+            logs = {**logs, **averaged, **self._logged_sums()}
             self._metrics.clear()
+            self._sums.clear()
         super().log(logs, start_time)

@@ -23,6 +23,8 @@ from typing import Any
 from gold import zoo_tiktoken
 
 CACHE_VERSION = "1"
+# tokenizers: 2 = Llama-3 / Mistral add BOS as their published tokenizers do; DeepSeek has BOS/EOS
+TOKENIZER_CACHE_VERSION = "2"
 
 
 class ZooPackageMissing(ImportError):
@@ -89,13 +91,24 @@ def _build_qwen(folder: Path) -> Any:
     return _fast(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
+def _with_bos(tok: Any, bos: str) -> Any:
+    """Add BOS in front of every encoded text, as the published tokenizer.json of the model does."""
+    from tokenizers import processors
+
+    bos_id = tok.token_to_id(bos)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+    )
+    return tok
+
+
 def _build_llama3(folder: Path) -> Any:
-    tok = zoo_tiktoken.llama3_tokenizer(folder / "llama3" / "tokenizer.model")
+    tok = _with_bos(zoo_tiktoken.llama3_tokenizer(folder / "llama3" / "tokenizer.model"), "<|begin_of_text|>")
     return _fast(tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>")
 
 
 def _build_tekken(folder: Path) -> Any:
-    tok = zoo_tiktoken.tekken_tokenizer(folder / "data" / "tekken_240911.json")
+    tok = _with_bos(zoo_tiktoken.tekken_tokenizer(folder / "data" / "tekken_240911.json"), "<s>")
     return _fast(tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
 
 
@@ -107,7 +120,7 @@ def _sentencepiece_builder(filename: str) -> Callable[[Path], Any]:
         # holding only tokenizer.model instead (see ZOO.md, traps)
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copy(folder / "data" / filename, Path(tmp) / "tokenizer.model")
-            return LlamaTokenizer.from_pretrained(tmp)
+            return LlamaTokenizer.from_pretrained(tmp, add_bos_token=True)  # as Mistral's tokenizers do
 
     return build
 
@@ -115,7 +128,9 @@ def _sentencepiece_builder(filename: str) -> Callable[[Path], Any]:
 def _build_deepseek(folder: Path) -> Any:
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    # the folder's tokenizer_config.json names BOS / EOS / pad (tokenizer.json alone defines them but
+    # names none, which left the tokenizer without EOS: completions could never end)
+    return PreTrainedTokenizerFast.from_pretrained(folder)
 
 
 def _build_minilm(folder: Path) -> Any:
@@ -208,7 +223,7 @@ def load_tokenizer(name: str) -> Any:
         return AutoTokenizer.from_pretrained(name)
     entry = TOKENIZERS[resolve_name(name)]
     folder = entry.package.folder()
-    cached = cache_dir() / "tokenizers" / f"{entry.name}-{entry.package.version}-v{CACHE_VERSION}"
+    cached = cache_dir() / "tokenizers" / f"{entry.name}-{entry.package.version}-v{TOKENIZER_CACHE_VERSION}"
     if (cached / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(cached)
     tokenizer = entry.build(folder)

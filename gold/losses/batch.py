@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from alignment import Alignment, AlignmentStats, VocabMap, token_bytes_table
 from gold.losses.byte_marginal import first_byte_table, shared_bins
+from gold.stops import StopRule, stop_rule
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,9 @@ class PairTables:
     Attributes:
         student_matched: (M,) int64 student ids with a teacher token of identical bytes.
         teacher_matched: (M,) int64 their partners.
-        student_bins: (Vs,) int64 first byte of each student token (256: none).
-        teacher_bins: (Vt,) int64 first byte of each teacher token (256: none).
-        shared_bins: (257,) bool, the bins both sides produce (:func:`gold.losses.byte_marginal.shared_bins`).
+        student_bins: (Vs,) int64 first byte of each student token (END_BIN for stop ids, NO_BYTE: none).
+        teacher_bins: (Vt,) int64 likewise for the teacher.
+        shared_bins: (NUM_BINS,) bool, the bins both sides produce (:func:`gold.losses.byte_marginal.shared_bins`).
     """
 
     student_matched: torch.Tensor
@@ -36,16 +38,32 @@ class PairTables:
 
     @classmethod
     def build(
-        cls, student_tokenizer: Any, teacher_tokenizer: Any, *, student_rows: int, teacher_rows: int
-    ) -> PairTables:
-        """Tables for a pair; ``*_rows`` are the models' embedding (logit) sizes."""
+        cls, student_tokenizer: Any, teacher_tokenizer: Any, *, student_rows: int, teacher_rows: int,
+        student_stop: StopRule | None = None, teacher_stop: StopRule | None = None,
+    ) -> PairTables:  # fmt: skip
+        """Tables for a pair; ``*_rows`` are the models' embedding (logit) sizes.
+
+        The two end tokens (``*_stop.end_id``, default from the tokenizers) are a matched pair whatever
+        their strings (``<|im_end|>`` ↔ ``<end_of_turn>``): both mean "the completion ends here". Every stop
+        id falls in the byte marginal's END bin.
+        """
+        student_stop = student_stop or stop_rule(student_tokenizer)
+        teacher_stop = teacher_stop or stop_rule(teacher_tokenizer)
         vocab = VocabMap.build(student_tokenizer, teacher_tokenizer)
-        keep = (vocab.student_ids < student_rows) & (vocab.teacher_ids < teacher_rows)
-        student_bins = first_byte_table(token_bytes_table(student_tokenizer), num_rows=student_rows)
-        teacher_bins = first_byte_table(token_bytes_table(teacher_tokenizer), num_rows=teacher_rows)
+        student_matched, teacher_matched = vocab.student_ids, vocab.teacher_ids
+        if student_stop.end_id is not None and teacher_stop.end_id is not None:
+            # the end pair replaces any pairing of either end id by string
+            free = (student_matched != student_stop.end_id) & (teacher_matched != teacher_stop.end_id)
+            student_matched = np.append(student_matched[free], student_stop.end_id)
+            teacher_matched = np.append(teacher_matched[free], teacher_stop.end_id)
+        keep = (student_matched < student_rows) & (teacher_matched < teacher_rows)
+        student_bins = first_byte_table(token_bytes_table(student_tokenizer), num_rows=student_rows,
+                                        end_ids=sorted(student_stop.stop_ids))  # fmt: skip
+        teacher_bins = first_byte_table(token_bytes_table(teacher_tokenizer), num_rows=teacher_rows,
+                                        end_ids=sorted(teacher_stop.stop_ids))  # fmt: skip
         return cls(
-            student_matched=torch.from_numpy(vocab.student_ids[keep]),
-            teacher_matched=torch.from_numpy(vocab.teacher_ids[keep]),
+            student_matched=torch.from_numpy(student_matched[keep].astype(np.int64)),
+            teacher_matched=torch.from_numpy(teacher_matched[keep].astype(np.int64)),
             student_bins=student_bins,
             teacher_bins=teacher_bins,
             shared_bins=shared_bins(student_bins, teacher_bins),
@@ -78,8 +96,8 @@ class AlignedBatch:
 
     @property
     def num_groups(self) -> int:
-        """Aligned groups in the batch (the rows the loss is averaged over)."""
-        return int(self.stats.num_groups)
+        """Scored groups in the batch (the rows the loss is averaged over), end groups included."""
+        return _count_groups(self.student_groups)
 
     @classmethod
     def from_alignments(
@@ -105,6 +123,13 @@ class AlignedBatch:
                                 for p, a in zip(t_prefix, alignments, strict=True)], pad_id)  # fmt: skip
         stats = AlignmentStats.combine([a.stats for a in alignments])
         return cls(s_ids, t_ids, s_groups, t_groups, tables, stats)
+
+
+def _count_groups(groups: torch.Tensor) -> int:
+    """Groups of a (B, T) group tensor: each example's groups are numbered 0 … n - 1."""
+    if groups.numel() == 0:
+        return 0
+    return int(torch.where(groups >= 0, groups + 1, 0).amax(dim=1).sum())
 
 
 def _pad(rows: list[tuple[list[int], list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,8 @@
 """Byte marginal: both models' next-token distributions folded onto the next byte.
 
-Shape legend: G groups, V one side's vocabulary, 257 = 256 byte values + one bucket for tokens that
-spell no byte (specials, padded embedding rows).
+Shape legend: G groups, V one side's vocabulary, 258 = 256 byte values + END (the stop ids: the
+completion ends here, an outcome both sides predict) + one bucket for tokens that spell no byte (other
+specials, padded embedding rows).
 
 At the start of every group both models condition on exactly the same bytes (all earlier groups), so
 "which byte comes next" is a question both can answer: sum each next-token distribution over the
@@ -16,6 +17,7 @@ is not text, that reading is off by the synthetic space.)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,21 +25,26 @@ import torch
 
 from gold.losses.divergences import generalized_jsd
 
-NUM_BINS = 257
-NO_BYTE = 256
+NUM_BINS = 258
+END_BIN = 256  # the completion ends here (a stop id): an outcome both sides predict
+NO_BYTE = 257
 
 
-def first_byte_table(table: Any, *, num_rows: int | None = None) -> torch.Tensor:
-    """(V,) int64 bin of every token id: its first byte, or 256 when it spells no byte.
+def first_byte_table(table: Any, *, num_rows: int | None = None, end_ids: Sequence[int] = ()) -> torch.Tensor:
+    """(V,) int64 bin of every token id: its first byte, END_BIN for the stop ids, NO_BYTE when it spells
+    no byte (other specials, padded embedding rows).
 
     Args:
         table: an :class:`alignment.TokenBytesTable`.
-        num_rows: embedding rows of the model (≥ vocabulary size); extra rows go to bin 256.
+        num_rows: embedding rows of the model (≥ vocabulary size); extra rows go to NO_BYTE.
+        end_ids: the side's stop ids (:class:`gold.stops.StopRule`).
     """
     lengths = table.lengths
     first = np.full(num_rows or table.vocab_size, NO_BYTE, dtype=np.int64)
     has_bytes = np.flatnonzero(lengths > 0)
     first[has_bytes] = table.buffer[table.offsets[has_bytes]]
+    ends = np.asarray([i for i in end_ids if i < first.shape[0]], dtype=np.int64)
+    first[ends] = END_BIN
     return torch.from_numpy(first)
 
 

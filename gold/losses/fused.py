@@ -233,7 +233,7 @@ def warm_up() -> None:
     from alignment import AlignmentStats
     from gold.losses.batch import PairTables
 
-    tables = PairTables(*(torch.tensor(v) for v in ([0, 1], [1, 0], [0, 0, 1, 256], [0, 1, 1], [True] * 257)))
+    tables = PairTables(*(torch.tensor(v) for v in ([0, 1], [1, 0], [0, 0, 1, 257], [0, 1, 1], [True] * 258)))
     groups = torch.tensor([[-1, 0, 0, 1]])
     batch = AlignedBatch(torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 1, 2, 0]]), groups, groups, tables,
                          AlignmentStats.combine([]))  # fmt: skip

@@ -20,35 +20,36 @@ EXAMPLES = [
 
 
 def _next_byte_reference(model, tokenizer, example: Example, starts: list[int]) -> np.ndarray:
-    """(groups, 257) next-byte probabilities at each group's first token, by bincount over token first bytes."""
+    """(groups, 258) next-byte probabilities at each group's first token, by bincount over token first bytes."""
     p_ids, c_ids = prompt_ids(tokenizer, example.prompt), encode_continuation(tokenizer, example.completion)
     with torch.no_grad():
         logits = model(torch.tensor([p_ids + c_ids])).logits[0].double()
     probs = torch.softmax(logits, dim=-1).numpy()
     first = _bins(tokenizer, model)
     rows = [probs[len(p_ids) - 1 + start] for start in starts]
-    return np.stack([np.bincount(first, weights=row, minlength=257) for row in rows])
+    return np.stack([np.bincount(first, weights=row, minlength=258) for row in rows])
 
 
 _FIRST_BYTES: dict[int, np.ndarray] = {}
 
 
 def _first_bytes(tokenizer) -> np.ndarray:
-    """First byte of every token (256: none), one token at a time."""
+    """First byte of every token (256: the end token, the completion stops; 257: none), one token at a time."""
     if id(tokenizer) not in _FIRST_BYTES:
         table = token_bytes_table(tokenizer)
-        first = np.full(table.vocab_size, 256)
+        first = np.full(table.vocab_size, 257)
         for token in np.flatnonzero(table.known_mask):
             spelled = table.token_bytes(int(token))
-            first[token] = spelled[0] if spelled else 256
+            first[token] = spelled[0] if spelled else 257
+        first[tokenizer.eos_token_id] = 256
         _FIRST_BYTES[id(tokenizer)] = first
     return _FIRST_BYTES[id(tokenizer)]
 
 
 def _bins(tokenizer, model) -> np.ndarray:
-    """First byte of every logit row of ``model`` (256 for specials and rows beyond the tokenizer)."""
+    """First byte of every logit row of ``model`` (257 for specials and rows beyond the tokenizer)."""
     rows = model.get_output_embeddings().weight.shape[0]
-    first = np.full(rows, 256)
+    first = np.full(rows, 257)
     known = _first_bytes(tokenizer)[:rows]
     first[: len(known)] = known
     return first
@@ -69,13 +70,14 @@ def test_group_kl_equals_the_sequence_kl_and_next_bytes_match_a_reference(studen
     agree, kls, groups = [], [], 0
     for example in EXAMPLES:
         alignment = align_texts(student_tokenizer, teacher_tokenizer, example.completion)
-        s_starts = _group_starts(list(alignment.student_groups))
-        t_starts = _group_starts(list(alignment.teacher_groups))
+        # every completion ended: the end group starts after the last token, predicting the end token
+        s_starts = [*_group_starts(list(alignment.student_groups)), len(alignment.student_ids)]
+        t_starts = [*_group_starts(list(alignment.teacher_groups)), len(alignment.teacher_ids)]
         s_bytes = _next_byte_reference(student, student_tokenizer, example, s_starts)
         t_bytes = _next_byte_reference(teacher, teacher_tokenizer, example, t_starts)
         # compare on the bins (first bytes, or none) both sides' logit rows can produce, renormalized
-        shared = np.isin(np.arange(257), _bins(student_tokenizer, student)) & np.isin(
-            np.arange(257), _bins(teacher_tokenizer, teacher)
+        shared = np.isin(np.arange(258), _bins(student_tokenizer, student)) & np.isin(
+            np.arange(258), _bins(teacher_tokenizer, teacher)
         )
         s_bytes, t_bytes = s_bytes[:, shared], t_bytes[:, shared]
         s_bytes /= s_bytes.sum(1, keepdims=True)

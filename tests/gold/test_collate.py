@@ -6,9 +6,12 @@ import pytest
 import torch
 
 import gold.collate
-from gold.collate import Collator
+from alignment import encode_continuation, token_bytes_table
+from gold.collate import Collator, Completion
 from gold.data import CompletionBytesError, DataError, prompt_ids
 from gold.losses import PairTables
+from gold.losses.byte_marginal import END_BIN
+from tests.conftest import zoo
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def _prompts(tokenizer, texts):
 
 def test_loss_view_holds_completion_and_groups(collator, student_tokenizer, teacher_tokenizer) -> None:
     prompts = ["Q1?\n", "A longer question?\n"]
-    completions = collator.student_completion_ids(["It says moo.", "Café ☕ 東京 1234"])
+    completions = [collator.from_text(t, index=i) for i, t in enumerate(["It says moo.", "Café ☕ 東京 1234"])]
     batch = collator(_prompts(student_tokenizer, prompts), _prompts(teacher_tokenizer, prompts), completions,
                      source="dataset")  # fmt: skip
     aligned = batch.aligned
@@ -41,14 +44,105 @@ def test_loss_view_holds_completion_and_groups(collator, student_tokenizer, teac
         assert s_groups.tolist() == t_groups.tolist() == list(range(len(s_groups)))
     assert batch.completions == ("It says moo.", "Café ☕ 東京 1234")
     assert aligned.stats.approximate_groups == 0
+    # each completion ended: its last scored column is the end token, a group of its own on both sides
+    for b in range(2):
+        s_last = int(aligned.student_groups[b].amax())
+        s_end = aligned.student_ids[b][aligned.student_groups[b] == s_last]
+        t_end = aligned.teacher_ids[b][aligned.teacher_groups[b] == s_last]
+        assert s_end.tolist() == [student_tokenizer.eos_token_id] and t_end.tolist() == [teacher_tokenizer.eos_token_id]
+    assert batch.counts["align/end_groups"] == 2 and batch.counts["completions/ended"] == 2
+    assert aligned.num_groups == aligned.stats.num_groups + 2
 
 
-def test_completions_are_cut_to_the_limit(collator, student_tokenizer, teacher_tokenizer) -> None:
-    long = " ".join(["word"] * 40)
-    batch = collator(_prompts(student_tokenizer, ["Q\n"]), _prompts(teacher_tokenizer, ["Q\n"]),
-                     collator.student_completion_ids([long]), source="dataset")  # fmt: skip
-    assert int(batch.student.attention_mask[0, batch.student.prompt_width :].sum()) == 24
+def test_completions_are_cut_at_a_shared_boundary_of_the_whole_text(collator, student_tokenizer,
+                                                                    teacher_tokenizer) -> None:  # fmt: skip
+    """Cutting the student's ids and re-tokenizing the teacher's text re-splits the teacher's last group
+    ('4' where the whole text has '430'); a cut dataset row keeps both sides' tokens of the whole text."""
+    long = "Sum: " + " ".join(str(n) for n in range(4300, 4340))
+    completion = collator.from_text(long, index=0)
+    assert not completion.ended and completion.exact_tail and len(completion.student_ids) <= 24
+    whole_teacher = encode_continuation(teacher_tokenizer, long)
+    assert list(completion.teacher_ids) == whole_teacher[: len(completion.teacher_ids)]
+    whole_student = encode_continuation(student_tokenizer, long)
+    assert list(completion.student_ids) == whole_student[: len(completion.student_ids)]
+    batch = collator(_prompts(student_tokenizer, ["Q\n"]), _prompts(teacher_tokenizer, ["Q\n"]), [completion],
+                     source="dataset")  # fmt: skip
     assert long.startswith(batch.completions[0]) and len(batch.completions[0]) < len(long)
+    assert batch.counts["align/end_groups"] == 0 and batch.counts["align/dropped_tail_groups"] == 0
+
+
+def test_a_rollout_cut_by_the_limit_drops_its_last_group(collator, student_tokenizer, teacher_tokenizer) -> None:
+    ids = encode_continuation(student_tokenizer, "It is 1234")
+    stopped = collator.from_rollout([*ids, student_tokenizer.eos_token_id, 42, 43])
+    cut = collator.from_rollout(ids)
+    assert stopped == Completion(tuple(ids), ended=True, student_end_id=student_tokenizer.eos_token_id)
+    assert not cut.ended
+    batch = collator(_prompts(student_tokenizer, ["Q\n"] * 2), _prompts(teacher_tokenizer, ["Q\n"] * 2),
+                     [stopped, cut], source="student")  # fmt: skip
+    groups = batch.aligned.student_groups
+    assert int(groups[0].amax()) == int(groups[1].amax()) + 2  # stopped: + the end group; cut: − its tail
+    assert batch.counts["align/dropped_tail_groups"] == 1 and batch.counts["completions/ended"] == 1
+    # the dropped group's tokens stay in the input (context) but are not scored
+    assert int(batch.student.attention_mask[1, batch.student.prompt_width :].sum()) == len(ids)
+
+
+def test_a_stop_after_an_unfinished_character_is_no_end(collator, student_tokenizer, teacher_tokenizer) -> None:
+    emoji = encode_continuation(student_tokenizer, "ok 👍")
+    completion = collator.from_rollout([*emoji[:-1], student_tokenizer.eos_token_id])
+    batch = collator(_prompts(student_tokenizer, ["Q\n"]), _prompts(teacher_tokenizer, ["Q\n"]), [completion],
+                     source="student")  # fmt: skip
+    assert batch.counts["completions/ended"] == 0 and batch.counts["completions/cut_partial_tokens"] >= 1
+
+
+def test_an_empty_completion_that_stopped_is_one_end_group(collator, student_tokenizer, teacher_tokenizer) -> None:
+    batch = collator(_prompts(student_tokenizer, ["Q\n"]), _prompts(teacher_tokenizer, ["Q\n"]),
+                     [collator.from_rollout([student_tokenizer.eos_token_id])], source="student")  # fmt: skip
+    assert batch.aligned.num_groups == 1 and batch.completions == ("",)
+
+
+def test_interior_invalid_bytes_align_approximately_and_are_counted(collator, student_tokenizer,
+                                                                   teacher_tokenizer) -> None:  # fmt: skip
+    table = token_bytes_table(student_tokenizer)
+    lone = next(i for i in range(table.vocab_size) if table.token_bytes(i) == b"\xe4")
+    ids = [*encode_continuation(student_tokenizer, "It"), lone, *encode_continuation(student_tokenizer, " says moo")]
+    batch = collator(_prompts(student_tokenizer, ["Q\n"]), _prompts(teacher_tokenizer, ["Q\n"]),
+                     [collator.from_rollout(ids)], source="student")  # fmt: skip
+    assert batch.completions == ("It\ufffd says moo",) and batch.counts["align/invalid_bytes"] == 1
+    assert batch.aligned.stats.approximate_groups >= 1
+    assert int(batch.student.attention_mask[0, batch.student.prompt_width :].sum()) == len(ids)  # nothing dropped
+
+
+def test_end_group_off(student_tokenizer, teacher_tokenizer) -> None:
+    tables = PairTables.build(student_tokenizer, teacher_tokenizer, student_rows=len(student_tokenizer),
+                              teacher_rows=len(teacher_tokenizer))  # fmt: skip
+    off = Collator(student_tokenizer, teacher_tokenizer, tables, max_completion_length=24, end_group=False)
+    batch = off(_prompts(student_tokenizer, ["Q\n"]), _prompts(teacher_tokenizer, ["Q\n"]),
+                [off.from_text("It says moo.", index=0)], source="dataset")  # fmt: skip
+    assert batch.aligned.num_groups == batch.aligned.stats.num_groups and batch.counts["align/end_groups"] == 0
+
+
+def test_the_end_tokens_are_a_matched_pair_and_their_own_byte_bin(student_tokenizer, teacher_tokenizer) -> None:
+    """SmolLM2's <|im_end|> and Mistral's </s> differ as strings but mean the same event."""
+    tables = PairTables.build(student_tokenizer, teacher_tokenizer, student_rows=len(student_tokenizer),
+                              teacher_rows=len(teacher_tokenizer))  # fmt: skip
+    student_end, teacher_end = student_tokenizer.eos_token_id, teacher_tokenizer.eos_token_id
+    assert student_tokenizer.convert_ids_to_tokens(student_end) != teacher_tokenizer.convert_ids_to_tokens(teacher_end)
+    pairs = set(zip(tables.student_matched.tolist(), tables.teacher_matched.tolist(), strict=True))
+    assert (student_end, teacher_end) in pairs
+    assert sum(s == student_end for s, _ in pairs) == 1 and sum(t == teacher_end for _, t in pairs) == 1
+    assert int(tables.student_bins[student_end]) == END_BIN == int(tables.teacher_bins[teacher_end])
+    assert bool(tables.shared_bins[END_BIN])
+
+
+def test_a_special_token_inside_a_completion_is_refused_with_its_row(student_tokenizer) -> None:
+    """WordPiece spells characters it lacks as [UNK], which covers no bytes: refuse, naming the row."""
+    minilm = zoo("minilm")
+    tables = PairTables.build(student_tokenizer, minilm, student_rows=len(student_tokenizer),
+                              teacher_rows=len(minilm))  # fmt: skip
+    collator = Collator(student_tokenizer, minilm, tables, max_completion_length=8)
+    with pytest.raises(DataError, match=r"row 7: the teacher tokenizer encodes the completion with special"):
+        collator(_prompts(student_tokenizer, ["Q\n"]), [[101]], [collator.from_text("ok 👍🏽", index=7)],
+                 source="dataset")  # fmt: skip
 
 
 def test_prompt_over_the_limit_is_named(collator, student_tokenizer, teacher_tokenizer) -> None:
@@ -57,7 +151,7 @@ def test_prompt_over_the_limit_is_named(collator, student_tokenizer, teacher_tok
         DataError, match=r"example 0: the student prompt has \d+ tokens, over rollout.max_prompt_length=20"
     ):
         collator(_prompts(student_tokenizer, [prompt]), _prompts(teacher_tokenizer, [prompt]),
-                 collator.student_completion_ids(["x"]), source="dataset")  # fmt: skip
+                 [collator.from_text("x", index=0)], source="dataset")  # fmt: skip
 
 
 def test_teacher_that_saw_other_bytes_raises(collator, student_tokenizer, teacher_tokenizer, monkeypatch) -> None:
@@ -69,4 +163,4 @@ def test_teacher_that_saw_other_bytes_raises(collator, student_tokenizer, teache
     monkeypatch.setattr(gold.collate, "encode_continuation", doctored)
     with pytest.raises(CompletionBytesError, match="example 0: the teacher's completion tokens spell"):
         collator(_prompts(student_tokenizer, ["Q\n"]), _prompts(teacher_tokenizer, ["Q\n"]),
-                 [real(student_tokenizer, "It says moo.")], source="student")  # fmt: skip
+                 [collator.from_rollout(real(student_tokenizer, "It says moo."))], source="student")  # fmt: skip

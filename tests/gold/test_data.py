@@ -11,9 +11,11 @@ from gold.data import (
     DataError,
     Example,
     check_same_bytes,
-    completion_text,
+    decode_completion,
     example_from_row,
     examples_from_rows,
+    leading_special_ids,
+    move_seam_whitespace,
     plain_prompt,
     prompt_ids,
     side_inputs,
@@ -63,22 +65,60 @@ def test_each_side_renders_its_own_prompt(student_tokenizer, teacher_tokenizer) 
     assert teacher[1:] == encode_text(teacher_tokenizer, "User: Say hi\n\nAssistant:")
 
 
-def test_completion_text_cuts_at_eos_and_partial_characters(student_tokenizer) -> None:
+def test_decode_cuts_only_a_trailing_partial_character(student_tokenizer) -> None:
     ids = encode_continuation(student_tokenizer, "ok 👍🏽")
     table = token_bytes_table(student_tokenizer)
     # drop the last token: the emoji's bytes are cut mid-character and its partial tokens go too
-    kept, text = completion_text(student_tokenizer, ids[:-1])
+    decoded = decode_completion(student_tokenizer, ids[:-1])
+    kept = decoded.ids
     assert kept == ids[: len(kept)] and len(kept) < len(ids) - 1  # the partial tokens were dropped
-    assert text.encode() == table.sequence_bytes(kept, starts_text=False)
-    assert "ok 👍🏽".startswith(text) and text.startswith("ok") and text != "ok 👍🏽"
-    full, full_text = completion_text(student_tokenizer, [*ids, student_tokenizer.eos_token_id, *ids])
-    assert full == ids and full_text == "ok 👍🏽"
+    assert decoded.cut_tokens == len(ids) - 1 - len(kept) and decoded.invalid_bytes == 0
+    assert decoded.text.encode() == table.sequence_bytes(kept, starts_text=False)
+    assert "ok 👍🏽".startswith(decoded.text) and decoded.text.startswith("ok") and decoded.text != "ok 👍🏽"
+    whole = decode_completion(student_tokenizer, ids)
+    assert whole.ids == ids and whole.text == "ok 👍🏽" and whole.cut_tokens == 0
 
 
-def test_completion_text_keeps_a_real_leading_space(teacher_tokenizer) -> None:
+def test_decode_keeps_tokens_after_an_interior_invalid_byte(student_tokenizer) -> None:
+    """One invalid byte inside a sample used to drop everything after it; now it reads as U+FFFD and is counted."""
+    table = token_bytes_table(student_tokenizer)
+    lone = next(i for i in range(len(table.offsets) - 1) if table.token_bytes(i) == b"\xe4")  # a lead byte alone
+    ids = [*encode_continuation(student_tokenizer, "ab"), lone, *encode_continuation(student_tokenizer, " cd ef")]
+    decoded = decode_completion(student_tokenizer, ids)
+    assert decoded.ids == ids and decoded.cut_tokens == 0
+    assert decoded.text == "ab\ufffd cd ef" and decoded.invalid_bytes == 1
+    # a lone lead byte at the very end is an unfinished character: cut, not replaced
+    tail = decode_completion(student_tokenizer, [*encode_continuation(student_tokenizer, "ab"), lone])
+    assert tail.text == "ab" and tail.cut_tokens == 1 and tail.invalid_bytes == 0
+
+
+def test_decode_keeps_a_real_leading_space(teacher_tokenizer) -> None:
     ids = encode_continuation(teacher_tokenizer, " It says")
-    assert completion_text(teacher_tokenizer, ids)[1] == " It says"
-    assert completion_text(teacher_tokenizer, encode_continuation(teacher_tokenizer, "It says"))[1] == "It says"
+    assert decode_completion(teacher_tokenizer, ids).text == " It says"
+    assert decode_completion(teacher_tokenizer, encode_continuation(teacher_tokenizer, "It says")).text == "It says"
+
+
+def test_prompt_trailing_whitespace_moves_into_the_completion(student_tokenizer) -> None:
+    """'Answer: ' + 'Paris' would score 'Paris' after a lone space token, a split no model produces in text."""
+    example = example_from_row({"prompt": "Answer: ", "completion": "Paris"}, index=0, config=CONFIG)
+    assert example == Example("Answer:", " Paris")
+    joint = encode_continuation(student_tokenizer, "Answer: Paris")
+    split = encode_text(student_tokenizer, example.prompt) + encode_continuation(student_tokenizer, example.completion)
+    assert split == joint  # now the pieces are exactly the whole text's tokens
+    assert move_seam_whitespace("Q?\t ", "A") == ("Q?", "\t A")
+    assert Example("Q?\n", "A") == Example("Q?\n", "A") and Example("Q?\n", "A").prompt == "Q?\n"  # newlines stay
+    messages = ({"role": "user", "content": "Q "},)
+    assert move_seam_whitespace(messages, "A") == (messages, "A")  # a chat template's own format stays
+
+
+def test_plain_prompts_follow_the_tokenizers_special_token_policy(student_tokenizer, teacher_tokenizer) -> None:
+    """SmolLM2's bos_token is the chat marker <|im_start|>, which its tokenizer never adds to plain text."""
+    assert student_tokenizer.bos_token == "<|im_start|>" and leading_special_ids(student_tokenizer) == []
+    assert prompt_ids(student_tokenizer, "Q?") == encode_text(student_tokenizer, "Q?")
+    assert leading_special_ids(teacher_tokenizer) == [teacher_tokenizer.bos_token_id]  # Mistral adds <s>
+    assert prompt_ids(teacher_tokenizer, "Q?")[0] == teacher_tokenizer.bos_token_id
+    # a text scored from its start, with no BOS to start from, starts from EOS (the document separator)
+    assert prompt_ids(student_tokenizer, "") == [student_tokenizer.eos_token_id]
 
 
 def test_same_bytes_check_fires_on_other_bytes(teacher_tokenizer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from gold.cli import main
 from gold.data import Example
@@ -38,8 +39,9 @@ def test_eval_scores_student_and_teacher_folders(folders, capsys) -> None:
             "--student", str(folders / "student"), "--json", str(out)]  # fmt: skip
     assert main(argv) == 0
     table = capsys.readouterr().out
-    assert "KL(T‖S) b/B" in table and "3 examples" in table
+    assert "KL(T‖S) b/B" in table and "3 examples" in table and "stops" in table
     scores = json.loads(out.read_text())
+    assert all(0.0 <= m["stop_rate"] <= 1.0 for m in scores["models"])
     teacher, student = scores["models"]
     assert teacher["role"] == "teacher" and teacher["kl_bits_per_byte"] is None
     # a difference of two float32 sums of ~15 bits/byte each: compare to 1e-5 of their size
@@ -79,10 +81,17 @@ def test_eval_checkpoints_and_plot(tmp_path, folders, capsys) -> None:
     assert main(["train", str(recipe), "training.max_steps=2", "training.save_steps=1"]) == 0
     plot, out = tmp_path / "steps.png", tmp_path / "steps.json"
     argv = ["eval", "--data", str(folders / "held_out.jsonl"), "--teacher", str(folders / "teacher"),
-            "--checkpoints", str(tmp_path / "out"), "--plot", str(plot), "--json", str(out)]  # fmt: skip
+            "--checkpoints", str(tmp_path / "out"), "--plot", str(plot), "--json", str(out),
+            "--sample-student", "2", "--max-new-tokens", "6"]  # fmt: skip
     assert main(argv) == 0
-    steps = [m["step"] for m in json.loads(out.read_text())["models"] if m["role"] == "student"]
-    assert steps == [1, 2]
+    table = capsys.readouterr().out
+    assert "KL(S‖T) b/B" in table and "T b/B of S" in table  # both directions
+    models = json.loads(out.read_text())["models"]
+    students = [m for m in models if m["role"] == "student"]
+    assert [m["step"] for m in students] == [1, 2]
+    assert all(m["reverse_kl_bits_per_byte"] is not None and m["teacher_bits_per_byte_on_student"] > 0
+               for m in students)  # fmt: skip
+    assert models[0]["role"] == "teacher" and models[0]["reverse_kl_bits_per_byte"] is None
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -94,6 +103,12 @@ def test_eval_errors_name_the_fix(folders, tmp_path) -> None:
               "--answer-field", "answer"])  # fmt: skip
     with pytest.raises(SystemExit, match="holds no checkpoint-N folders"):
         main(["eval", "--data", str(folders / "held_out.jsonl"), "--checkpoints", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--sample-student scores the students' samples with the teacher"):
+        main(["eval", "--data", str(folders / "held_out.jsonl"), "--student", str(folders / "student"),
+              "--sample-student", "1"])  # fmt: skip
+    with pytest.raises(SystemExit, match="--stop-samples must be >= 0"):
+        main(["eval", "--data", str(folders / "held_out.jsonl"), "--student", str(folders / "student"),
+              "--stop-samples", "-1"])  # fmt: skip
     with pytest.raises(SystemExit, match="--sample-teacher needs --teacher"):
         main(["eval", "--data", str(folders / "held_out.jsonl"), "--student", str(folders / "student"),
               "--sample-teacher", "1"])  # fmt: skip
@@ -104,3 +119,21 @@ def test_contains_answer_and_table() -> None:
     table = format_table([ModelScore("m", "student", 3, 1.5, 0.25, 0.5, 0.1, None)])
     assert "1.500" in table and "50.0%" in table and "—" in table
     assert len(ROWS) > 0
+
+
+def test_stop_rate_is_the_share_of_samples_that_stop(student_tokenizer) -> None:
+    """A model whose end token dominates stops every time; one that never gives it mass never stops."""
+    from gold.eval_run import model_stop_rate
+
+    prompts = ["Q:", ({"role": "user", "content": "hi"},)]
+    rates = []
+    for weight in (50.0, -50.0):
+        model = tiny(student_tokenizer, seed=3)
+        head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+        with torch.no_grad():
+            head.weight.copy_(model.lm_head.weight)
+            head.bias.zero_()
+            head.bias[student_tokenizer.eos_token_id] = weight  # end token far above (or below) every other
+        model.lm_head = head
+        rates.append(model_stop_rate(model, student_tokenizer, prompts, samples=3, max_new_tokens=4))
+    assert rates == [1.0, 0.0]

@@ -1,11 +1,14 @@
-"""Rollouts never sample an id without a token; completions are cut at EOS."""
+"""Rollouts never sample an id without a token or a non-stop special; they stop at every stop id."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from alignment import token_bytes_table
 from gold.config import RolloutConfig
 from gold.rollout import HFGenerator, MaskUnspellable, spellable_ids
+from gold.stops import model_stop_rule
 from tests.gold.conftest import tiny
 
 
@@ -28,7 +31,44 @@ def test_generation_never_samples_padding_rows(student_tokenizer) -> None:
     completions = HFGenerator(model, student_tokenizer, config).generate(prompts)
     assert len(completions) == 6
     assert all(0 <= i < vocab for row in completions for i in row)
-    assert all(student_tokenizer.eos_token_id not in row for row in completions)
+    assert all(student_tokenizer.eos_token_id not in row[:-1] for row in completions)  # kept only as the last id
+
+
+def _favour(model, ids, weight: float = 50.0) -> None:
+    """Make ``ids`` the most likely next tokens by far (tied embeddings: raise their output rows)."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight[ids] = weight * model.model.layers[0].input_layernorm.weight.sign()
+
+
+def test_non_stop_specials_are_never_sampled(student_tokenizer) -> None:
+    """A sampled <|endoftext|> or chat marker spells no bytes: the teacher would never see it."""
+    model = tiny(student_tokenizer)
+    table = token_bytes_table(student_tokenizer)
+    specials = [i for i in np.flatnonzero(table.special_mask) if i != student_tokenizer.eos_token_id]
+    _favour(model, specials)
+    allowed = spellable_ids(student_tokenizer, len(student_tokenizer), [student_tokenizer.eos_token_id])
+    assert not allowed[specials].any() and allowed[student_tokenizer.eos_token_id]
+    config = RolloutConfig(temperature=1.0, max_completion_length=6, num_generations=4)
+    rows = HFGenerator(model, student_tokenizer, config).generate([[42, 43]])
+    assert not any(i in set(specials) for row in rows for i in row)
+
+
+def test_generation_stops_at_every_stop_id_of_the_generation_config(student_tokenizer) -> None:
+    """Llama-3.x / Qwen2.5-Instruct list several stop ids; one id used to override the list, and the text
+    after the real stop was trained on."""
+    model = tiny(student_tokenizer)
+    other_stop = 0  # <|endoftext|>: a special token, a stop id only through the generation config
+    model.generation_config.eos_token_id = [other_stop, student_tokenizer.eos_token_id]
+    rule = model_stop_rule(model, student_tokenizer)
+    assert (
+        rule.stop_ids == {other_stop, student_tokenizer.eos_token_id} and rule.end_id == student_tokenizer.eos_token_id
+    )
+    _favour(model, [other_stop])
+    rows = HFGenerator(model, student_tokenizer, RolloutConfig(temperature=0.0, max_completion_length=6)).generate(
+        [[42, 43]]
+    )
+    assert rows == [[other_stop]]  # stopped at once, at the stop id the tokenizer alone does not know
+    assert rule.split([5, 6, other_stop, 7]) == ([5, 6], other_stop)
 
 
 def test_greedy_is_deterministic(student_tokenizer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from alignment import encode_continuation
 from gold.config import LossConfig, RolloutConfig
 from gold.data import DataError
 from gold.trainer import GoldTrainer
@@ -129,13 +130,16 @@ def test_slow_tokenizer_is_refused_with_the_fix(tmp_path, student_tokenizer) -> 
 
 
 def test_a_slice_without_any_group_gives_a_zero_loss_with_a_graph(tmp_path, student_tokenizer, teacher_tokenizer):
-    """Every rollout of a slice can stop at once (EOS first): the loss is 0 and backward still runs."""
+    """Every rollout of a slice can be cut before its first whole character: the loss is 0 and backward runs.
+    (A rollout that stops at once is one end group: it is scored, see test_collate.)"""
     loss_config = LossConfig(hybrid_weight=1.0, uld_weight=1.0, span_weight=1.0, byte_marginal_weight=1.0)
     trainer = _trainer(tmp_path, student_tokenizer, teacher_tokenizer, loss=loss_config)
     examples = trainer.train_dataset[:2]
+    partial = encode_continuation(student_tokenizer, "👍")[:1]  # the first bytes of a character, cut by the limit
     batch = trainer.collator([trainer._prompt("student", student_tokenizer, e.prompt) for e in examples],
                              [trainer._prompt("teacher", teacher_tokenizer, e.prompt) for e in examples],
-                             [[], [student_tokenizer.eos_token_id]], source="student")  # fmt: skip
+                             [trainer.collator.from_rollout([]), trainer.collator.from_rollout(partial)],
+                             source="student")  # fmt: skip
     assert batch.aligned.num_groups == 0 and batch.completions == ("", "")
     loss = trainer.compute_loss(trainer.model, {"batch": batch}, num_items_in_batch=torch.tensor(5.0))
     loss.backward()
@@ -150,3 +154,39 @@ def test_eval_dataset_is_refused_with_the_alternative(tmp_path, student_tokenize
             tiny(student_tokenizer), tiny(teacher_tokenizer), args=training_args(tmp_path), train_dataset=ROWS,
             eval_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("trainer_cls", ["gold", "sft"])
+def test_logged_terms_are_the_optimised_loss_under_accumulation(tmp_path, student_tokenizer, teacher_tokenizer,
+                                                                trainer_cls) -> None:  # fmt: skip
+    """Two slices of different sizes: the logged term is the global mean that was optimised, not a mean of
+    the slice means (0.40 logged vs 0.22 optimised in one run before)."""
+    from gold.baselines import SequenceKDTrainer
+
+    cls = GoldTrainer if trainer_cls == "gold" else SequenceKDTrainer
+    rows = [ROWS[0], ROWS[-1], ROWS[4], ROWS[8]]  # different group and token counts per slice
+    trainer = cls(
+        tiny(student_tokenizer, seed=0), tiny(teacher_tokenizer, seed=1),
+        args=training_args(tmp_path, max_steps=2, per_device_train_batch_size=1, gradient_accumulation_steps=2),
+        train_dataset=rows, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+        rollout=RolloutConfig(lmbda=0.0, max_completion_length=12),
+    )  # fmt: skip
+    trainer.train()
+    term = "loss/hybrid" if trainer_cls == "gold" else "loss/cross_entropy"
+    for logged in (e for e in trainer.state.log_history if "loss" in e):
+        assert logged[term] == pytest.approx(logged["loss"], rel=1e-4)
+
+
+def test_on_policy_share_is_logged_per_slice_and_per_row(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
+    """lmbda draws slices; an on-policy slice holds num_generations rows per prompt, so rows differ."""
+    rollout = RolloutConfig(lmbda=0.5, max_completion_length=6, temperature=1.0, num_generations=3)
+    trainer = _trainer(tmp_path, student_tokenizer, teacher_tokenizer, rollout=rollout, max_steps=6,
+                       per_device_train_batch_size=2, gradient_accumulation_steps=2)  # fmt: skip
+    trainer.train()
+    mixed = 0
+    for logged in (e for e in trainer.state.log_history if "loss" in e):
+        on_policy_slices = round(2 * logged["rollout/on_policy_fraction"])
+        rows = 6 * on_policy_slices + 2 * (2 - on_policy_slices)
+        assert logged["rollout/on_policy_row_fraction"] == pytest.approx(6 * on_policy_slices / rows)
+        mixed += on_policy_slices == 1
+    assert mixed  # at least one step with one slice of each kind (seeded)

@@ -8,6 +8,8 @@ import pytest
 
 from gold import zoo as zoo_module
 from gold import zoo_tiktoken
+from gold.data import leading_special_ids
+from gold.stops import stop_rule
 from tests.conftest import FRAGMENTS, zoo
 
 CORPUS = [
@@ -139,3 +141,23 @@ def test_cached_zoo_model_equals_the_gguf_dequantization() -> None:
         assert torch.equal(cached(ids).logits, fresh(ids).logits)
     folder = zoo_module.cache_dir() / "models" / f"smollm2-135m-instruct-float32-v{zoo_module.CACHE_VERSION}"
     assert (folder / "model.safetensors").is_file() and not list(folder.parent.glob(".smollm2*"))
+
+
+@pytest.mark.parametrize(
+    ("name", "adds_bos"),
+    [("llama-3", True), ("mistral-tekken", True), ("mistral-v1", True), ("mistral-v3", True), ("gemma-3", True),
+     ("smollm2", False), ("qwen2.5", False), ("deepseek", False)],
+)  # fmt: skip
+def test_zoo_tokenizers_add_bos_as_their_published_tokenizers_do(name, adds_bos) -> None:
+    """gold's plain prompts follow the tokenizer's own special-token policy (gold.data.leading_special_ids),
+    so the zoo builds must carry it: Llama-3 and Mistral add BOS; SmolLM2 and Qwen2.5 add none."""
+    tokenizer = zoo(name)
+    expected = [tokenizer.bos_token_id] if adds_bos else []
+    assert leading_special_ids(tokenizer) == expected
+
+
+def test_deepseek_has_its_end_of_sentence_token() -> None:
+    """tokenizer.json alone names no EOS: completions could never end (no end group, no stop id)."""
+    tokenizer = zoo("deepseek")
+    assert tokenizer.eos_token == "<｜end▁of▁sentence｜>" and tokenizer.bos_token == "<｜begin▁of▁sentence｜>"
+    assert stop_rule(tokenizer).end_id == tokenizer.eos_token_id == 1

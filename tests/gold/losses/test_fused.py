@@ -11,6 +11,7 @@ import torch
 from alignment import AlignmentStats
 from gold.config import LossConfig
 from gold.losses import AlignedBatch, NonFiniteLossError, PairTables, cross_tokenizer_loss, fused
+from gold.losses.byte_marginal import NUM_BINS
 from gold.losses.fast_math import FASTMATH, fexp, flog
 from gold.losses.fused import fused_applies, fused_row_terms
 from tests.gold.losses.test_composite import logits_for, make_batch
@@ -35,9 +36,9 @@ def random_batch(seed: int) -> AlignedBatch:
     tables = PairTables(
         student_matched=torch.tensor([0, 3, 4, 7, 9, 12, 20, 21, 30, 3]),
         teacher_matched=torch.tensor([1, 2, 5, 6, 8, 11, 15, 16, 28, 27]),
-        student_bins=torch.randint(0, 257, (STUDENT_VOCAB,), generator=gen),
-        teacher_bins=torch.randint(0, 257, (TEACHER_VOCAB,), generator=gen),
-        shared_bins=torch.ones(257, dtype=torch.bool),
+        student_bins=torch.randint(0, NUM_BINS, (STUDENT_VOCAB,), generator=gen),
+        teacher_bins=torch.randint(0, NUM_BINS, (TEACHER_VOCAB,), generator=gen),
+        shared_bins=torch.ones(NUM_BINS, dtype=torch.bool),
     )
     return AlignedBatch(_pad(s_ids, 0), _pad(t_ids, 0), _pad(s_groups, -1), _pad(t_groups, -1), tables,
                         AlignmentStats.combine([]))  # fmt: skip
@@ -104,7 +105,10 @@ def test_both_paths_take_the_global_count_as_a_tensor_and_name_a_group_count_mis
     (loss_int, _, grad_int), _ = both_paths(batch, {}, 6, num_items_in_batch=40)
     torch.testing.assert_close(loss_f, loss_t, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grad_f, grad_t, atol=1e-7, rtol=1e-4)
-    assert loss_f.item() == loss_int.item() and torch.equal(grad_f, grad_int)
+    assert loss_f.item() == loss_int.item()
+    # the kernels' vectorized row sums start where the gradient buffer happens to be aligned, so two runs on
+    # two threads can differ in the last bit of tiny entries (seen: 9 of 1,221 by 2e-16); nothing more
+    torch.testing.assert_close(grad_f, grad_int, atol=1e-12, rtol=1e-6)
     teacher_groups = batch.teacher_groups.clone()
     teacher_groups[1][teacher_groups[1] == 1] = -1  # example 1's teacher side loses its second group
     mismatched = AlignedBatch(batch.student_ids, batch.teacher_ids, batch.student_groups, teacher_groups,
@@ -160,7 +164,7 @@ def test_identity_property_through_the_fused_path() -> None:
     size = STUDENT_VOCAB
     ids = torch.arange(size)
     tables = PairTables(ids, ids, torch.zeros(size, dtype=torch.long), torch.zeros(size, dtype=torch.long),
-                        torch.ones(257, dtype=torch.bool))  # fmt: skip
+                        torch.ones(NUM_BINS, dtype=torch.bool))  # fmt: skip
     one_token = torch.where(batch.student_groups >= 0, torch.cumsum(batch.student_groups >= 0, 1) - 1, -1)
     same = AlignedBatch(batch.student_ids, batch.student_ids, one_token, one_token, tables, batch.stats)
     gen = torch.Generator().manual_seed(8)

@@ -16,6 +16,7 @@ from gold.losses import (
     reduce_rows,
     span_likelihood,
 )
+from gold.losses.byte_marginal import NO_BYTE
 from gold.losses.reduce import global_denominator
 from tests.reference import reference_hybrid, reference_kl
 
@@ -86,7 +87,7 @@ def test_span_likelihood_is_a_bernoulli_kl_by_hand() -> None:
 
 def test_byte_marginal_folds_tokens_onto_first_bytes() -> None:
     # student tokens: "a", "ab", "b", <special>; teacher tokens: "a", "b"
-    student_bins, teacher_bins = torch.tensor([97, 97, 98, 256]), torch.tensor([97, 98])
+    student_bins, teacher_bins = torch.tensor([97, 97, 98, NO_BYTE]), torch.tensor([97, 98])
     student = torch.log(torch.tensor([[0.1, 0.3, 0.5, 0.1]], dtype=torch.float64))
     teacher = torch.log(torch.tensor([[0.6, 0.4]], dtype=torch.float64))
     value = byte_marginal(student, teacher, student_bins=student_bins, teacher_bins=teacher_bins)
