@@ -53,6 +53,8 @@ class Completion:
             None: the teacher tokenizes the decoded text.
         exact_tail: both sides' tokens are exactly those of the longer text (cut at a shared boundary), so
             the last group of a cut completion is scored.
+        source_invalid_bytes: invalid bytes of a teacher sample, read as U+FFFD before the student encoded it
+            (counted with the student's own in ``align/invalid_bytes``).
     """
 
     student_ids: tuple[int, ...]
@@ -61,6 +63,7 @@ class Completion:
     teacher_end_id: int | None = None
     teacher_ids: tuple[int, ...] | None = None
     exact_tail: bool = False
+    source_invalid_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,23 @@ class Collator:
     # ---- completions from their sources ----
 
     def from_rollout(self, ids: Sequence[int]) -> Completion:
-        """A student sample: cut after its first stop id, which becomes the student's end token."""
+        """A student sample: cut after its first stop id, which becomes the student's end token. A sampler that
+        returned more than ``max_completion_length`` tokens before its stop is cut there, and did not end.
+
+        Raises:
+            ValueError: the sample holds a non-stop special token (a sampler that does not mask them).
+        """
         body, stop = self.student_rule.split(ids)
-        return Completion(tuple(body[: self.max_completion_length]), ended=stop is not None, student_end_id=stop)
+        special = token_bytes_table(self.student_tokenizer).special_mask
+        inside = [int(i) for i in body if i < special.shape[0] and special[i]]
+        if inside:
+            raise ValueError(
+                f"a student sample holds the special token id(s) {inside[:4]}, which spell no bytes (the teacher would "
+                "never see them); the sampler must mask non-stop specials (gold.rollout.spellable_ids)"
+            )
+        limit = self.max_completion_length
+        ended = stop is not None and len(body) <= limit
+        return Completion(tuple(body[:limit]), ended=ended, student_end_id=stop if ended else None)
 
     def from_text(
         self, text: str, *, index: int, ended: bool = True, teacher_ids: Sequence[int] | None = None,
@@ -143,14 +160,22 @@ class Collator:
         whole = align_text_batch(self.student_tokenizer, self.teacher_tokenizer, [text], student_ids=[student_ids],
                                  teacher_ids=[teacher_ids], max_edit_fraction=self.max_edit_fraction)[0]  # fmt: skip
         limit = self.max_completion_length
-        kept_groups = int(whole.student_groups[limit])  # the first group past the limit
+        # the first group past the limit (tokens after the last shared boundary of an approximate alignment
+        # belong to none: then the groups up to the limit's side of it)
+        student_groups, teacher_groups = whole.student_groups, whole.teacher_groups
+        kept_groups = (
+            int(student_groups[limit]) if student_groups[limit] >= 0 else int(student_groups[:limit].max()) + 1
+        )
         while kept_groups > 0 and not _whole_characters(whole, kept_groups):
             kept_groups -= 1
-        if kept_groups == 0:  # one group longer than the limit: keep the limit, score all but the tail
+        if kept_groups <= 0:  # one group longer than the limit: keep the limit, score all but the tail
             return Completion(tuple(student_ids[:limit]), ended=False)
-        student_kept = tuple(np.asarray(student_ids)[whole.student_groups < kept_groups].tolist())
-        teacher_kept = tuple(np.asarray(teacher_ids)[whole.teacher_groups < kept_groups].tolist())
-        return Completion(student_kept, ended=False, teacher_ids=teacher_kept, exact_tail=True)
+        student_kept = np.asarray(student_ids)[(student_groups >= 0) & (student_groups < kept_groups)]
+        teacher_kept = np.asarray(teacher_ids)[(teacher_groups >= 0) & (teacher_groups < kept_groups)]
+        if len(student_kept) != int(np.flatnonzero(student_groups == kept_groups - 1)[-1]) + 1:
+            return Completion(tuple(student_ids[:limit]), ended=False)  # a group-less token inside: not a prefix
+        return Completion(tuple(student_kept.tolist()), ended=False, teacher_ids=tuple(teacher_kept.tolist()),
+                          exact_tail=True)  # fmt: skip
 
     # ---- the batch ----
 
@@ -192,7 +217,9 @@ class Collator:
             "completions/ended": float(sum(r.ended for r in rows)),
             "align/end_groups": float(sum(r.end_group for r in rows)),
             "align/dropped_tail_groups": float(sum(r.dropped_tail for r in rows)),
-            "align/invalid_bytes": float(sum(d.invalid_bytes for d in decoded)),
+            "align/invalid_bytes": float(
+                sum(d.invalid_bytes + c.source_invalid_bytes for c, d in zip(completions, decoded, strict=True))
+            ),
             "completions/cut_partial_tokens": float(sum(d.cut_tokens for d in decoded)),
         }
         return TrainBatch(student, teacher, aligned, tuple(d.text for d in decoded), source, counts)

@@ -189,6 +189,26 @@ def _decode_replacing(data: bytes) -> tuple[str, int]:
             start += error.end
 
 
+def _unfinished_tail(data: bytes) -> int:
+    """Bytes at the end of ``data`` that begin a character without finishing it (0 if none)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoder.decode(data, final=False)
+    return len(decoder.getstate()[0])
+
+
+def seam_prompt(prompt: str | Messages) -> str | Messages:
+    """The prompt a model is sampled from: :func:`move_seam_whitespace` applied (the model writes the space)."""
+    return move_seam_whitespace(prompt, "")[0]
+
+
+def distinct_prompts(prompts: Iterable[str | Messages]) -> list[str | Messages]:
+    """Each prompt once, in order of first appearance."""
+    seen: dict[str, str | Messages] = {}
+    for prompt in prompts:
+        seen.setdefault(repr(prompt), prompt)
+    return list(seen.values())
+
+
 def decode_completion(tokenizer: Any, ids: Sequence[int]) -> DecodedCompletion:
     """Read completion tokens as text: cut only a trailing unfinished character, keep everything else.
 
@@ -202,14 +222,14 @@ def decode_completion(tokenizer: Any, ids: Sequence[int]) -> DecodedCompletion:
     kept = np.asarray(list(ids), dtype=np.int64)
     lengths = table.sequence_lengths(kept, starts_text=False)
     data = table.spell(kept, lengths)
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    decoder.decode(data, final=False)
-    pending = len(decoder.getstate()[0])  # bytes of an unfinished last character
+    ends = np.cumsum(lengths)
     count = len(kept)
-    if pending:
-        ends = np.cumsum(lengths)
-        count = int(np.searchsorted(ends, len(data) - pending, side="right"))
-        data = data[: int(ends[count - 1])] if count else b""
+    # drop tokens while the bytes end inside a character; a token that spans a character boundary can leave
+    # the token before it ending inside one too, so check again after each cut
+    while count and _unfinished_tail(data[: int(ends[count - 1])]):
+        count = int(np.searchsorted(ends, int(ends[count - 1]) - _unfinished_tail(data[: int(ends[count - 1])]),
+                                    side="right"))  # fmt: skip
+    data = data[: int(ends[count - 1])] if count else b""
     text, invalid = _decode_replacing(data)
     return DecodedCompletion(kept[:count].tolist(), text, invalid, len(kept) - count)
 

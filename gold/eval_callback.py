@@ -2,13 +2,15 @@
 
 Every ``eval_steps`` the main process scores the student on a small held-out set:
 
-* ``eval/forward_kl_bits_per_byte``: KL(teacher‖student) per byte on the set's completions (teacher samples
+* ``eval_forward_kl_bits_per_byte``: KL(teacher‖student) per byte on the set's completions (teacher samples
   or reference text), from exact group log-likelihoods (:func:`gold.agreement.group_agreement`);
-* ``eval/reverse_kl_bits_per_byte``, ``eval/teacher_bits_per_byte_on_student``, ``eval/stop_rate``: on the
+* ``eval_reverse_kl_bits_per_byte``, ``eval_teacher_bits_per_byte_on_student``, ``eval_stop_rate``: on the
   student's own samples for the set's prompts (:func:`gold.evaluate.student_sample_scores`), what on-policy
   distillation targets.
 
-So TensorBoard / W&B show both curves; off-policy forward KL favours SFT by construction (DESIGN §4).
+So TensorBoard / W&B show both curves (under ``eval/``, as transformers files ``eval_*`` keys); off-policy forward
+KL favours SFT by construction (DESIGN §4). The main process evaluates alone, so a sharded student (FSDP,
+DeepSpeed ZeRO-3), whose forward needs every process, is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from gold.agreement import AgreementCache, group_agreement
-from gold.data import Example
+from gold.data import Example, distinct_prompts
 from gold.evaluate import student_sample_scores
 
 
@@ -43,7 +45,7 @@ class HeldOutEvalCallback(TrainerCallback):
             raise ValueError("the held-out evaluation set is empty")
         self.trainer = trainer
         self.examples = list(examples)
-        self.prompts = list({repr(e.prompt): e.prompt for e in self.examples}.values())
+        self.prompts = distinct_prompts(e.prompt for e in self.examples)
         self.every = every
         self.samples_per_prompt = samples_per_prompt
         self.max_new_tokens = max_new_tokens
@@ -60,11 +62,11 @@ class HeldOutEvalCallback(TrainerCallback):
         own = student_sample_scores(student, trainer.student_tokenizer, teacher, teacher_tokenizer, self.prompts,
                                     samples_per_prompt=self.samples_per_prompt, max_new_tokens=self.max_new_tokens,
                                     seed=self.seed)  # fmt: skip
-        out = {"eval/forward_kl_bits_per_byte": forward.kl_bits_per_byte, "eval/stop_rate": own.stop_rate,
-               "eval/student_bits_per_byte": forward.student_bits_per_byte}  # fmt: skip
+        out = {"eval_forward_kl_bits_per_byte": forward.kl_bits_per_byte, "eval_stop_rate": own.stop_rate,
+               "eval_student_bits_per_byte": forward.student_bits_per_byte}  # fmt: skip
         if own.reverse_kl_bits_per_byte is not None and own.teacher_bits_per_byte is not None:
-            out["eval/reverse_kl_bits_per_byte"] = own.reverse_kl_bits_per_byte
-            out["eval/teacher_bits_per_byte_on_student"] = own.teacher_bits_per_byte
+            out["eval_reverse_kl_bits_per_byte"] = own.reverse_kl_bits_per_byte
+            out["eval_teacher_bits_per_byte_on_student"] = own.teacher_bits_per_byte
         return out
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

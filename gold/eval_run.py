@@ -16,13 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from gold.agreement import AgreementCache, group_agreement
 from gold.config import DataConfig, ModelConfig, RolloutConfig
-from gold.data import DataError, Example, Messages, example_from_row
-from gold.evaluate import LN2, completion_logprobs, student_sample_scores
-from gold.rollout import sample_completions, sample_texts, stop_rate
+from gold.data import DataError, Example, Messages, distinct_prompts, example_from_row, seam_prompt
+from gold.evaluate import LN2, completion_logprobs, contains_answer, student_sample_scores
+from gold.rollout import sample_texts, seeded_samples, stop_rate
 from gold.zoo import MODEL_TOKENIZERS, load_tokenizer
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
@@ -45,6 +43,8 @@ class ModelScore:
     reverse_kl_bits_per_byte: float | None = None
     teacher_bits_per_byte_on_student: float | None = None
     student_sample_accuracy: float | None = None
+    student_samples: int | None = None
+    student_samples_empty: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,7 @@ class EvalSet:
     @property
     def distinct_prompts(self) -> list[str | Messages]:
         """The prompts of the set, each once, in order."""
-        prompts = self.prompts if self.prompts is not None else [e.prompt for e in self.examples]
-        seen: dict[str, str | Messages] = {}
-        for prompt in prompts:
-            seen.setdefault(repr(prompt), prompt)
-        return list(seen.values())
+        return distinct_prompts(self.prompts if self.prompts is not None else [e.prompt for e in self.examples])
 
     @property
     def distinct_answers(self) -> list[str] | None:
@@ -80,11 +76,6 @@ class EvalSet:
     def num_bytes(self) -> int:
         """UTF-8 bytes of all completions: the denominator of every per-byte figure."""
         return sum(len(e.completion.encode("utf-8")) for e in self.examples)
-
-
-def contains_answer(answer: str, completion: str) -> bool:
-    """The default accuracy check: the answer appears in the completion (case-insensitive)."""
-    return answer.strip().casefold() in completion.casefold()
 
 
 def task_accuracy(
@@ -107,7 +98,7 @@ def _prompt_of(row: Mapping[str, Any], index: int) -> str | Messages:
         turns = tuple(row["messages"])
         return turns[:-1] if turns and turns[-1].get("role") == "assistant" else turns
     if "prompt" in row:
-        return str(row["prompt"])
+        return seam_prompt(str(row["prompt"]))  # sampled where the model writes a trailing space itself
     if "text" in row:
         return ""
     raise DataError(f"row {index} has fields {sorted(row)}; gold eval reads 'prompt', 'messages' or 'text'")
@@ -147,12 +138,11 @@ def eval_set(
         return EvalSet(examples, answers, "file", prompts)
     if teacher is None:
         raise DataError("--sample-teacher needs --teacher")
-    torch.manual_seed(seed)
-    config = RolloutConfig(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=max_new_tokens,
-                           num_generations=samples_per_prompt)  # fmt: skip
-    samples = sample_completions(teacher[0], teacher[1], prompts, config, progress=True)
+    samples = seeded_samples(teacher[0], teacher[1], prompts, samples_per_prompt=samples_per_prompt,
+                             max_new_tokens=max_new_tokens, seed=seed, progress=True)  # fmt: skip
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
-    examples = [Example(p, s.text, ended=s.ended) for p, s in zip(repeated, samples, strict=True) if s.text]
+    # a sample that stopped at once is still an event (log p(end)); one cut with no text has nothing to score
+    examples = [Example(p, s.text, ended=s.ended) for p, s in zip(repeated, samples, strict=True) if s.text or s.ended]
     return EvalSet(examples, answers, f"{samples_per_prompt} teacher sample(s) per prompt", prompts)
 
 
@@ -228,7 +218,8 @@ def score_model(
                                     answers=data.distinct_answers, batch_size=batch_size)  # fmt: skip
         score |= {"reverse_kl_bits_per_byte": own.reverse_kl_bits_per_byte, "stop_rate": own.stop_rate,
                   "teacher_bits_per_byte_on_student": own.teacher_bits_per_byte,
-                  "student_sample_accuracy": own.accuracy}  # fmt: skip
+                  "student_sample_accuracy": own.accuracy, "student_samples": own.num_samples,
+                  "student_samples_empty": own.num_empty}  # fmt: skip
     elif stop_samples > 0:
         score["stop_rate"] = model_stop_rate(model, tokenizer, data.distinct_prompts, samples=stop_samples,
                                              max_new_tokens=max_new_tokens, seed=seed)  # fmt: skip
@@ -239,11 +230,9 @@ def model_stop_rate(
     model: Any, tokenizer: Any, prompts: Sequence[str | Messages], *, samples: int, max_new_tokens: int, seed: int = 0
 ) -> float:
     """Share of a model's samples (temperature 1, ``samples`` per prompt) that stop within ``max_new_tokens``."""
-    config = RolloutConfig(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=max_new_tokens,
-                           num_generations=samples)  # fmt: skip
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return stop_rate(sample_completions(model, tokenizer, prompts, config))
+    prompts = [seam_prompt(p) for p in prompts]
+    return stop_rate(seeded_samples(model, tokenizer, prompts, samples_per_prompt=samples,
+                                    max_new_tokens=max_new_tokens, seed=seed))  # fmt: skip
 
 
 def format_table(scores: Sequence[ModelScore]) -> str:

@@ -24,8 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignment import encode_continuation
-from gold.config import RolloutConfig
-from gold.data import Example, Messages, pad_id, prompt_ids, side_inputs
+from gold.data import Example, Messages, pad_id, prompt_ids, seam_prompt, side_inputs
 from gold.stops import model_stop_rule
 
 LN2 = math.log(2.0)
@@ -119,6 +118,11 @@ def distillation_gap(
     )
 
 
+def contains_answer(answer: str, completion: str) -> bool:
+    """The default accuracy check: the answer appears in the completion (case-insensitive)."""
+    return answer.strip().casefold() in completion.casefold()
+
+
 @dataclass(frozen=True)
 class StudentSampleScores:
     """What the student writes, scored by the teacher: figures per UTF-8 byte of the student's own samples.
@@ -171,18 +175,20 @@ def student_sample_scores(
         samples_per_prompt: N samples per prompt.
         max_new_tokens: sampling length limit (a sample that reaches it did not stop).
         seed: sampling seed; the global RNG is left as it was.
+
+    Each sample is re-tokenized canonically on both sides (as every text is scored here), so the student's figure
+    is the probability of its canonical tokenization of the bytes it wrote, not of the exact token path it sampled.
         answers: P answers for task accuracy on the same samples (``check(answer, text)``, default: the answer
             appears in the text).
         batch_size: examples per scoring forward.
     """
     from gold.agreement import group_agreement  # agreement builds on this module's sequence_logprobs
-    from gold.rollout import sample_completions
+    from gold.rollout import seeded_samples
 
-    config = RolloutConfig(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=max_new_tokens,
-                           num_generations=samples_per_prompt)  # fmt: skip
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        samples = sample_completions(student, student_tokenizer, prompts, config, batch_size=batch_size)
+    # sampled and scored after the same prompt: a trailing space belongs to the text the model writes
+    prompts = [seam_prompt(p) for p in prompts]
+    samples = seeded_samples(student, student_tokenizer, prompts, samples_per_prompt=samples_per_prompt,
+                             max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)  # fmt: skip
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     # an empty sample that stopped is still an event (log p(end) on both sides); one that did not has nothing
     scored = [Example(p, s.text, ended=s.ended) for p, s in zip(repeated, samples, strict=True) if s.text or s.ended]
@@ -195,7 +201,7 @@ def student_sample_scores(
         teacher_bpb, student_bpb = agreement.teacher_bits_per_byte, agreement.student_bits_per_byte
     accuracy = None
     if answers is not None:
-        accept = check or (lambda answer, text: answer.strip().casefold() in text.casefold())
+        accept = check or contains_answer
         expected = [a for a in answers for _ in range(samples_per_prompt)]
         accuracy = sum(accept(a, s.text) for a, s in zip(expected, samples, strict=True)) / len(samples)
     return StudentSampleScores(

@@ -158,6 +158,19 @@ def sample_completions(
     return samples
 
 
+def seeded_samples(
+    model: Any, tokenizer: Any, prompts: Sequence[Any], *, samples_per_prompt: int, max_new_tokens: int, seed: int,
+    batch_size: int = 16, progress: bool = False,
+) -> list[SampledText]:  # fmt: skip
+    """:func:`sample_completions` at temperature 1 (no top-p / top-k), seeded; the global RNG is left as it was.
+    What every evaluation samples with (teacher samples, student samples, stop rates)."""
+    config = RolloutConfig(temperature=1.0, top_p=1.0, top_k=0, max_completion_length=max_new_tokens,
+                           num_generations=samples_per_prompt)  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return sample_completions(model, tokenizer, prompts, config, batch_size=batch_size, progress=progress)
+
+
 def sample_texts(
     model: Any,
     tokenizer: Any,

@@ -10,6 +10,7 @@ as one line per stage: forwards → ``cross_tokenizer_loss`` → metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import warnings
@@ -23,7 +24,16 @@ from transformers import Trainer, TrainingArguments
 from gold.chat import unequal_rendering
 from gold.collate import Collator, Completion
 from gold.config import AlignmentConfig, LossConfig, RolloutConfig
-from gold.data import Example, Messages, TrainBatch, decode_completion, examples_from_rows, logit_rows, prompt_ids
+from gold.data import (
+    DataError,
+    Example,
+    Messages,
+    TrainBatch,
+    decode_completion,
+    examples_from_rows,
+    logit_rows,
+    prompt_ids,
+)
 from gold.eval_callback import HeldOutEvalCallback
 from gold.losses import PairTables, cross_tokenizer_loss
 from gold.rollout import Generator, HFGenerator
@@ -56,7 +66,7 @@ class GoldTrainer(Trainer):
         teacher_tokenizer: the teacher's; needed when ``teacher`` is a bare model.
         loss: loss terms and weights. rollout: ``lmbda``, ``seq_kd``, sampling. alignment: tolerances.
         student_generator: replaces the HF ``generate`` sampler (e.g. a vLLM engine).
-        held_out: examples or rows scored every ``args.eval_steps`` in both directions and logged as ``eval/*``
+        held_out: examples or rows scored every ``args.eval_steps`` in both directions and logged as ``eval_*``
             (:class:`gold.eval_callback.HeldOutEvalCallback`); ``held_out_samples`` student samples per prompt.
         **kwargs: passed to ``transformers.Trainer`` (callbacks, optimizers, ...).
     """
@@ -125,6 +135,9 @@ class GoldTrainer(Trainer):
             raise ValueError("held-out evaluation during training needs a local teacher model (LocalTeacher)")
         if self.args.eval_steps is None:
             raise ValueError("held_out needs args.eval_steps (training.eval_steps in a recipe): how often to score")
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            raise ValueError("held-out evaluation runs on the main process alone and cannot run a sharded student "
+                             "(FSDP / DeepSpeed); evaluate checkpoints with `gold eval` instead")  # fmt: skip
         self.add_callback(HeldOutEvalCallback(self, examples, every=int(self.args.eval_steps),
                                               samples_per_prompt=samples_per_prompt, seed=self.args.seed,
                                               max_new_tokens=self.rollout_config.max_completion_length))  # fmt: skip
@@ -177,8 +190,12 @@ class GoldTrainer(Trainer):
         decoded = decode_completion(self.teacher.tokenizer, body)
         ended = stop is not None and decoded.cut_tokens == 0
         own = decoded.ids if not decoded.invalid_bytes else None  # replaced bytes: the teacher re-encodes the text
-        return self.collator.from_text(decoded.text, index=index, ended=ended, teacher_ids=own,
-                                       teacher_end_id=stop if ended else None)  # fmt: skip
+        try:
+            completion = self.collator.from_text(decoded.text, index=index, ended=ended, teacher_ids=own,
+                                                 teacher_end_id=stop if ended else None)  # fmt: skip
+        except DataError as err:
+            raise DataError(f"teacher sample {index} at step {self.state.global_step}: {err}") from None
+        return dataclasses.replace(completion, source_invalid_bytes=decoded.invalid_bytes)
 
     def _seeded_batch(self, examples: Sequence[Example], slice_index: int) -> TrainBatch:
         """:meth:`build_batch` with sampling seeded by (seed, step, slice, process): rollouts are
@@ -255,6 +272,9 @@ class GoldTrainer(Trainer):
         self._sums["rows_on_policy"] += rows if on_policy else 0.0
         for key, value in batch.counts.items():
             self._sums[f"count/{key}"] += value
+        # stop rate per source: dataset rows nearly always ended, rollouts and teacher samples tell
+        self._sums[f"count/{batch.source}/completions"] += batch.counts["completions"]
+        self._sums[f"count/{batch.source}/ended"] += batch.counts["completions/ended"]
         self._metrics["rollout/completion_tokens"].append(float((batch.aligned.student_groups >= 0).sum()))
 
     def _logged_sums(self) -> dict[str, float]:
@@ -264,8 +284,9 @@ class GoldTrainer(Trainer):
                 out[key] = value / max(sums["items"], 1.0)
         if sums["rows"]:
             out["rollout/on_policy_row_fraction"] = sums["rows_on_policy"] / sums["rows"]
-        if sums["count/completions"]:
-            out["completions/stop_rate"] = sums["count/completions/ended"] / sums["count/completions"]
+        for source in ("dataset", "student", "teacher"):
+            if sums.get(f"count/{source}/completions"):
+                out[f"stop_rate/{source}"] = sums[f"count/{source}/ended"] / sums[f"count/{source}/completions"]
         for key in ("align/end_groups", "align/dropped_tail_groups", "align/invalid_bytes",
                     "completions/cut_partial_tokens"):  # fmt: skip
             if f"count/{key}" in sums:

@@ -6,7 +6,7 @@ specials, padded embedding rows).
 
 At the start of every group both models condition on exactly the same bytes (all earlier groups), so
 "which byte comes next" is a question both can answer: sum each next-token distribution over the
-tokens whose bytes start with that byte. The divergence between the two 257-bin distributions needs no
+tokens whose bytes start with that byte. The divergence between the two 258-bin distributions needs no
 vocabulary map. It is taken on the bins **both** sides can produce (:func:`shared_bins`), each side
 renormalized there: a byte only one tokenizer starts a token with (Mistral's byte fallback has
 ``<0xF1>``, SmolLM2 has no token for that byte) would otherwise make forward KL infinite for any model.
@@ -49,7 +49,7 @@ def first_byte_table(table: Any, *, num_rows: int | None = None, end_ids: Sequen
 
 
 def fold_to_bytes(logprobs: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """(G, V) log-probability rows → (G, 257) log-probabilities of the next byte."""
+    """(G, V) log-probability rows → (G, 258) log-probabilities of the next byte (or of the end)."""
     probs = logprobs.exp()
     folded = torch.zeros(probs.shape[0], NUM_BINS, dtype=probs.dtype, device=probs.device)
     folded = folded.index_add(1, bins.to(probs.device), probs)
@@ -60,14 +60,14 @@ def fold_to_bytes(logprobs: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 
 
 def shared_bins(student_bins: torch.Tensor, teacher_bins: torch.Tensor) -> torch.Tensor:
-    """(257,) bool: bins (first bytes, and "no byte") that some token of *each* side falls in."""
+    """(258,) bool: bins (first bytes, end, and "no byte") that some token of *each* side falls in."""
     student_has = torch.bincount(student_bins, minlength=NUM_BINS) > 0
     teacher_has = torch.bincount(teacher_bins.to(student_bins.device), minlength=NUM_BINS) > 0
     return student_has & teacher_has
 
 
 def on_shared_bins(byte_logprobs: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-    """(G, 257) next-byte log-probabilities → (G, S) on the ``shared`` bins, renormalized."""
+    """(G, 258) next-byte log-probabilities → (G, S) on the ``shared`` bins, renormalized."""
     kept = byte_logprobs[:, shared.to(byte_logprobs.device)]
     return kept - torch.logsumexp(kept, dim=-1, keepdim=True)
 
@@ -89,7 +89,7 @@ def byte_marginal(
         teacher_logprobs: (G, Vt) teacher next-token log-probabilities at the same byte positions.
         student_bins: (Vs,) from :func:`first_byte_table`.
         teacher_bins: (Vt,) likewise.
-        shared: (257,) bool from :func:`shared_bins` when already computed (``PairTables.shared_bins``).
+        shared: (258,) bool from :func:`shared_bins` when already computed (``PairTables.shared_bins``).
         beta: generalized-JSD β (0: KL(teacher ‖ student)).
     """
     if shared is None:

@@ -232,8 +232,9 @@ def warm_up() -> None:
     """Load (or compile, the first time on a machine) the kernels on a tiny batch, e.g. before timing."""
     from alignment import AlignmentStats
     from gold.losses.batch import PairTables
+    from gold.losses.byte_marginal import NO_BYTE, NUM_BINS
 
-    tables = PairTables(*(torch.tensor(v) for v in ([0, 1], [1, 0], [0, 0, 1, 257], [0, 1, 1], [True] * 258)))
+    tables = PairTables(*(torch.tensor(v) for v in ([0, 1], [1, 0], [0, 0, 1, NO_BYTE], [0, 1, 1], [True] * NUM_BINS)))
     groups = torch.tensor([[-1, 0, 0, 1]])
     batch = AlignedBatch(torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 1, 2, 0]]), groups, groups, tables,
                          AlignmentStats.combine([]))  # fmt: skip

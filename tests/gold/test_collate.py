@@ -164,3 +164,35 @@ def test_teacher_that_saw_other_bytes_raises(collator, student_tokenizer, teache
     with pytest.raises(CompletionBytesError, match="example 0: the teacher's completion tokens spell"):
         collator(_prompts(student_tokenizer, ["Q\n"]), _prompts(teacher_tokenizer, ["Q\n"]),
                  [collator.from_rollout(real(student_tokenizer, "It says moo."))], source="student")  # fmt: skip
+
+
+def test_a_sampler_past_the_limit_or_with_a_special_token_is_not_trusted(collator, student_tokenizer) -> None:
+    """The Generator protocol is a seam (vLLM next): a sample longer than the limit before its stop was cut, so
+    it did not end there; a non-stop special inside a sample is refused, naming it."""
+    long = encode_continuation(student_tokenizer, " ".join(["word"] * 40))
+    over = collator.from_rollout([*long, student_tokenizer.eos_token_id])
+    assert not over.ended and len(over.student_ids) == 24 and over.student_end_id is None
+    with pytest.raises(ValueError, match=r"special token id\(s\) \[1\]"):
+        collator.from_rollout([*long[:3], 1, *long[:3]])  # <|im_start|>
+
+
+def test_a_teacher_sample_keeps_its_tokens_its_stop_and_counts_its_broken_bytes(tmp_path, student_tokenizer,
+                                                                               teacher_tokenizer) -> None:  # fmt: skip
+    from gold.config import RolloutConfig
+    from gold.trainer import GoldTrainer
+    from tests.gold.conftest import ROWS, tiny, training_args
+
+    trainer = GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer), args=training_args(tmp_path),
+                          train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+                          rollout=RolloutConfig(lmbda=0.0, seq_kd=True, max_completion_length=24))  # fmt: skip
+    own = encode_continuation(teacher_tokenizer, "It says moo")
+    stopped = trainer._teacher_sample([*own, teacher_tokenizer.eos_token_id, 5, 6], 0)
+    assert (
+        stopped.ended and stopped.teacher_ids == tuple(own) and stopped.teacher_end_id == teacher_tokenizer.eos_token_id
+    )
+    assert not trainer._teacher_sample(own, 1).ended  # cut by the limit: no end group
+    lone = teacher_tokenizer.convert_tokens_to_ids("<0xE4>")  # byte fallback: one invalid byte inside
+    broken = trainer._teacher_sample([*own[:2], lone, *own[2:]], 2)
+    assert broken.source_invalid_bytes == 1 and broken.teacher_ids is not None
+    batch = trainer.collator([[1]], [[1]], [broken], source="teacher")
+    assert batch.counts["align/invalid_bytes"] == 1 and "\ufffd" in batch.completions[0]

@@ -20,6 +20,7 @@ from gold.data import (
     prompt_ids,
     side_inputs,
 )
+from tests.conftest import zoo
 
 CONFIG = DataConfig(path="x.jsonl")
 
@@ -136,3 +137,17 @@ def test_side_inputs_layout() -> None:
     assert side.attention_mask.tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]]
     assert side.position_ids[1].tolist() == [0, 0, 0, 1, 2, 3]
     assert side.logits_to_keep == 4
+
+
+def test_decode_cuts_again_when_a_token_spans_a_character_boundary() -> None:
+    """Qwen2.5 has a token b'\\x92\\xe1\\x9e' that ends one character and starts the next: cut after it, the
+    token before still ends inside a character, so that one goes too (no U+FFFD is ever invented)."""
+    qwen = zoo("qwen2.5")
+    table = token_bytes_table(qwen)
+    lead = next(i for i in range(table.vocab_size) if table.known_mask[i] and table.token_bytes(i) == b"\xe1\x9e")
+    spanning = next(
+        i for i in range(table.vocab_size) if table.known_mask[i] and table.token_bytes(i) == b"\x92\xe1\x9e"
+    )
+    ok = encode_continuation(qwen, "ok")
+    decoded = decode_completion(qwen, [*ok, lead, spanning])
+    assert decoded.text == "ok" and decoded.ids == ok and decoded.invalid_bytes == 0 and decoded.cut_tokens == 2

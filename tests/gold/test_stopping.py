@@ -62,7 +62,7 @@ def _distilled_stop_rate(tmp_path, trainer_cls, teacher, student_tokenizer, teac
     )  # fmt: skip
     trainer.train()
     logged = trainer.state.log_history[0]
-    assert logged["completions/stop_rate"] == 1.0  # every teacher sample ended
+    assert logged["stop_rate/dataset"] == 1.0  # every teacher sample ended
     assert (logged["align/end_groups"] > 0) == end_group
     return model_stop_rate(student, student_tokenizer, PROMPTS, samples=4, max_new_tokens=MAX_NEW_TOKENS)
 

@@ -13,7 +13,7 @@ import gold.collate
 from gold.config import RolloutConfig
 from gold.data import CompletionBytesError
 from gold.evaluate import completion_logprobs, student_sample_scores
-from gold.rollout import sample_completions
+from gold.rollout import sample_completions, seeded_samples
 from gold.trainer import GoldTrainer
 from tests.gold.conftest import ROWS, tiny, training_args
 
@@ -109,16 +109,28 @@ def test_training_logs_both_directions_every_eval_steps(tmp_path, student_tokeni
         rollout=RolloutConfig(lmbda=0.0, max_completion_length=8),
     )  # fmt: skip
     trainer.train()
-    evals = [e for e in trainer.state.log_history if "eval/forward_kl_bits_per_byte" in e]
+    evals = [e for e in trainer.state.log_history if "eval_forward_kl_bits_per_byte" in e]
     assert [e["step"] for e in evals] == [2, 4]
     for logged in evals:
-        assert math.isfinite(logged["eval/reverse_kl_bits_per_byte"]) and logged["eval/forward_kl_bits_per_byte"] > 0
-        assert 0 <= logged["eval/stop_rate"] <= 1 and logged["eval/teacher_bits_per_byte_on_student"] > 0
+        assert math.isfinite(logged["eval_reverse_kl_bits_per_byte"]) and logged["eval_forward_kl_bits_per_byte"] > 0
+        assert 0 <= logged["eval_stop_rate"] <= 1 and logged["eval_teacher_bits_per_byte_on_student"] > 0
         assert "loss" not in logged  # the training metrics stay in the training log
     events = b"".join(path.read_bytes() for path in (tmp_path / "run").rglob("events.out.tfevents*"))
-    for tag in (b"train/eval/forward_kl_bits_per_byte", b"train/eval/reverse_kl_bits_per_byte"):
+    for tag in (b"eval/forward_kl_bits_per_byte", b"eval/reverse_kl_bits_per_byte"):
         assert tag in events, tag
     with pytest.raises(ValueError, match=r"held_out needs args\.eval_steps"):
         GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer), args=training_args(tmp_path / "b"),
                     train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
                     held_out=ROWS[:2])  # fmt: skip
+
+
+def test_a_trailing_space_prompt_is_sampled_and_scored_after_the_same_context(student_tokenizer) -> None:
+    """'Answer: ' is sampled from 'Answer:' (the model writes the space), and each sample is scored exactly as
+    written: the bytes scored are the bytes sampled, with no second space moved in front of them."""
+    student = tiny(student_tokenizer, seed=4)
+    scores = student_sample_scores(student, student_tokenizer, student, student_tokenizer, ["Answer: ", "Q: "],
+                                   samples_per_prompt=3, max_new_tokens=8, seed=5)  # fmt: skip
+    samples = seeded_samples(student, student_tokenizer, ["Answer:", "Q:"], samples_per_prompt=3, max_new_tokens=8,
+                             seed=5, batch_size=8)  # fmt: skip
+    assert scores.num_bytes == sum(len(s.text.encode()) for s in samples)
+    assert scores.reverse_kl_bits_per_byte == pytest.approx(0.0, abs=1e-9)
