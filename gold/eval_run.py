@@ -245,7 +245,7 @@ def format_table(scores: Sequence[ModelScore]) -> str:
     header = f"{'model':<34}{'step':>6}{'bits/byte':>11}{'KL(T‖S) b/B':>13}{'next-byte agree':>17}{'next-byte KL':>14}"
     header += f"{'accuracy':>10}{'stops':>8}"
     if both:
-        header += f"{'KL(S‖T) b/B':>13}{'T b/B of S':>12}"
+        header += f"{'KL(S‖T) b/B':>13}{'T b/B of S':>12}{'acc of S':>10}"
     lines = [header]
     for s in scores:
         line = (
@@ -256,10 +256,12 @@ def format_table(scores: Sequence[ModelScore]) -> str:
         if both:
             line += (
                 f"{cell(s.reverse_kl_bits_per_byte, '.3f'):>13}{cell(s.teacher_bits_per_byte_on_student, '.3f'):>12}"
+                f"{cell(s.student_sample_accuracy, '.0%'):>10}"
             )
         lines.append(line)
     if both:
-        lines.append("KL(T‖S): on the data's completions; KL(S‖T) and T b/B of S: on each student's own samples")
+        lines.append("KL(T‖S): on the data's completions; KL(S‖T), T b/B of S, acc of S and stops: on each student's "
+                     "own samples")  # fmt: skip
     return "\n".join(lines)
 
 

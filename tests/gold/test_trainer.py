@@ -190,3 +190,24 @@ def test_on_policy_share_is_logged_per_slice_and_per_row(tmp_path, student_token
         assert logged["rollout/on_policy_row_fraction"] == pytest.approx(6 * on_policy_slices / rows)
         mixed += on_policy_slices == 1
     assert mixed  # at least one step with one slice of each kind (seeded)
+
+
+def test_sft_baseline_under_accumulation_matches_one_big_batch(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
+    """SFT divides by the completion tokens of the global batch, as gold divides by its groups: 2 slices of 2
+    give the update of 1 slice of 4 (it was a mean of slice means, weighing short slices more)."""
+    from gold.baselines import SequenceKDTrainer
+
+    rows = [ROWS[0], ROWS[-1], ROWS[4], ROWS[8]]
+    weights = []
+    for batch, accumulation in ((4, 1), (2, 2)):
+        trainer = SequenceKDTrainer(
+            tiny(student_tokenizer, seed=0), tiny(teacher_tokenizer, seed=1),
+            args=training_args(tmp_path / f"{batch}", max_steps=1, per_device_train_batch_size=batch,
+                               gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=1.0,
+                               max_grad_norm=0),
+            train_dataset=rows, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+            rollout=RolloutConfig(lmbda=0.0, max_completion_length=12),
+        )  # fmt: skip
+        trainer.train()
+        weights.append(trainer.model.get_output_embeddings().weight.detach().clone())
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-6)
