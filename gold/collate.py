@@ -116,8 +116,7 @@ class Collator:
             ValueError: the sample holds a non-stop special token (a sampler that does not mask them).
         """
         body, stop = self.student_rule.split(ids)
-        special = token_bytes_table(self.student_tokenizer).special_mask
-        inside = [int(i) for i in body if i < special.shape[0] and special[i]]
+        inside = _special_ids(self.student_tokenizer, body)
         if inside:
             raise ValueError(
                 f"a student sample holds the special token id(s) {inside[:4]}, which spell no bytes (the teacher would "
@@ -294,11 +293,18 @@ def _whole_characters(alignment: Alignment, num_groups: int) -> bool:
     return True
 
 
+def _special_ids(tokenizer: Any, ids: Sequence[int]) -> list[int]:
+    """The ids among ``ids`` that are special tokens of ``tokenizer`` (one vectorized lookup)."""
+    special = token_bytes_table(tokenizer).special_mask
+    array = np.asarray(ids, dtype=np.int64)
+    array = array[array < special.shape[0]]
+    return array[special[array]].tolist()
+
+
 def _check_no_specials(tokenizer: Any, ids: Sequence[int], *, index: int, role: str) -> None:
     """Raise :class:`DataError` when encoded text holds a special token (``<unk>``, ``[UNK]``): it spells no
     bytes, so the two models would see different contexts."""
-    special = token_bytes_table(tokenizer).special_mask
-    found = [int(i) for i in ids if i < special.shape[0] and special[i]]
+    found = _special_ids(tokenizer, ids)
     if found:
         names = sorted(set(tokenizer.convert_ids_to_tokens(found)))
         raise DataError(
