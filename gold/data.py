@@ -39,6 +39,7 @@ import torch
 from alignment import encode_text, normalized, text_stream, token_bytes_table
 from gold.config import DataConfig
 from gold.losses import AlignedBatch
+from gold.stops import StopRule
 
 Messages = tuple[Mapping[str, str], ...]
 
@@ -232,6 +233,32 @@ def decode_completion(tokenizer: Any, ids: Sequence[int]) -> DecodedCompletion:
     data = data[: int(ends[count - 1])] if count else b""
     text, invalid = _decode_replacing(data)
     return DecodedCompletion(kept[:count].tolist(), text, invalid, len(kept) - count)
+
+
+@dataclass(frozen=True)
+class ReadSample:
+    """A sampled id sequence read once: its text and the stop id it ended with.
+
+    Attributes:
+        decoded: the tokens before the stop id, read as text (:func:`gold.data.decode_completion`).
+        stop_id: the stop id the sample ended with; None when it did not end (the length limit cut it, or its
+            bytes before the stop end inside a character, so the stop followed other bytes than those scored).
+    """
+
+    decoded: DecodedCompletion
+    stop_id: int | None
+
+    @property
+    def ended(self) -> bool:
+        return self.stop_id is not None
+
+
+def read_sample(tokenizer: Any, rule: StopRule, ids: Sequence[int]) -> ReadSample:
+    """Cut ``ids`` after the first stop id of ``rule`` and read the rest as text; the one rule for every sampler's
+    output (rollouts, teacher samples, evaluation samples)."""
+    body, stop = rule.split(ids)
+    decoded = decode_completion(tokenizer, body)
+    return ReadSample(decoded, stop if decoded.cut_tokens == 0 else None)
 
 
 def check_same_bytes(tokenizer: Any, ids: Sequence[int], text: str, *, index: int, role: str = "teacher") -> None:

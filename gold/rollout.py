@@ -25,7 +25,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from alignment import token_bytes_table
 from gold.config import RolloutConfig
-from gold.data import decode_completion, logit_rows, pad_id, prompt_ids
+from gold.data import logit_rows, pad_id, prompt_ids, read_sample
 from gold.stops import StopRule, model_stop_rule
 
 
@@ -125,10 +125,12 @@ class HFGenerator:
 
 @dataclass(frozen=True)
 class SampledText:
-    """A sample read as text: its exact bytes (a trailing unfinished character cut), and whether it stopped."""
+    """A sample read as text: its exact bytes (a trailing unfinished character cut), whether it stopped, and on
+    which stop id (None when it did not)."""
 
     text: str
     ended: bool
+    stop_id: int | None = None
 
 
 def sample_completions(
@@ -152,9 +154,8 @@ def sample_completions(
     for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
         batch = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
         for row in generator.generate(batch):
-            body, stop = generator.stop.split(row)
-            decoded = decode_completion(tokenizer, body)
-            samples.append(SampledText(decoded.text, ended=stop is not None and decoded.cut_tokens == 0))
+            sample = read_sample(tokenizer, generator.stop, row)
+            samples.append(SampledText(sample.decoded.text, ended=sample.ended, stop_id=sample.stop_id))
     return samples
 
 

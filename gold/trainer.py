@@ -29,10 +29,10 @@ from gold.data import (
     Example,
     Messages,
     TrainBatch,
-    decode_completion,
     examples_from_rows,
     logit_rows,
     prompt_ids,
+    read_sample,
 )
 from gold.eval_callback import HeldOutEvalCallback
 from gold.losses import PairTables, cross_tokenizer_loss
@@ -186,13 +186,12 @@ class GoldTrainer(Trainer):
 
     def _teacher_sample(self, ids: Sequence[int], index: int) -> Completion:
         """A teacher sample (``seq_kd``) as a completion: the teacher keeps its own tokens and stop id."""
-        body, stop = self.teacher.stop.split(ids)
-        decoded = decode_completion(self.teacher.tokenizer, body)
-        ended = stop is not None and decoded.cut_tokens == 0
+        sample = read_sample(self.teacher.tokenizer, self.teacher.stop, ids)
+        decoded = sample.decoded
         own = decoded.ids if not decoded.invalid_bytes else None  # replaced bytes: the teacher re-encodes the text
         try:
-            completion = self.collator.from_text(decoded.text, index=index, ended=ended, teacher_ids=own,
-                                                 teacher_end_id=stop if ended else None)  # fmt: skip
+            completion = self.collator.from_text(decoded.text, index=index, ended=sample.ended, teacher_ids=own,
+                                                 teacher_end_id=sample.stop_id)  # fmt: skip
         except DataError as err:
             raise DataError(f"teacher sample {index} at step {self.state.global_step}: {err}") from None
         return dataclasses.replace(completion, source_invalid_bytes=decoded.invalid_bytes)

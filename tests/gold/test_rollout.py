@@ -7,7 +7,7 @@ import torch
 
 from alignment import token_bytes_table
 from gold.config import RolloutConfig
-from gold.rollout import HFGenerator, MaskUnspellable, spellable_ids
+from gold.rollout import HFGenerator, MaskUnspellable, SampledText, sample_completions, spellable_ids
 from gold.stops import model_stop_rule
 from tests.gold.conftest import tiny
 
@@ -69,6 +69,8 @@ def test_generation_stops_at_every_stop_id_of_the_generation_config(student_toke
     )
     assert rows == [[other_stop]]  # stopped at once, at the stop id the tokenizer alone does not know
     assert rule.split([5, 6, other_stop, 7]) == ([5, 6], other_stop)
+    (sample,) = sample_completions(model, student_tokenizer, [":;"], RolloutConfig(temperature=0.0))  # ids 42, 43
+    assert sample == SampledText("", ended=True, stop_id=other_stop)  # the stop id it ended with is kept
 
 
 def test_greedy_is_deterministic(student_tokenizer) -> None:
