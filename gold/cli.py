@@ -6,11 +6,14 @@ gold align --student qwen2.5 --teacher llama-3 "Some text"
 gold align --student gemma-3 --teacher smollm2 --file notes.txt --html out.html
 gold demo                    # cross-family distillation on 2 CPU cores, a few minutes
 gold demo --alignment-only   # just the alignment of a built-in multilingual sample
+gold vllm-serve out/student-start --port 8001   # a vLLM server for rollout.vllm_mode: server
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,7 +78,23 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.beta=0.3")
     train.add_argument("--resume", help="checkpoint directory to resume from, or 'latest' in training.output_dir")
     _add_eval(commands)
+    _add_vllm_serve(commands)
     return parser
+
+
+def _add_vllm_serve(commands: Any) -> None:
+    serve = commands.add_parser("vllm-serve", help="start a vLLM server for student rollouts (rollout.vllm_mode: "
+                                "server); runs until stopped")  # fmt: skip
+    serve.add_argument("model", help="the student's starting weights: a Hugging Face model folder or hub id")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8001, help="port (rollout.vllm_server_port)")
+    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    serve.add_argument("--max-model-len", type=int, help="context length (prompt + completion)")
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory (CUDA)")
+    serve.add_argument("--tensor-parallel-size", type=int, default=1)
+    serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (always eager on CPU)")
+    serve.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    serve.add_argument("--vllm-args", default="", help='more flags for vLLM\'s server, one string: "--seed 1"')
 
 
 def _add_eval(commands: Any) -> None:
@@ -202,6 +221,30 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_vllm_serve(args: argparse.Namespace) -> int:
+    from gold.rollout.vllm_server import serve_command
+    from gold.zoo import MODELS
+
+    if args.model in MODELS:
+        raise SystemExit(f"gold vllm-serve: {args.model!r} is a zoo model shipped as GGUF; save it as a Hugging "
+                         "Face folder (save_pretrained of model and tokenizer) and serve that folder")  # fmt: skip
+    if not 0 < args.port < 65536:
+        raise SystemExit(f"gold vllm-serve: --port must be 1-65535, got {args.port}")
+    extra = shlex.split(args.vllm_args)
+    try:
+        command, env = serve_command(args.model, host=args.host, port=args.port, dtype=args.dtype,
+                                     max_model_len=args.max_model_len,
+                                     gpu_memory_utilization=args.gpu_memory_utilization,
+                                     tensor_parallel_size=args.tensor_parallel_size,
+                                     enforce_eager=True if args.enforce_eager else None, extra=extra)  # fmt: skip
+    except ImportError as err:
+        raise SystemExit(f"gold vllm-serve: {err}") from None
+    print("gold vllm-serve: " + " ".join(command), file=sys.stderr, flush=True)
+    if args.dry_run:
+        return 0
+    os.execve(command[0], command, env)  # the server replaces this process: its pid is the server's
+
+
 def run_alignment_demo(args: argparse.Namespace) -> int:
     print(f"gold demo: aligning {args.student} (student) with {args.teacher} (teacher) on a built-in sample\n")
     student, teacher = _load(args.student), _load(args.teacher)
@@ -231,7 +274,8 @@ def run_alignment_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gold`` console script."""
     args = _parser().parse_args(argv)
-    handlers = {"align": run_align, "demo": run_demo, "train": run_train, "eval": run_eval}
+    handlers = {"align": run_align, "demo": run_demo, "train": run_train, "eval": run_eval,
+                "vllm-serve": run_vllm_serve}  # fmt: skip
     return handlers[args.command](args)
 
 

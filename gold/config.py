@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -106,26 +108,90 @@ class RolloutConfig:
     top_k: int = 0
     # completions sampled per prompt
     num_generations: int = 1
-    # generation engine; "hf" is transformers' generate (vLLM plugs in behind gold.rollout.Generator)
-    engine: Literal["hf"] = "hf"
+    # --- vLLM (TRL GOLDConfig names; gold.rollout.vllm). Off: transformers' generate ---
+    use_vllm: bool = False
+    # "colocate": an in-process engine per training process; "server": a `gold vllm-serve` on other devices
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    # server address: the base URL, else http://host:port
+    vllm_server_base_url: str | None = None
+    vllm_server_host: str = "0.0.0.0"
+    vllm_server_port: int = 8001
+    # seconds to wait for the server to answer /health before the first rollout
+    vllm_server_timeout: float = 240.0
+    # colocate: share of the accelerator's memory the engine may take (weights + KV cache); CUDA only
+    vllm_gpu_memory_utilization: float = 0.9
+    vllm_tensor_parallel_size: int = 1
+    # the engine's context length (prompt + completion); None: the model's own
+    vllm_max_model_length: int | None = None
+    # push the student's weights into the engine every this many optimizer steps (1: every step, on-policy)
+    vllm_sync_frequency: int = 1
+    # colocate on CUDA: free the engine's memory while training (sleep after sampling, wake before); not on CPU
+    vllm_enable_sleep_mode: bool = False
+    # constrain every completion to this regular expression (vLLM structured outputs)
+    vllm_structured_outputs_regex: str | None = None
+    # folder for the weights a server reloads (must be visible to the server; default: a temporary folder)
+    vllm_weights_dir: str | None = None
+    # prompts per engine call; None: every on-policy prompt of an optimizer step in one call (as TRL)
+    generation_batch_size: int | None = None
+    # deprecated: "hf" or "vllm"; use use_vllm
+    engine: str | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.lmbda <= 1.0:
-            raise ValueError(f"RolloutConfig.lmbda must be in [0, 1], got {self.lmbda}")
-        if self.max_completion_length < 1:
-            raise ValueError(f"RolloutConfig.max_completion_length must be >= 1, got {self.max_completion_length}")
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise ValueError(f"RolloutConfig.max_prompt_length must be >= 1 or None, got {self.max_prompt_length}")
-        if self.temperature < 0:
-            raise ValueError(f"RolloutConfig.temperature must be >= 0 (0: greedy), got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"RolloutConfig.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"RolloutConfig.top_k must be >= 0 (0: off), got {self.top_k}")
-        if self.num_generations < 1:
-            raise ValueError(f"RolloutConfig.num_generations must be >= 1, got {self.num_generations}")
-        if self.engine != "hf":
-            raise ValueError(f"RolloutConfig.engine must be 'hf' (vLLM is not wired yet), got {self.engine!r}")
+        self._check_sampling()
+        self._check_vllm()
+
+    def _check_sampling(self) -> None:
+        _require(self, "lmbda", 0.0 <= self.lmbda <= 1.0, "be in [0, 1]")
+        _require(self, "max_completion_length", self.max_completion_length >= 1, "be >= 1")
+        limit = self.max_prompt_length
+        _require(self, "max_prompt_length", limit is None or limit >= 1, "be >= 1 or None")
+        _require(self, "temperature", self.temperature >= 0, "be >= 0 (0: greedy)")
+        _require(self, "top_p", 0.0 < self.top_p <= 1.0, "be in (0, 1]")
+        _require(self, "top_k", self.top_k >= 0, "be >= 0 (0: off)")
+        _require(self, "num_generations", self.num_generations >= 1, "be >= 1")
+        size = self.generation_batch_size
+        _require(self, "generation_batch_size", size is None or size >= 1, "be >= 1 or None")
+
+    def _check_vllm(self) -> None:
+        if self.engine is not None:
+            _require(self, "engine", self.engine in ("hf", "vllm"), "be 'hf' or 'vllm' (deprecated: use use_vllm)")
+            warnings.warn(f"RolloutConfig.engine is deprecated; write use_vllm: {str(self.engine == 'vllm').lower()}",
+                          DeprecationWarning, stacklevel=3)  # fmt: skip
+            object.__setattr__(self, "use_vllm", self.engine == "vllm")
+            object.__setattr__(self, "engine", None)
+        _require(self, "vllm_mode", self.vllm_mode in ("colocate", "server"), "be 'colocate' or 'server'")
+        _require(self, "vllm_sync_frequency", self.vllm_sync_frequency >= 1, "be >= 1")
+        _require(self, "vllm_tensor_parallel_size", self.vllm_tensor_parallel_size >= 1, "be >= 1")
+        _require(self, "vllm_gpu_memory_utilization", 0.0 < self.vllm_gpu_memory_utilization <= 1.0, "be in (0, 1]")
+        length = self.vllm_max_model_length
+        _require(self, "vllm_max_model_length", length is None or length >= 2, "be >= 2 or None")
+        _require(self, "vllm_server_port", 0 < self.vllm_server_port < 65536, "be a TCP port (1-65535)")
+        _require(self, "vllm_server_timeout", self.vllm_server_timeout > 0, "be > 0 seconds")
+        if not self.use_vllm:
+            for name, default in {"vllm_structured_outputs_regex": None, "vllm_enable_sleep_mode": False}.items():
+                _require(self, name, getattr(self, name) == default,
+                         "stay unset without use_vllm: true (transformers' generate has no such option)")  # fmt: skip
+        if self.use_vllm and self.vllm_mode == "server":
+            _require(self, "vllm_enable_sleep_mode", not self.vllm_enable_sleep_mode,
+                     "stay false in server mode (sleep applies to a colocated engine)")  # fmt: skip
+        if self.vllm_structured_outputs_regex is not None:
+            try:
+                re.compile(self.vllm_structured_outputs_regex)
+            except re.error as err:
+                _require(self, "vllm_structured_outputs_regex", False, f"be a regular expression ({err})")
+
+    @property
+    def vllm_server_url(self) -> str:
+        """The server's base URL: ``vllm_server_base_url``, else ``http://host:port``."""
+        if self.vllm_server_base_url:
+            return self.vllm_server_base_url.rstrip("/")
+        return f"http://{self.vllm_server_host}:{self.vllm_server_port}"
+
+
+def _require(config: Any, name: str, ok: bool, rule: str) -> None:
+    """Raises ``ValueError("<Class>.<name> must <rule>, got <value>")`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{type(config).__name__}.{name} must {rule}, got {getattr(config, name)!r}")
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -29,6 +29,7 @@ Rules the batch keeps:
 from __future__ import annotations
 
 import codecs
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -328,13 +329,15 @@ class TrainBatch:
     completions: tuple[str, ...]
     source: str
     counts: Mapping[str, float] = field(default_factory=dict)
+    # per row, the sampling engine's log-prob of each sampled student token (vLLM rollouts), else None
+    engine_logprobs: tuple[tuple[float, ...], ...] | None = None
 
     def to(self, device: torch.device | str) -> TrainBatch:
         aligned = AlignedBatch(*(t.to(device) for t in (self.aligned.student_ids, self.aligned.teacher_ids,
                                                         self.aligned.student_groups, self.aligned.teacher_groups)),
                                tables=self.aligned.tables.to(device), stats=self.aligned.stats)  # fmt: skip
-        return TrainBatch(self.student.to(device), self.teacher.to(device), aligned, self.completions, self.source,
-                          self.counts)  # fmt: skip
+        return dataclasses.replace(self, student=self.student.to(device), teacher=self.teacher.to(device),
+                                   aligned=aligned)  # fmt: skip
 
 
 def logit_rows(model: Any) -> int:

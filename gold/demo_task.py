@@ -61,12 +61,13 @@ def is_correct(prompt: Prompt, completion: str) -> bool:
     return SOUNDS[prompt.animal] in completion.lower()
 
 
-def tiny_model(tokenizer: Any, *, seed: int, hidden_size: int = 64, layers: int = 2) -> Any:
-    """A random Llama-architecture model sized to ``tokenizer``'s vocabulary."""
+def tiny_model(tokenizer: Any, *, seed: int, hidden_size: int = 64, layers: int = 2, heads: int = 4) -> Any:
+    """A random Llama-architecture model sized to ``tokenizer``'s vocabulary (head size ``hidden_size / heads``;
+    vLLM's CPU attention needs 32 or more)."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=4 * hidden_size,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=128,
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip

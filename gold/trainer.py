@@ -36,7 +36,8 @@ from gold.data import (
 )
 from gold.eval_callback import HeldOutEvalCallback
 from gold.losses import PairTables, cross_tokenizer_loss
-from gold.rollout import Generator, HFGenerator
+from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap, rollout_seed
+from gold.rollout.vllm import VLLMGenerator, check_vllm
 from gold.stops import model_stop_rule
 from gold.teacher import LocalTeacher, Teacher
 
@@ -98,6 +99,7 @@ class GoldTrainer(Trainer):
             )
         self.loss_config = loss or LossConfig()
         self.rollout_config = rollout or RolloutConfig()
+        check_vllm(self.rollout_config, device=args.device, num_processes=args.world_size)
         alignment_config = alignment or AlignmentConfig()
         if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
             if teacher_tokenizer is None:
@@ -121,7 +123,7 @@ class GoldTrainer(Trainer):
         warning = unequal_rendering(student_tokenizer, teacher.tokenizer, examples)
         if warning is not None:
             warnings.warn(warning, UnequalRenderingWarning, stacklevel=2)
-        self._student_generator = student_generator
+        self._student_generator, self._given_generator = student_generator, student_generator
         self._prompt_cache: dict[tuple[str, str], list[int]] = {}
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._sums: dict[str, float] = defaultdict(float)
@@ -159,13 +161,32 @@ class GoldTrainer(Trainer):
         return self._prompt_cache[key]
 
     def student_generator(self) -> Generator:
+        """The student's sampler: the one passed in, else vLLM (``rollout.use_vllm``), else HF ``generate``."""
         if self._student_generator is None:
-            self._student_generator = HFGenerator(self.accelerator.unwrap_model(self.model), self.student_tokenizer,
-                                                  self.rollout_config, self.student_stop)  # fmt: skip
+            model = self.accelerator.unwrap_model(self.model)
+            if self.rollout_config.use_vllm:
+                self._student_generator = VLLMGenerator(model, self.student_tokenizer, self.rollout_config,
+                                                        self.student_stop, step=self.state.global_step,
+                                                        accelerator=self.accelerator)  # fmt: skip
+            else:
+                self._student_generator = HFGenerator(model, self.student_tokenizer, self.rollout_config,
+                                                      self.student_stop)  # fmt: skip
         return self._student_generator
 
-    def build_batch(self, examples: Sequence[Example], source: str) -> TrainBatch:
-        """Prompts on both sides, completions from ``source``, aligned into a :class:`TrainBatch`."""
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; a colocated vLLM engine is shut down at the end (a later call starts a new one)."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            built = self._student_generator
+            if isinstance(built, VLLMGenerator) and built is not self._given_generator:
+                built.close()
+                self._student_generator = None
+
+    def build_batch(self, examples: Sequence[Example], source: str, rollouts: Sequence[Rollout] | None = None,
+                    ) -> TrainBatch:  # fmt: skip
+        """Prompts on both sides, completions from ``source``, aligned into a :class:`TrainBatch`
+        (``rollouts``: the student's samples of these prompts when ``source`` is ``"student"``, else sampled here)."""
         student_prompts = [self._prompt("student", self.student_tokenizer, e.prompt) for e in examples]
         teacher_prompts = [self._prompt("teacher", self.teacher.tokenizer, e.prompt) for e in examples]
         if source == "dataset":
@@ -173,16 +194,57 @@ class GoldTrainer(Trainer):
                            for i, e in enumerate(examples)]  # fmt: skip
             return self.collator(student_prompts, teacher_prompts, completions, source=source)
         copies = self.rollout_config.num_generations
+        engine_logprobs = None
         if source == "student":
-            completions = [
-                self.collator.from_rollout(ids) for ids in self.student_generator().generate(student_prompts)
-            ]
+            if rollouts is None:
+                rollouts = self.student_generator().rollout(student_prompts)
+            completions = [self.collator.from_rollout(r.ids) for r in rollouts]
+            if all(r.logprobs is not None for r in rollouts):
+                engine_logprobs = tuple(tuple(r.logprobs or ()) for r in rollouts)
         else:
-            sampled = self.teacher.generator(self.rollout_config).generate(teacher_prompts)
-            completions = [self._teacher_sample(ids, i) for i, ids in enumerate(sampled)]
+            sampled = self.teacher.generator(self.rollout_config).rollout(teacher_prompts)
+            completions = [self._teacher_sample(r.ids, i) for i, r in enumerate(sampled)]
         student_prompts = [p for p in student_prompts for _ in range(copies)]
         teacher_prompts = [p for p in teacher_prompts for _ in range(copies)]
-        return self.collator(student_prompts, teacher_prompts, completions, source=source)
+        batch = self.collator(student_prompts, teacher_prompts, completions, source=source)
+        return dataclasses.replace(batch, engine_logprobs=engine_logprobs)
+
+    def step_rollouts(self, slices: Sequence[Sequence[Example]], sources: Sequence[str]) -> dict[int, list[Rollout]]:
+        """The student's samples for every on-policy slice of this optimizer step, in one engine call (or calls of
+        ``generation_batch_size`` prompts), after pushing the weights when the engine needs them; each prompt
+        seeded by (seed, step, slice, process, row)."""
+        on_policy = [i for i, source in enumerate(sources) if source == "student"]
+        if not on_policy:
+            return {}
+        generator, step = self.student_generator(), self.state.global_step
+        if isinstance(generator, VLLMGenerator) and generator.needs_sync(step):
+            start = time.perf_counter()
+            generator.sync(self._student_state, step)
+            self._metrics["rollout/sync_s"].append(time.perf_counter() - start)
+        owners = [(i, row) for i in on_policy for row in range(len(slices[i]))]
+        prompts = [self._prompt("student", self.student_tokenizer, slices[i][row].prompt) for i, row in owners]
+        seeds = [rollout_seed(self.args.seed, step, i, self.args.process_index, row) for i, row in owners]
+        size = self.rollout_config.generation_batch_size or len(prompts)
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[self.args.device] if self.args.device.type == "cuda" else []):
+            torch.manual_seed(rollout_seed(self.args.seed, step, self.args.process_index))  # HF generate's draws
+            sampled = [r for at in range(0, len(prompts), size)
+                       for r in generator.rollout(prompts[at : at + size], seeds=seeds[at : at + size])]  # fmt: skip
+        seconds = time.perf_counter() - start
+        self._metrics["rollout/engine_s"].append(seconds)
+        self._metrics["rollout/tokens_per_s"].append(sum(len(r.ids) for r in sampled) / max(seconds, 1e-9))
+        copies, out = self.rollout_config.num_generations, defaultdict(list)
+        for k, (i, _) in enumerate(owners):
+            out[i].extend(sampled[k * copies : (k + 1) * copies])
+        return dict(out)
+
+    def _student_state(self) -> dict[str, torch.Tensor]:
+        """The student's full state dict with Hugging Face names (gathered from FSDP shards; DDP unwrapped)."""
+        if self.is_fsdp_enabled:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        return dict(self.accelerator.unwrap_model(self.model).state_dict())
 
     def _teacher_sample(self, ids: Sequence[int], index: int) -> Completion:
         """A teacher sample (``seq_kd``) as a completion: the teacher keeps its own tokens and stop id."""
@@ -196,15 +258,16 @@ class GoldTrainer(Trainer):
             raise DataError(f"teacher sample {index} at step {self.state.global_step}: {err}") from None
         return dataclasses.replace(completion, source_invalid_bytes=decoded.invalid_bytes)
 
-    def _seeded_batch(self, examples: Sequence[Example], slice_index: int) -> TrainBatch:
-        """:meth:`build_batch` with sampling seeded by (seed, step, slice, process): rollouts are
+    def _seeded_batch(self, examples: Sequence[Example], slice_index: int, source: str,
+                      rollouts: Sequence[Rollout] | None) -> TrainBatch:  # fmt: skip
+        """:meth:`build_batch` with sampling seeded by (seed, step, slice, process): teacher samples are
         reproducible and a resumed run samples what the uninterrupted one did (Trainer restores its
         RNG state only after fetching the first batches), while the global RNG is left untouched."""
         step_seed = hash((self.args.seed, self.state.global_step, slice_index, self.args.process_index)) % 2**63
         devices = [self.args.device] if self.args.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(step_seed)
-            return self.build_batch(examples, self.slice_source(slice_index))
+            return self.build_batch(examples, source, rollouts)
 
     def get_batch_samples(
         self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
@@ -217,7 +280,9 @@ class GoldTrainer(Trainer):
             except StopIteration:
                 break
         start = time.perf_counter()
-        batches = [self._seeded_batch(examples, i) for i, examples in enumerate(raw)]
+        sources = [self.slice_source(i) for i in range(len(raw))]
+        rollouts = self.step_rollouts(raw, sources)
+        batches = [self._seeded_batch(examples, i, sources[i], rollouts.get(i)) for i, examples in enumerate(raw)]
         self._metrics["time/rollout_and_alignment_s"].append(time.perf_counter() - start)
         items = torch.tensor(float(sum(self.count_items(b) for b in batches)), device=device)
         if self.accelerator.num_processes > 1:
@@ -242,6 +307,10 @@ class GoldTrainer(Trainer):
             num_items_in_batch=num_items_in_batch, step=self.state.global_step,
         )  # fmt: skip
         self._record(metrics, batch, num_items_in_batch)
+        if batch.engine_logprobs is not None:  # does the engine hold the weights being trained?
+            gap, tokens = logprob_gap(student_logits, batch.student.completion_targets(), batch.engine_logprobs)
+            self._sums["engine_gap"] += gap
+            self._sums["engine_gap_tokens"] += tokens
         # each process holds its share of the global mean; DDP averages gradients over processes
         loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
@@ -281,6 +350,8 @@ class GoldTrainer(Trainer):
         for key, value in sums.items():
             if key.startswith("loss/"):
                 out[key] = value / max(sums["items"], 1.0)
+        if sums.get("engine_gap_tokens"):
+            out["rollout/engine_logprob_gap"] = sums["engine_gap"] / sums["engine_gap_tokens"]
         if sums["rows"]:
             out["rollout/on_policy_row_fraction"] = sums["rows_on_policy"] / sums["rows"]
         for source in ("dataset", "student", "teacher"):

@@ -40,3 +40,14 @@ def training_args(tmp_path: Any, **overrides: Any) -> TrainingArguments:
     )  # fmt: skip
     settings.update(overrides)
     return TrainingArguments(**settings)
+
+
+def require_vllm() -> None:
+    """Skips a module without vLLM, unless GOLD_REQUIRE_VLLM is set (``make test-vllm``): there a missing or
+    broken vLLM fails the run instead of skipping its tests silently."""
+    import os
+
+    if os.environ.get("GOLD_REQUIRE_VLLM"):
+        import vllm  # noqa: F401
+    else:
+        pytest.importorskip("vllm", reason="vLLM is installed in .venv-vllm (make test runs these there)")

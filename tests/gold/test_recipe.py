@@ -53,7 +53,17 @@ def test_exponent_floats_are_floats(tmp_path) -> None:
         ({**RAW, "rollouts": {}}, "unknown key 'rollouts' in the recipe (did you mean 'rollout'?)"),
         ({**RAW, "loss": {"beta": 1.5}}, "LossConfig.beta must be in [0, 1], got 1.5"),
         ({**RAW, "rollout": {"lmbda": -0.1}}, "RolloutConfig.lmbda must be in [0, 1], got -0.1"),
-        ({**RAW, "rollout": {"engine": "vllm"}}, "RolloutConfig.engine must be 'hf'"),
+        ({**RAW, "rollout": {"engine": "ray"}}, "RolloutConfig.engine must be 'hf' or 'vllm'"),
+        (
+            {**RAW, "rollout": {"vllm_mode": "remote"}},
+            "RolloutConfig.vllm_mode must be 'colocate' or 'server', got 'remote'",
+        ),
+        (
+            {**RAW, "rollout": {"vllm_enable_sleep_mode": True}},
+            "vllm_enable_sleep_mode must stay unset without use_vllm",
+        ),
+        ({**RAW, "rollout": {"use_vllm": True, "vllm_structured_outputs_regex": "("}}, "must be a regular expression"),
+        ({**RAW, "rollout": {"vllm_sync_frequency": 0}}, "vllm_sync_frequency must be >= 1, got 0"),
         ({k: v for k, v in RAW.items() if k != "data"}, "no 'data' section"),
         ({**RAW, "teacher": {"model": "tiny"}}, "needs ModelConfig.tokenizer"),
         ({**RAW, "loss": ["beta"]}, "loss must be a mapping"),

