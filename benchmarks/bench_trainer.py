@@ -1,6 +1,6 @@
 """GoldTrainer vs TRL 1.16's GOLDTrainer: seconds per optimizer step, same models, data and settings.
 
-    python -m benchmarks.bench_trainer [--device cpu|cuda] [--json OUT] [--steps N]
+    python -m benchmarks.bench_trainer [--device cpu|cuda] [--json OUT] [--steps N] [--vllm]
 
 Both trainers distil the same teacher (Llama-3 tokenizer) into copies of the same student (SmolLM2
 tokenizer) — TRL's cross-tokenizer path accepts byte-level BPE pairs only — with the GOLD hybrid loss
@@ -9,8 +9,12 @@ rollouts). The floor is the model compute alone: a teacher forward plus a studen
 a batch of the same shape. A step is the wall time between two consecutive optimizer steps (rollouts,
 alignment, forwards, loss, backward, optimizer), median over the steps after the first.
 
-CPU: tiny random models sized to the real vocabularies. CUDA: DESIGN §7 shapes (Llama-3.2-1B-shaped
-teacher, Qwen2.5-0.5B-shaped student in bf16) with ``--shape design``.
+``--vllm`` adds, in the same run, gold on-policy with vLLM rollouts (colocated engine, weights pushed every step)
+and the sampling throughput of the student alone, vLLM vs HF ``generate`` (needs vLLM and TRL in one environment:
+``make install-vllm`` builds ``.venv-vllm`` with both).
+
+CPU: tiny random models sized to the real vocabularies (head size 32: vLLM's CPU attention needs >= 32). CUDA:
+DESIGN §7 shapes (Llama-3.2-1B-shaped teacher, Qwen2.5-0.5B-shaped student in bf16) with ``--shape design``.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ def rows(count: int) -> list[dict[str, Any]]:
 
 def model_for(tokenizer: Any, shape: str, seed: int) -> Any:
     torch.manual_seed(seed)
-    sizes = {"tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=4),
+    sizes = {"tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=2),
              "design": dict(hidden_size=1536, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
                             num_key_value_heads=8)}[shape]  # fmt: skip
     config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, tie_word_embeddings=True,
@@ -76,14 +80,14 @@ def common(out: Path, steps: int, batch: int, device: str) -> dict[str, Any]:
 
 
 def time_gold(models: tuple[Any, Any], tokenizers: tuple[Any, Any], data: list[dict], lmbda: float,
-              settings: dict[str, Any], completion: int) -> float:  # fmt: skip
+              settings: dict[str, Any], completion: int, use_vllm: bool = False) -> float:  # fmt: skip
     from transformers import TrainingArguments
 
     from gold.config import LossConfig, RolloutConfig
     from gold.trainer import GoldTrainer
 
     clock = StepClock()
-    rollout = RolloutConfig(lmbda=lmbda, max_completion_length=completion, temperature=0.9)
+    rollout = RolloutConfig(lmbda=lmbda, max_completion_length=completion, temperature=0.9, use_vllm=use_vllm)
     trainer = GoldTrainer(models[0], models[1], args=TrainingArguments(**settings), train_dataset=data,
                           student_tokenizer=tokenizers[0], teacher_tokenizer=tokenizers[1], callbacks=[clock],
                           loss=LossConfig(beta=0.5), rollout=rollout)  # fmt: skip
@@ -130,6 +134,31 @@ def time_floor(models: tuple[Any, Any], tokenizers: tuple[Any, Any], batch: int,
     return statistics.median(times[1:])
 
 
+def sampling_throughput(student: Any, tokenizer: Any, prompts: int, completion: int) -> dict[str, float]:
+    """Completion tokens per second of the student alone: HF ``generate`` vs a colocated vLLM engine, same prompts
+    (one call of ``prompts`` prompts each, median of 3 after a warm-up); and the engine's start-up seconds."""
+    from gold.config import RolloutConfig
+    from gold.data import prompt_ids
+    from gold.rollout import HFGenerator
+    from gold.rollout.vllm import VLLMGenerator
+
+    config = RolloutConfig(temperature=0.9, max_completion_length=completion, use_vllm=True)
+    batch = [prompt_ids(tokenizer, row["messages"][:1]) for row in rows(prompts)]
+    start = time.perf_counter()
+    engine = VLLMGenerator(student, tokenizer, config)
+    startup = time.perf_counter() - start
+    out = {"vllm_startup_s": startup}
+    for name, generator in (("hf", HFGenerator(student, tokenizer, config)), ("vllm", engine)):
+        rates = []
+        for _ in range(4):
+            start = time.perf_counter()
+            tokens = sum(len(r.ids) for r in generator.rollout(batch, seeds=range(len(batch))))
+            rates.append(tokens / (time.perf_counter() - start))
+        out[f"{name}_tokens_per_s"] = statistics.median(rates[1:])
+    engine.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -137,6 +166,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--completion", type=int, default=64, help="max completion tokens (on-policy)")
+    parser.add_argument("--vllm", action="store_true", help="add gold+vLLM on-policy and vLLM vs HF sampling rows")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -160,6 +190,15 @@ def main() -> None:
                                            "speedup": trl_s / gold_s, "gold_over_floor": gold_s / floor_s}  # fmt: skip
             print(f"lmbda={lmbda:g}: gold {gold_s:.3f} s/step, TRL {trl_s:.3f} s/step ({trl_s / gold_s:.1f}×), "
                   f"floor {floor_s:.3f} s (gold {gold_s / floor_s:.1f}× floor)", flush=True)  # fmt: skip
+            if lmbda == 1.0 and args.vllm:
+                vllm_s = time_gold(fresh(), tokenizers, data, lmbda, settings, args.completion, use_vllm=True)
+                results["lmbda_1"].update(gold_vllm_step_s=vllm_s, vllm_speedup_over_trl=trl_s / vllm_s,
+                                          vllm_speedup_over_gold_hf=gold_s / vllm_s)  # fmt: skip
+                print(f"lmbda=1 with vLLM: gold {vllm_s:.3f} s/step ({trl_s / vllm_s:.1f}× TRL, "
+                      f"{gold_s / vllm_s:.1f}× gold+HF)", flush=True)  # fmt: skip
+        if args.vllm:
+            results["sampling"] = sampling_throughput(fresh()[0], tokenizers[0], args.batch * 4, args.completion)
+            print(f"sampling: {results['sampling']}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
 
