@@ -86,7 +86,11 @@ def _add_vllm_serve(commands: Any) -> None:
     serve = commands.add_parser("vllm-serve", help="start a vLLM server for student rollouts (rollout.vllm_mode: "
                                 "server); runs until stopped")  # fmt: skip
     serve.add_argument("model", help="the student's starting weights: a Hugging Face model folder or hub id")
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (127.0.0.1: this machine only)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 lets other machines in, including to reload its weights",
+    )
     serve.add_argument("--port", type=int, default=8001, help="port (rollout.vllm_server_port)")
     serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     serve.add_argument("--max-model-len", type=int, help="context length (prompt + completion)")
@@ -239,6 +243,9 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
                                      enforce_eager=True if args.enforce_eager else None, extra=extra)  # fmt: skip
     except ImportError as err:
         raise SystemExit(f"gold vllm-serve: {err}") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"gold vllm-serve: listening on {args.host}: anyone who reaches this port can replace the model's "
+              "weights (the reload endpoints are on); keep it on a trusted network", file=sys.stderr)  # fmt: skip
     print("gold vllm-serve: " + " ".join(command), file=sys.stderr, flush=True)
     if args.dry_run:
         return 0

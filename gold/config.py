@@ -155,6 +155,8 @@ class RolloutConfig:
     def _check_vllm(self) -> None:
         if self.engine is not None:
             _require(self, "engine", self.engine in ("hf", "vllm"), "be 'hf' or 'vllm' (deprecated: use use_vllm)")
+            _require(self, "engine", not (self.use_vllm and self.engine == "hf"),
+                     "not contradict use_vllm: true (drop the deprecated engine field)")  # fmt: skip
             warnings.warn(f"RolloutConfig.engine is deprecated; write use_vllm: {str(self.engine == 'vllm').lower()}",
                           DeprecationWarning, stacklevel=3)  # fmt: skip
             object.__setattr__(self, "use_vllm", self.engine == "vllm")

@@ -14,7 +14,6 @@ import dataclasses
 import random
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -40,6 +39,7 @@ from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap, rollout_s
 from gold.rollout.vllm import VLLMGenerator, check_vllm
 from gold.stops import model_stop_rule
 from gold.teacher import LocalTeacher, Teacher
+from gold.trainer_metrics import StepMetrics
 
 
 class UnequalRenderingWarning(UserWarning):
@@ -53,7 +53,7 @@ def _examples(dataset: Any) -> list[Example]:
     return examples_from_rows(rows)
 
 
-class GoldTrainer(Trainer):
+class GoldTrainer(StepMetrics, Trainer):
     """Distils ``teacher`` into ``model`` (the student) across tokenizers.
 
     Args:
@@ -99,7 +99,8 @@ class GoldTrainer(Trainer):
             )
         self.loss_config = loss or LossConfig()
         self.rollout_config = rollout or RolloutConfig()
-        check_vllm(self.rollout_config, device=args.device, num_processes=args.world_size)
+        if self.rollout_config.use_vllm and self.rollout_config.vllm_mode == "colocate":
+            check_vllm(self.rollout_config, device=args.device, num_processes=args.world_size)  # before any loading
         alignment_config = alignment or AlignmentConfig()
         if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
             if teacher_tokenizer is None:
@@ -125,12 +126,25 @@ class GoldTrainer(Trainer):
             warnings.warn(warning, UnequalRenderingWarning, stacklevel=2)
         self._student_generator, self._given_generator = student_generator, student_generator
         self._prompt_cache: dict[tuple[str, str], list[int]] = {}
-        self._metrics: dict[str, list[float]] = defaultdict(list)
-        self._sums: dict[str, float] = defaultdict(float)
+        self._init_metrics()
         super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
                          data_collator=list, processing_class=student_tokenizer, **kwargs)  # fmt: skip
         if held_out is not None:
             self._add_held_out_eval(_examples(held_out), held_out_samples)
+        self._check_rollout_batches()
+
+    def _check_rollout_batches(self) -> None:
+        config, args = self.rollout_config, self.args
+        stage = self.accelerator.state.deepspeed_plugin.zero_stage if self.is_deepspeed_enabled else None
+        check_vllm(config, device=args.device, num_processes=args.world_size, deepspeed_stage=stage)
+        prompts = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        if config.generation_batch_size is not None and config.generation_batch_size != prompts:
+            raise ValueError(
+                f"rollout.generation_batch_size={config.generation_batch_size}: one optimizer step sends "
+                f"per_device_train_batch_size × gradient_accumulation_steps = {prompts} prompts per process to the "
+                f"engine (gold's batch counts prompts; each on-policy prompt gives num_generations rows); set it to "
+                f"{prompts} or leave it unset"
+            )
 
     def _add_held_out_eval(self, examples: list[Example], samples_per_prompt: int) -> None:
         if not isinstance(self.teacher, LocalTeacher):
@@ -165,8 +179,9 @@ class GoldTrainer(Trainer):
         if self._student_generator is None:
             model = self.accelerator.unwrap_model(self.model)
             if self.rollout_config.use_vllm:
+                step = None if self.is_fsdp_enabled else self.state.global_step  # a shard is not the weights
                 self._student_generator = VLLMGenerator(model, self.student_tokenizer, self.rollout_config,
-                                                        self.student_stop, step=self.state.global_step,
+                                                        self.student_stop, step=step,
                                                         accelerator=self.accelerator)  # fmt: skip
             else:
                 self._student_generator = HFGenerator(model, self.student_tokenizer, self.rollout_config,
@@ -210,40 +225,47 @@ class GoldTrainer(Trainer):
         return dataclasses.replace(batch, engine_logprobs=engine_logprobs)
 
     def step_rollouts(self, slices: Sequence[Sequence[Example]], sources: Sequence[str]) -> dict[int, list[Rollout]]:
-        """The student's samples for every on-policy slice of this optimizer step, in one engine call (or calls of
-        ``generation_batch_size`` prompts), after pushing the weights when the engine needs them; each prompt
-        seeded by (seed, step, slice, process, row)."""
+        """The student's samples for every on-policy slice of this optimizer step.
+
+        vLLM gets every on-policy prompt of the step in one call, each prompt seeded by (seed, step, slice,
+        process, row), after the weights are pushed when due; HF ``generate`` samples slice by slice (its batch
+        stays one slice) from the global RNG seeded by (seed, step, slice, process). Either way a resumed run
+        samples what the straight run did.
+        """
         on_policy = [i for i, source in enumerate(sources) if source == "student"]
         if not on_policy:
             return {}
-        generator, step = self.student_generator(), self.state.global_step
+        generator, step, process = self.student_generator(), self.state.global_step, self.args.process_index
         if isinstance(generator, VLLMGenerator) and generator.needs_sync(step):
             start = time.perf_counter()
-            generator.sync(self._student_state, step)
+            generator.sync(self.student_state_dict, step)
             self._metrics["rollout/sync_s"].append(time.perf_counter() - start)
-        owners = [(i, row) for i in on_policy for row in range(len(slices[i]))]
-        prompts = [self._prompt("student", self.student_tokenizer, slices[i][row].prompt) for i, row in owners]
-        seeds = [rollout_seed(self.args.seed, step, i, self.args.process_index, row) for i, row in owners]
-        size = self.rollout_config.generation_batch_size or len(prompts)
+        calls = [on_policy] if isinstance(generator, VLLMGenerator) else [[i] for i in on_policy]
+        out: dict[int, list[Rollout]] = {}
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=[self.args.device] if self.args.device.type == "cuda" else []):
-            torch.manual_seed(rollout_seed(self.args.seed, step, self.args.process_index))  # HF generate's draws
-            sampled = [r for at in range(0, len(prompts), size)
-                       for r in generator.rollout(prompts[at : at + size], seeds=seeds[at : at + size])]  # fmt: skip
+        for call in calls:
+            owners = [(i, row) for i in call for row in range(len(slices[i]))]
+            prompts = [self._prompt("student", self.student_tokenizer, slices[i][row].prompt) for i, row in owners]
+            seeds = [rollout_seed(self.args.seed, step, i, process, row) for i, row in owners]
+            with torch.random.fork_rng(devices=[self.args.device] if self.args.device.type == "cuda" else []):
+                torch.manual_seed(rollout_seed(self.args.seed, step, call[0], process))  # HF generate's draws
+                sampled = generator.rollout(prompts, seeds=seeds)
+            copies = self.rollout_config.num_generations
+            for k, (i, _) in enumerate(owners):
+                out.setdefault(i, []).extend(sampled[k * copies : (k + 1) * copies])
         seconds = time.perf_counter() - start
         self._metrics["rollout/engine_s"].append(seconds)
-        self._metrics["rollout/tokens_per_s"].append(sum(len(r.ids) for r in sampled) / max(seconds, 1e-9))
-        copies, out = self.rollout_config.num_generations, defaultdict(list)
-        for k, (i, _) in enumerate(owners):
-            out[i].extend(sampled[k * copies : (k + 1) * copies])
-        return dict(out)
+        self._metrics["rollout/tokens_per_s"].append(sum(len(r.ids) for v in out.values() for r in v) / seconds)
+        return out
 
-    def _student_state(self) -> dict[str, torch.Tensor]:
-        """The student's full state dict with Hugging Face names (gathered from FSDP shards; DDP unwrapped)."""
+    def student_state_dict(self) -> dict[str, torch.Tensor]:
+        """The student's full state dict with Hugging Face names: DDP unwrapped, FSDP shards gathered (to the
+        host); what a weight push sends to vLLM."""
         if self.is_fsdp_enabled:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_model_state_dict(self.model, options=options)
         return dict(self.accelerator.unwrap_model(self.model).state_dict())
 
     def _teacher_sample(self, ids: Sequence[int], index: int) -> Completion:
@@ -307,7 +329,8 @@ class GoldTrainer(Trainer):
             num_items_in_batch=num_items_in_batch, step=self.state.global_step,
         )  # fmt: skip
         self._record(metrics, batch, num_items_in_batch)
-        if batch.engine_logprobs is not None:  # does the engine hold the weights being trained?
+        if batch.engine_logprobs is not None and self.rollout_config.vllm_structured_outputs_regex is None:
+            # does the engine hold the weights being trained? (a grammar reshapes the engine's log-probs)
             gap, tokens = logprob_gap(student_logits, batch.student.completion_targets(), batch.engine_logprobs)
             self._sums["engine_gap"] += gap
             self._sums["engine_gap_tokens"] += tokens
@@ -320,58 +343,3 @@ class GoldTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         self._metrics["time/train_s"].append(time.perf_counter() - start)
         return loss
-
-    # ---- metrics ----
-
-    def _record(self, metrics: dict[str, float], batch: TrainBatch, num_items: Any) -> None:
-        items = self.count_items(batch)
-        for key, value in metrics.items():
-            if key.startswith("loss/"):
-                # a term arrives as this slice's sum over the step's items: keep the sum and the slice's item
-                # count, and divide once per logging step, so the log shows the mean that was optimised
-                self._sums[key] += value * (float(num_items) if num_items is not None else items)
-            else:
-                self._metrics[key].append(value)
-        self._sums["items"] += items
-        rows = float(len(batch.completions))
-        on_policy = batch.source == "student"
-        self._metrics["rollout/on_policy_fraction"].append(float(on_policy))  # of slices (what lmbda draws)
-        self._sums["rows"] += rows
-        self._sums["rows_on_policy"] += rows if on_policy else 0.0
-        for key, value in batch.counts.items():
-            self._sums[f"count/{key}"] += value
-        # stop rate per source: dataset rows nearly always ended, rollouts and teacher samples tell
-        self._sums[f"count/{batch.source}/completions"] += batch.counts["completions"]
-        self._sums[f"count/{batch.source}/ended"] += batch.counts["completions/ended"]
-        self._metrics["rollout/completion_tokens"].append(float((batch.aligned.student_groups >= 0).sum()))
-
-    def _logged_sums(self) -> dict[str, float]:
-        sums, out = self._sums, {}
-        for key, value in sums.items():
-            if key.startswith("loss/"):
-                out[key] = value / max(sums["items"], 1.0)
-        if sums.get("engine_gap_tokens"):
-            out["rollout/engine_logprob_gap"] = sums["engine_gap"] / sums["engine_gap_tokens"]
-        if sums["rows"]:
-            out["rollout/on_policy_row_fraction"] = sums["rows_on_policy"] / sums["rows"]
-        for source in ("dataset", "student", "teacher"):
-            if sums.get(f"count/{source}/completions"):
-                out[f"stop_rate/{source}"] = sums[f"count/{source}/ended"] / sums[f"count/{source}/completions"]
-        for key in ("align/end_groups", "align/dropped_tail_groups", "align/invalid_bytes",
-                    "completions/cut_partial_tokens"):  # fmt: skip
-            if f"count/{key}" in sums:
-                out[key] = sums[f"count/{key}"]
-        return out
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and (self._metrics or self._sums):  # a training log (not eval/*, not the run summary)
-            averaged = {key: sum(values) / len(values) for key, values in self._metrics.items() if values}
-            seconds = sum(self._metrics["time/rollout_and_alignment_s"]) + sum(self._metrics["time/train_s"])
-            if seconds > 0:
-                averaged["throughput/completion_tokens_per_s"] = (
-                    sum(self._metrics["rollout/completion_tokens"]) / seconds
-                )
-            logs = {**logs, **averaged, **self._logged_sums()}
-            self._metrics.clear()
-            self._sums.clear()
-        super().log(logs, start_time)

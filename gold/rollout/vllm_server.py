@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gold.config import RolloutConfig
-from gold.rollout.vllm import StateDict, import_vllm
+from gold.rollout.vllm import EngineSample, StateDict, checkpoint_tensors, import_vllm
 
 
 class ServerError(RuntimeError):
@@ -61,15 +61,16 @@ class ServerEngine:
             raise ServerError(f"vLLM server {self.url}{path} could not be reached: {err}") from None
         return json.loads(text) if text.strip() else None
 
-    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], args: dict[str, Any]) -> list[list[Any]]:
+    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int | None],
+               args: dict[str, Any]) -> list[list[EngineSample]]:  # fmt: skip
         fields = dict(args)
         regex = fields.pop("regex", None)
         if regex is not None:
             fields["structured_outputs"] = {"regex": regex}
         fields.update(model=self.model, return_token_ids=True, skip_special_tokens=False)
-        bodies = [
-            {**fields, "prompt": list(prompt), "seed": int(seed)} for prompt, seed in zip(prompts, seeds, strict=True)
-        ]
+        pairs = zip(prompts, seeds, strict=True)
+        bodies = [{**fields, "prompt": list(prompt), **({} if seed is None else {"seed": int(seed)})}
+                  for prompt, seed in pairs]  # fmt: skip
         if not bodies:
             return []
         with ThreadPoolExecutor(max_workers=min(64, len(bodies))) as pool:
@@ -80,16 +81,18 @@ class ServerEngine:
         from safetensors.torch import save_file
 
         tensors, seen = {}, set()
-        for name, tensor in state().items():
-            tensor = tensor.detach().to("cpu").contiguous()
+        for name, tensor in checkpoint_tensors(state()):
+            tensor = tensor.to("cpu").contiguous()
             key = tensor.untyped_storage().data_ptr()
             tensors[name] = tensor.clone() if key in seen else tensor  # tied weights share storage
             seen.add(key)
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
-        partial = self.weights_dir / "model.safetensors.partial"
-        save_file(tensors, str(partial))
-        partial.replace(self.weights_dir / "model.safetensors")
-        rpc = {"method": "reload_weights", "kwargs": {"weights_path": str(self.weights_dir)}}
+        folder = self.weights_dir / "gold-student-weights"  # gold's own folder: nothing else in it gets loaded
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.iterdir():
+            stale.unlink()
+        save_file(tensors, str(folder / "model.safetensors.partial"))
+        (folder / "model.safetensors.partial").replace(folder / "model.safetensors")
+        rpc = {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}}
         self._request("POST", "/collective_rpc", rpc)
         self._request("POST", "/reset_prefix_cache")
 
@@ -98,13 +101,12 @@ class ServerEngine:
             self._scratch.cleanup()
 
 
-def _sample_of(choice: dict[str, Any]) -> tuple[list[int], list[float], int | None]:
+def _sample_of(choice: dict[str, Any]) -> EngineSample:
     ids = [int(i) for i in choice["token_ids"]]
-    logprobs = [
-        float("nan") if x is None else float(x) for x in (choice.get("logprobs") or {}).get("token_logprobs", [])
-    ]
-    stop = choice.get("stop_reason")
-    return ids, logprobs, stop if isinstance(stop, int) else None
+    reported = choice["logprobs"]["token_logprobs"] if choice["logprobs"] is not None else []
+    logprobs = [float("nan") if x is None else float(x) for x in reported]
+    stop = choice["stop_reason"]
+    return EngineSample(ids, logprobs, stop if isinstance(stop, int) else None)
 
 
 def wait_for_server(url: str, timeout: float) -> None:

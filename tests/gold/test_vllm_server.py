@@ -22,7 +22,7 @@ from tests.gold.conftest import ROWS, require_vllm, training_args
 require_vllm()
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-from tests.gold.test_vllm import PROMPTS, greedy_agrees, logged, vllm_model  # noqa: E402
+from tests.gold.test_vllm import PROMPTS, ROOT, greedy_agrees, logged, vllm_model  # noqa: E402
 
 
 def free_port() -> int:
@@ -41,7 +41,7 @@ def server(tmp_path_factory, student_tokenizer):
     port = free_port()
     log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen([sys.executable, "-m", "gold.cli", "vllm-serve", str(folder), "--host", "127.0.0.1",
-                                "--port", str(port), "--dtype", "float32"],
+                                "--port", str(port), "--dtype", "float32", "--vllm-args", "--max-num-seqs 64"],
                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ})  # fmt: skip
     try:
         yield f"http://127.0.0.1:{port}", model
@@ -110,3 +110,36 @@ def test_the_cli_refuses_a_zoo_model_and_prints_the_command(capsys) -> None:
     command = capsys.readouterr().err
     assert "vllm.entrypoints.openai.api_server --model some/dir" in command and "--port 9001" in command
     assert "--logprobs-mode raw_logprobs" in command and command.rstrip().endswith("--seed 3")
+
+
+def test_two_training_processes_share_one_server(server, tmp_path) -> None:
+    """The main process sends both processes' prompts in one batch and hands each its samples back; weights are
+    pushed once per step from the main process; both ranks sample the current weights and stay identical."""
+    url, _ = server
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "tests.gold.vllm_server_worker", str(tmp_path), url]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["world"] == 2
+    assert len(ranks[0]["sampled"]) == len(ranks[1]["sampled"]) == 4  # 2 steps × 2 prompts each
+    assert ranks[0]["sampled"] != ranks[1]["sampled"]  # each rank got its own prompts' samples back
+    for rank in ranks:
+        assert len(rank["gaps"]) == 2 and max(rank["gaps"]) < 1e-3, rank["gaps"]
+    for name, value in ranks[0]["state"].items():
+        torch.testing.assert_close(value, ranks[1]["state"][name], rtol=0, atol=0, msg=name)
+
+
+def test_the_server_respects_a_structured_output_regex(server, student_tokenizer) -> None:
+    from gold.rollout.vllm import VLLMGenerator
+
+    url, start = server
+    pattern = r"(yes|no)[.!]"
+    config = server_config(url, temperature=1.0, max_completion_length=8, num_generations=4,
+                           vllm_structured_outputs_regex=pattern)  # fmt: skip
+    generator = VLLMGenerator(start, student_tokenizer, config)
+    rollouts = generator.rollout(PROMPTS, seeds=range(4))
+    texts = [student_tokenizer.decode(generator.stop.split(r.ids)[0]) for r in rollouts]
+    assert len(texts) == 16 and all(re.fullmatch(pattern, t) for t in texts), texts
