@@ -87,7 +87,13 @@ def time_gold(models: tuple[Any, Any], tokenizers: tuple[Any, Any], data: list[d
     from gold.trainer import GoldTrainer
 
     clock = StepClock()
-    rollout = RolloutConfig(lmbda=lmbda, max_completion_length=completion, temperature=0.9, use_vllm=use_vllm)
+    rollout = RolloutConfig(
+        lmbda=lmbda,
+        max_completion_length=completion,
+        temperature=0.9,
+        use_vllm=use_vllm,
+        vllm_gpu_memory_utilization=0.3,
+    )  # CUDA: leave the rest of the GPU to training
     trainer = GoldTrainer(models[0], models[1], args=TrainingArguments(**settings), train_dataset=data,
                           student_tokenizer=tokenizers[0], teacher_tokenizer=tokenizers[1], callbacks=[clock],
                           loss=LossConfig(beta=0.5), rollout=rollout)  # fmt: skip

@@ -172,7 +172,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config = load_recipe(args.recipe, args.overrides)
         trainer = build_trainer(config)
-    except (RecipeError, ZooPackageMissing, ValueError) as err:
+    except (RecipeError, ZooPackageMissing, ValueError, ImportError) as err:
         raise SystemExit(f"gold train: {err}") from None
     resume: str | bool | None = True if args.resume == "latest" else args.resume
     trainer.train(resume_from_checkpoint=resume)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -72,3 +73,9 @@ def test_train_names_an_unknown_key(tmp_path) -> None:
         main(["train", str(recipe), "training.learning_rat=1"])
     with pytest.raises(SystemExit, match=r"data\.path .* does not exist"):
         main(["train", str(recipe), "data.path=/nope.jsonl"])
+
+
+def test_train_with_vllm_where_it_is_missing_says_what_to_install(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets where it is not installed
+    with pytest.raises(SystemExit, match=r"gold train: rollout\.use_vllm needs vLLM, .* `make install-vllm`"):
+        main(["train", str(_recipe(tmp_path)), "rollout.use_vllm=true"])
