@@ -9,6 +9,7 @@ from alignment.bytespans import (
     token_bytes_table,
 )
 from alignment.render import format_stats, html_page, render_html, render_text
+from alignment.shifted import GroupShift, ShiftedPairs, group_shifts
 from alignment.specials import encode_continuation, encode_text
 from alignment.stats import AlignmentStats
 from alignment.vocab import NearMatch, VocabMap, raw_string_overlap
@@ -16,7 +17,9 @@ from alignment.vocab import NearMatch, VocabMap, raw_string_overlap
 __all__ = [
     "Alignment",
     "AlignmentStats",
+    "GroupShift",
     "NearMatch",
+    "ShiftedPairs",
     "TokenBytesTable",
     "TokenizerBytesError",
     "VocabMap",
@@ -28,6 +31,7 @@ __all__ = [
     "encode_continuation",
     "encode_text",
     "format_stats",
+    "group_shifts",
     "html_page",
     "normalized",
     "raw_string_overlap",

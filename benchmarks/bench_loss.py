@@ -82,16 +82,16 @@ def _trl_inputs(data: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _loss_fn(impl: str, mode: str, data: dict[str, Any], device: str) -> Any:
-    if impl == "gold":
+    if impl in ("gold", "gold_global"):
         from gold.config import LossConfig
         from gold.losses import cross_tokenizer_loss
         from gold.losses.fused import warm_up
 
         warm_up()  # load numba's compiled kernels before timing
-        config = LossConfig(hybrid_weight=1.0) if mode == "hybrid" else LossConfig(hybrid_weight=0.0, uld_weight=1.0)
-        batch = data["batch"]
-        batch = type(batch)(batch.student_ids.to(device), batch.teacher_ids.to(device), batch.student_groups.to(device),
-                            batch.teacher_groups.to(device), batch.tables.to(device), batch.stats)  # fmt: skip
+        shifted = impl == "gold"  # gold_global: the global vocabulary map in shifted groups too
+        config = (LossConfig(hybrid_weight=1.0, shifted_matching=shifted) if mode == "hybrid"
+                  else LossConfig(hybrid_weight=0.0, uld_weight=1.0))  # fmt: skip
+        batch = data["batch"].to(device)
         return lambda s, t: cross_tokenizer_loss(s, t, batch, config)[0]
     from trl.experimental.gold.gold_trainer import ULDLoss
 
@@ -158,10 +158,11 @@ def _measure(impl: str, mode: str, backward: bool, path: Path, device: str) -> d
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _compare(mode: str, path: Path, device: str, backward: bool) -> dict[str, float]:
+def _compare(mode: str, path: Path, device: str, backward: bool, impls: tuple[str, str] = ("gold", "trl")
+             ) -> dict[str, float]:  # fmt: skip
     row: dict[str, float] = {}
     key = "" if backward else "forward_"
-    for impl in ("gold", "trl"):
+    for impl in impls:
         measured = _measure(impl, mode, backward, path, device)
         row[f"{impl}_{key}s"] = measured["seconds"]
         row[f"{impl}_{key}peak_mb"] = measured["peak_mb"]
@@ -169,8 +170,23 @@ def _compare(mode: str, path: Path, device: str, backward: bool) -> dict[str, fl
         label = "forward+backward" if backward else "forward"
         print(f"{mode:>6} {impl:>4} {label:>16}: {measured['seconds']:8.3f}s, peak {measured['peak_mb']:6.0f} MB, "
               f"value {measured['value']:.4f}", flush=True)  # fmt: skip
-    row[f"{key}speedup"] = row[f"trl_{key}s"] / row[f"gold_{key}s"]
+    row[f"{key}speedup"] = row[f"{impls[1]}_{key}s"] / row[f"gold_{key}s"]
     return row
+
+
+def shifted_cost(batch: int, tokens: int, device: str) -> dict[str, Any]:
+    """The hybrid with shifted matching (gold's default) against the global map alone, on the same logits."""
+    result: dict[str, Any] = {"device": device, "batch": batch, "tokens": tokens}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "full.pt"
+        build_inputs(batch, tokens, device, path)
+        aligned = torch.load(path, weights_only=False)["batch"]
+        result["groups"], result["shifted_groups"] = aligned.num_groups, aligned.shifts.num_shifted
+        result["pair_sets"] = len(aligned.shifts.student_ids)
+        for backward in (False, True):
+            result["backward" if backward else "forward"] = _compare("hybrid", path, device, backward,
+                                                                     impls=("gold", "gold_global"))  # fmt: skip
+    return result
 
 
 def run(batch: int, tokens: int, device: str, backward_batch: int) -> dict[str, Any]:
@@ -199,13 +215,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--tokens", type=int, default=256, help="approximate completion tokens per example")
     parser.add_argument("--backward-batch", type=int, default=8, help="examples for the forward+backward timing")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--shifted-cost", action="store_true", help="only time the hybrid with and without shifted matching (no TRL)"
+    )
     parser.add_argument("--worker", nargs=4, metavar=("IMPL", "MODE", "BACKWARD", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         impl, mode, backward, path = args.worker
         print(json.dumps(worker(impl, mode, backward == "1", Path(path), args.device)))
         return None
-    result = run(args.batch, args.tokens, args.device, args.backward_batch)
+    if args.shifted_cost:
+        result = shifted_cost(args.batch, args.tokens, args.device)
+    else:
+        result = run(args.batch, args.tokens, args.device, args.backward_batch)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -36,7 +36,7 @@ from gold.data import (
     pad_id,
     side_inputs,
 )
-from gold.losses import AlignedBatch, PairTables
+from gold.losses import AlignedBatch, GroupShifts, PairTables
 from gold.stops import StopRule, stop_rule
 
 
@@ -210,6 +210,7 @@ class Collator:
             teacher_groups=_loss_view_groups([r.teacher_groups for r in rows], teacher.logits_to_keep),
             tables=self.tables,
             stats=AlignmentStats.combine([a.stats for a in alignments]),
+            shifts=self._shifts(alignments, rows),
         )
         counts = {
             "completions": float(len(rows)),
@@ -222,6 +223,21 @@ class Collator:
             "completions/cut_partial_tokens": float(sum(d.cut_tokens for d in decoded)),
         }
         return TrainBatch(student, teacher, aligned, tuple(d.text for d in decoded), source, counts)
+
+    def _shifts(self, alignments: Sequence[Alignment], rows: Sequence[_ScoredRow]) -> GroupShifts | None:
+        """Each scored group whose last tokens start at different bytes, with the column pairs of its shift."""
+        if self.tables.shifted is None:
+            return None
+        kept = [a.num_groups - int(r.dropped_tail) for a, r in zip(alignments, rows, strict=True)]
+        shifts = GroupShifts.build(alignments, kept, self.tables.shifted)
+        if not any(r.end_group for r in rows):
+            return shifts
+        # the end groups follow each example's scored groups: never shifted
+        sets, at = [], 0
+        for count, row in zip(kept, rows, strict=True):
+            sets += [shifts.group_set[at : at + count], torch.full((int(row.end_group),), -1, dtype=torch.int64)]
+            at += count
+        return GroupShifts(torch.cat(sets), shifts.student_ids, shifts.teacher_ids)
 
     def _teacher_ids(self, completion: Completion, decoded: DecodedCompletion, index: int) -> list[int]:
         """The teacher's tokens of the decoded text: its own when given and still the same text, else encoded."""

@@ -40,6 +40,12 @@ class LossConfig:
     # torch path only (the fused path holds no (G, V) rows): groups per chunk; each chunk is recomputed
     # in backward, bounding memory to ~chunk × V (None: all at once, holding every (G, V) row of both models)
     chunk_groups: int | None = 256
+    # groups whose last tokens start at different bytes (Llama-3 `123` against Qwen2.5 `1`·`2`·`3`) pair the columns
+    # that spell the same string (teacher `123` with student `3` after `12`; alignment.shifted); false: the global
+    # vocabulary map, which there pairs different strings (student `3` after `12`, i.e. `123`, with teacher `3`), as
+    # TRL's hybrid does everywhere. On by default: on two-digit addition (Llama-3 teacher → Qwen2.5 student, 2 seeds,
+    # benchmarks/RESULTS.md) held-out KL per byte 1.12 with it vs 9.11 without (SFT 1.12)
+    shifted_matching: bool = True
     # "auto": the fused CPU kernels (gold.losses.fused: values and gradient in one pass set, no (G, V)
     # rows) for the hybrid and ULD terms when the logits are float32 on the CPU and ULD is quantized;
     # the composed torch path otherwise. "fused" insists (and says why it cannot), "torch" never fuses.

@@ -333,11 +333,8 @@ class TrainBatch:
     engine_logprobs: tuple[tuple[float, ...], ...] | None = None
 
     def to(self, device: torch.device | str) -> TrainBatch:
-        aligned = AlignedBatch(*(t.to(device) for t in (self.aligned.student_ids, self.aligned.teacher_ids,
-                                                        self.aligned.student_groups, self.aligned.teacher_groups)),
-                               tables=self.aligned.tables.to(device), stats=self.aligned.stats)  # fmt: skip
         return dataclasses.replace(self, student=self.student.to(device), teacher=self.teacher.to(device),
-                                   aligned=aligned)  # fmt: skip
+                                   aligned=self.aligned.to(device))  # fmt: skip
 
 
 def logit_rows(model: Any) -> int:

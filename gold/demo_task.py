@@ -33,10 +33,12 @@ ANSWER_ODDS = (4, 3, 2, 1)
 
 @dataclass(frozen=True)
 class Prompt:
-    """One question about one animal."""
+    """One question: about an animal (the demo), or with a known answer (``answer``: other tasks, such as the
+    arithmetic of ``benchmarks/bench_arithmetic.py``)."""
 
     animal: str
     text: str
+    answer: str = ""
 
 
 def task_prompts() -> tuple[list[Prompt], list[Prompt]]:
@@ -50,14 +52,18 @@ def task_prompts() -> tuple[list[Prompt], list[Prompt]]:
 
 
 def true_answer(prompt: Prompt, rng: random.Random) -> str:
-    """A sample from the task's answer distribution."""
+    """A sample from the task's answer distribution (a prompt's own ``answer`` when it has one)."""
+    if prompt.answer:
+        return prompt.answer
     sound = SOUNDS[prompt.animal]
     template = rng.choices(ANSWERS, weights=ANSWER_ODDS)[0]
     return template.format(a=prompt.animal, s=sound, S=sound.capitalize())
 
 
 def is_correct(prompt: Prompt, completion: str) -> bool:
-    """The answer names the animal's sound."""
+    """The answer names the animal's sound (a prompt with its own ``answer``: the completion starts with it)."""
+    if prompt.answer:
+        return completion.strip().startswith(prompt.answer.strip())
     return SOUNDS[prompt.animal] in completion.lower()
 
 

@@ -131,8 +131,8 @@ def reference_hybrid(
     """(matched JSD with an "other" bucket, unmatched ULD, teacher matched mass), row by row."""
     matched, unmatched, masses = [], [], []
     for s_row, t_row in zip(student, teacher, strict=True):
-        s_part = torch.stack([s_row[i] for i in s_matched])
-        t_part = torch.stack([t_row[i] for i in t_matched])
+        s_part = s_row[torch.tensor(s_matched, dtype=torch.long)]  # explicit ids, possibly none
+        t_part = t_row[torch.tensor(t_matched, dtype=torch.long)]
         s_other = torch.log(1 - s_part.exp().sum()).reshape(1)
         t_other = torch.log(1 - t_part.exp().sum()).reshape(1)
         matched.append(reference_jsd(torch.cat([s_part, s_other])[None], torch.cat([t_part, t_other])[None], beta)[0])

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from alignment import Alignment, AlignmentStats, VocabMap, token_bytes_table
+from alignment.shifted import ShiftedPairs, group_shifts
 from gold.losses.byte_marginal import first_byte_table, shared_bins
 from gold.stops import StopRule, stop_rule
 
@@ -28,6 +29,8 @@ class PairTables:
         student_bins: (Vs,) int64 first byte of each student token (END_BIN for stop ids, NO_BYTE: none).
         teacher_bins: (Vt,) int64 likewise for the teacher.
         shared_bins: (NUM_BINS,) bool, the bins both sides produce (:func:`gold.losses.byte_marginal.shared_bins`).
+        shifted: the column pairs of groups whose last tokens start at different bytes
+            (:class:`alignment.ShiftedPairs`; None: such groups use the global map too).
     """
 
     student_matched: torch.Tensor
@@ -35,6 +38,7 @@ class PairTables:
     student_bins: torch.Tensor
     teacher_bins: torch.Tensor
     shared_bins: torch.Tensor
+    shifted: ShiftedPairs | None = None
 
     @classmethod
     def build(
@@ -67,11 +71,73 @@ class PairTables:
             student_bins=student_bins,
             teacher_bins=teacher_bins,
             shared_bins=shared_bins(student_bins, teacher_bins),
+            shifted=shifted_pairs(student_tokenizer, teacher_tokenizer),
         )
 
     def to(self, device: torch.device | str) -> PairTables:
         return PairTables(*(t.to(device) for t in (self.student_matched, self.teacher_matched, self.student_bins,
-                                                    self.teacher_bins, self.shared_bins)))  # fmt: skip
+                                                    self.teacher_bins, self.shared_bins)),
+                          shifted=self.shifted)  # fmt: skip
+
+
+_SHIFTED_PAIRS: dict[tuple[int, int], tuple[Any, Any, ShiftedPairs]] = {}
+
+
+def shifted_pairs(student_tokenizer: Any, teacher_tokenizer: Any) -> ShiftedPairs:
+    """The :class:`alignment.ShiftedPairs` of a tokenizer pair, built once per pair of tokenizer objects."""
+    key = (id(student_tokenizer), id(teacher_tokenizer))
+    if key not in _SHIFTED_PAIRS:  # the tokenizers are kept with it, so their ids stay theirs
+        _SHIFTED_PAIRS[key] = (student_tokenizer, teacher_tokenizer,
+                               ShiftedPairs.build(student_tokenizer, teacher_tokenizer))  # fmt: skip
+    return _SHIFTED_PAIRS[key][2]
+
+
+@dataclass(frozen=True)
+class GroupShifts:
+    """Column pairs of the batch's shifted groups (:mod:`alignment.shifted`): groups whose last tokens start at
+    different bytes, where the vocabulary map would pair columns that are different strings.
+
+    Attributes:
+        group_set: (G,) int64, in the batch's (example, group) order: the pair set of each group, -1 where the
+            last tokens start together and the global vocabulary map holds.
+        student_ids / teacher_ids: per pair set, (P,) int64 ids whose columns spell the same string, pairwise.
+    """
+
+    group_set: torch.Tensor
+    student_ids: tuple[torch.Tensor, ...]
+    teacher_ids: tuple[torch.Tensor, ...]
+
+    @property
+    def num_shifted(self) -> int:
+        return int((self.group_set >= 0).sum())
+
+    def to(self, device: torch.device | str) -> GroupShifts:
+        return GroupShifts(self.group_set.to(device), tuple(t.to(device) for t in self.student_ids),
+                           tuple(t.to(device) for t in self.teacher_ids))  # fmt: skip
+
+    @classmethod
+    def build(cls, alignments: Sequence[Alignment], num_groups: Sequence[int], pairs: ShiftedPairs) -> GroupShifts:
+        """The shifted groups among the first ``num_groups[i]`` groups of each alignment (its scored groups; later
+        ones, such as an end group, are never shifted), with their pairs from ``pairs``."""
+        per_example = [[s for s in group_shifts(a) if s.group < count] for a, count in zip(alignments, num_groups,
+                                                                                          strict=True)]  # fmt: skip
+        sets: dict[tuple[bytes, bool], int] = {}
+        student_ids: list[torch.Tensor] = []
+        teacher_ids: list[torch.Tensor] = []
+        group_set = torch.full((sum(num_groups),), -1, dtype=torch.int64)
+        offset = 0
+        totals = [count for count in num_groups]
+        for shifts, total in zip(per_example, totals, strict=True):
+            for shifted in shifts:
+                key = (shifted.shift, shifted.student_ahead)
+                if key not in sets:
+                    student, teacher = pairs.pairs(shifted.shift, student_ahead=shifted.student_ahead)
+                    sets[key] = len(student_ids)
+                    student_ids.append(torch.from_numpy(student))
+                    teacher_ids.append(torch.from_numpy(teacher))
+                group_set[offset + shifted.group] = sets[key]
+            offset += total
+        return cls(group_set, tuple(student_ids), tuple(teacher_ids))
 
 
 @dataclass(frozen=True)
@@ -85,6 +151,7 @@ class AlignedBatch:
         teacher_groups: (B, Tt) int64 likewise; example b has the same groups on both sides.
         tables: the pair's vocabulary map and first-byte tables.
         stats: alignment statistics of the batch.
+        shifts: the column pairs of shifted groups (None: every group uses the global vocabulary map).
     """
 
     student_ids: torch.Tensor
@@ -93,6 +160,13 @@ class AlignedBatch:
     teacher_groups: torch.Tensor
     tables: PairTables
     stats: AlignmentStats
+    shifts: GroupShifts | None = None
+
+    def to(self, device: torch.device | str) -> AlignedBatch:
+        return AlignedBatch(*(t.to(device) for t in (self.student_ids, self.teacher_ids, self.student_groups,
+                                                     self.teacher_groups)),
+                            tables=self.tables.to(device), stats=self.stats,
+                            shifts=None if self.shifts is None else self.shifts.to(device))  # fmt: skip
 
     @property
     def num_groups(self) -> int:
@@ -122,7 +196,10 @@ class AlignedBatch:
         t_ids, t_groups = _pad([(list(p), a.teacher_ids.tolist(), a.teacher_groups.tolist())
                                 for p, a in zip(t_prefix, alignments, strict=True)], pad_id)  # fmt: skip
         stats = AlignmentStats.combine([a.stats for a in alignments])
-        return cls(s_ids, t_ids, s_groups, t_groups, tables, stats)
+        shifts = None
+        if tables.shifted is not None:
+            shifts = GroupShifts.build(alignments, [a.num_groups for a in alignments], tables.shifted)
+        return cls(s_ids, t_ids, s_groups, t_groups, tables, stats, shifts)
 
 
 def _count_groups(groups: torch.Tensor) -> int:

@@ -22,7 +22,7 @@ from gold.config import LossConfig
 from gold.losses.batch import AlignedBatch
 from gold.losses.byte_marginal import byte_marginal
 from gold.losses.fused import FUSED_TERMS, fused_applies, fused_row_terms
-from gold.losses.hybrid import hybrid
+from gold.losses.hybrid import HybridParts, hybrid
 from gold.losses.merge import GroupIndex, check_same_groups, index_groups, reduction_dtype, rows_of, start_rows
 from gold.losses.reduce import check_finite, reduce_rows
 from gold.losses.span import span_likelihood
@@ -36,33 +36,61 @@ def _row_terms(
     config: LossConfig, terms: frozenset[str], batch: AlignedBatch, student_logits: torch.Tensor,
     teacher_logits: torch.Tensor, student_index: GroupIndex, teacher_index: GroupIndex, select: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
-    """(6, g) per-group values for one chunk: hybrid, ULD, byte marginal, teacher matched mass, and
-    the hybrid's matched (JSD) and unmatched (ULD) parts before weighting (zeros for terms not asked)."""
-    tables = batch.tables
+    """(7, g) per-group values for one chunk: hybrid, ULD, byte marginal, teacher matched mass, the hybrid's
+    matched (JSD) and unmatched (ULD) parts before weighting, and the teacher mass the global vocabulary map
+    matches (zeros for terms not asked)."""
     zeros = torch.zeros(select.shape[0], dtype=reduction_dtype(student_logits), device=student_logits.device)
     hybrid_rows, uld_rows, byte_rows, mass, matched, unmatched = zeros, zeros, zeros, zeros, zeros, zeros
+    mass_before = zeros
     if "hybrid" in terms or "uld" in terms:
         student_rows = rows_of(student_logits, student_index, select)  # (g, Vs)
         teacher_rows = rows_of(teacher_logits, teacher_index, select).detach()  # (g, Vt)
     if "hybrid" in terms:
-        weights = "mass" if config.hybrid_weighting == "mass" else (config.hybrid_matched_weight,
-                                                                     config.hybrid_unmatched_weight)  # fmt: skip
-        parts = hybrid(student_rows, teacher_rows, student_matched=tables.student_matched,
-                       teacher_matched=tables.teacher_matched, beta=config.beta, weights=weights,
-                       distance=uld_distance(config, student_rows.device),
-                       student_log_totals=student_index.prefix[select],
-                       teacher_log_totals=teacher_index.prefix[select].detach())  # fmt: skip
-        hybrid_rows, mass, matched, unmatched = parts.loss, parts.teacher_matched_mass, parts.matched, parts.unmatched
+        parts = _hybrid_rows(config, batch, student_rows, teacher_rows, student_index, teacher_index, select)
+        hybrid_rows, mass, matched, unmatched, mass_before = parts
     if "uld" in terms:
         uld_rows = uld_distance(config, student_rows.device)(student_rows, teacher_rows)
     if "byte_marginal" in terms:
         byte_rows = byte_marginal(
             start_rows(student_logits, student_index, select),
             start_rows(teacher_logits, teacher_index, select).detach(),
-            student_bins=tables.student_bins, teacher_bins=tables.teacher_bins, shared=tables.shared_bins,
+            student_bins=batch.tables.student_bins, teacher_bins=batch.tables.teacher_bins,
+            shared=batch.tables.shared_bins,
             beta=config.beta,
         )  # fmt: skip
-    return torch.stack([hybrid_rows, uld_rows, byte_rows, mass, matched.detach(), unmatched.detach()])
+    return torch.stack([hybrid_rows, uld_rows, byte_rows, mass, matched.detach(), unmatched.detach(), mass_before])
+
+
+def _hybrid_rows(
+    config: LossConfig, batch: AlignedBatch, student_rows: torch.Tensor, teacher_rows: torch.Tensor,
+    student_index: GroupIndex, teacher_index: GroupIndex, select: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """The hybrid's loss, teacher matched mass, matched and unmatched parts per row of a chunk, and the mass the
+    global map matches: every row through the global vocabulary map, then each shifted group through its own
+    column pairs (:attr:`AlignedBatch.shifts`), when ``config.shifted_matching``."""
+    weights = "mass" if config.hybrid_weighting == "mass" else (config.hybrid_matched_weight,
+                                                                 config.hybrid_unmatched_weight)  # fmt: skip
+    options = dict(beta=config.beta, weights=weights, distance=uld_distance(config, student_rows.device))
+    student_totals, teacher_totals = student_index.prefix[select], teacher_index.prefix[select].detach()
+
+    def run(rows: torch.Tensor | slice, student_ids: torch.Tensor, teacher_ids: torch.Tensor) -> HybridParts:
+        return hybrid(student_rows[rows], teacher_rows[rows], student_matched=student_ids, teacher_matched=teacher_ids,
+                      student_log_totals=student_totals[rows], teacher_log_totals=teacher_totals[rows],
+                      **options)  # type: ignore[arg-type]  # fmt: skip
+
+    tables, shifts = batch.tables, batch.shifts
+    parts = run(slice(None), tables.student_matched, tables.teacher_matched)
+    values = [parts.loss, parts.teacher_matched_mass, parts.matched, parts.unmatched]
+    before = parts.teacher_matched_mass
+    if not config.shifted_matching or shifts is None:
+        return (*values, before)
+    sets = shifts.group_set[select]
+    for k in sets[sets >= 0].unique().tolist():
+        rows = (sets == k).nonzero(as_tuple=True)[0]
+        own = run(rows, shifts.student_ids[k], shifts.teacher_ids[k])
+        replaced = (own.loss, own.teacher_matched_mass, own.matched, own.unmatched)
+        values = [v.index_put((rows,), r.to(v.dtype)) for v, r in zip(values, replaced, strict=True)]
+    return (*values, before)
 
 
 def uld_distance(config: LossConfig, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -135,7 +163,7 @@ def _torch_rows(
     config: LossConfig, terms: frozenset[str], batch: AlignedBatch, student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
-    """Per-group rows of ``terms`` by the composed torch path, and the hybrid's (3, G) health rows."""
+    """Per-group rows of ``terms`` by the composed torch path, and the hybrid's (4, G) health rows."""
     # the temperatures are applied to each chunk's upcast rows, never to a copy of the whole logits
     teacher_logits = teacher_logits.detach()
     student_index = index_groups(student_logits, batch.student_ids, batch.student_groups,
@@ -143,7 +171,7 @@ def _torch_rows(
     teacher_index = index_groups(teacher_logits, batch.teacher_ids, batch.teacher_groups,
                                  temperature=config.teacher_temperature)  # fmt: skip
     check_same_groups(student_index.num_groups, teacher_index.num_groups)
-    per_row = _chunked(config, terms, batch, student_logits, teacher_logits, student_index, teacher_index)  # (6, G)
+    per_row = _chunked(config, terms, batch, student_logits, teacher_logits, student_index, teacher_index)  # (7, G)
     span_rows = span_likelihood(student_index.observed, teacher_index.observed.detach(), beta=config.beta)
     rows = {"hybrid": per_row[0], "uld": per_row[1], "span": span_rows, "byte_marginal": per_row[2]}
     return rows, per_row[3:]
@@ -159,9 +187,9 @@ def _chunked(
     if total == 0:
         # no groups anywhere in this slice (e.g. every rollout stopped at once): empty rows that are
         # still views of the student logits, so the (zero) loss has a graph to call backward on
-        return torch.stack([student_logits.flatten()[:0].to(dtype)] * 6)
+        return torch.stack([student_logits.flatten()[:0].to(dtype)] * 7)
     if not terms & {"hybrid", "uld", "byte_marginal"}:
-        return torch.zeros(6, total, dtype=dtype, device=device)
+        return torch.zeros(7, total, dtype=dtype, device=device)
     size = config.chunk_groups or total
     parts = []
     for start in range(0, total, size):
@@ -176,8 +204,8 @@ def _chunked(
 
 
 def _health(batch: AlignedBatch, hybrid_rows: torch.Tensor, config: LossConfig) -> dict[str, float]:
-    """Alignment coverage and, with the hybrid term, its parts: ``hybrid_rows`` is (3, G) of
-    teacher matched mass, matched JSD and unmatched ULD per group."""
+    """Alignment coverage and, with the hybrid term, its parts: ``hybrid_rows`` is (4, G) of teacher matched
+    mass, matched JSD, unmatched ULD and the mass the global vocabulary map matches, per group."""
     stats = batch.stats
     health = {
         "align/groups": float(stats.num_groups),
@@ -186,8 +214,22 @@ def _health(batch: AlignedBatch, hybrid_rows: torch.Tensor, config: LossConfig) 
         "align/student_tokens_per_group": stats.student_tokens_per_group,
     }
     if config.hybrid_weight > 0 and hybrid_rows.shape[1]:
-        mass, matched, unmatched = hybrid_rows.detach().mean(dim=1).tolist()
+        mass, matched, unmatched, _ = hybrid_rows.detach().mean(dim=1).tolist()
         health["hybrid/teacher_matched_mass"] = mass
         health["hybrid/matched_jsd"] = matched
         health["hybrid/unmatched_uld"] = unmatched
+        health.update(_shifted_health(batch, hybrid_rows.detach(), config))
     return health
+
+
+def _shifted_health(batch: AlignedBatch, hybrid_rows: torch.Tensor, config: LossConfig) -> dict[str, float]:
+    """Share of groups whose last tokens start at different bytes, and the teacher mass matched in them by the
+    global map (before) and by their own column pairs (after; equal to before with shifted matching off)."""
+    if batch.shifts is None or batch.shifts.group_set.shape[0] != hybrid_rows.shape[1]:
+        return {}
+    shifted = batch.shifts.group_set.to(hybrid_rows.device) >= 0
+    out = {"hybrid/shifted_groups": float(shifted.float().mean())}
+    if shifted.any():
+        out["hybrid/shifted_mass_before"] = float(hybrid_rows[3][shifted].mean())
+        out["hybrid/shifted_mass_after"] = float(hybrid_rows[0][shifted].mean())
+    return out

@@ -29,7 +29,17 @@ import torch
 from gold.config import LossConfig
 from gold.losses import fused_kernels as kernels
 from gold.losses.batch import AlignedBatch
-from gold.losses.fused_kernels import HYBRID, MASS, MATCHED, ULD, UNMATCHED, finalize_gradient, group_terms, row_stats
+from gold.losses.fused_kernels import (
+    HYBRID,
+    MASS,
+    MASS_BEFORE,
+    MATCHED,
+    ULD,
+    UNMATCHED,
+    finalize_gradient,
+    group_terms,
+    row_stats,
+)
 from gold.losses.merge import check_same_groups, checked_positions
 from gold.losses.reduce import global_denominator
 from gold.losses.uld_quantized import LEVEL_VALUES
@@ -139,6 +149,20 @@ def _tables(batch: AlignedBatch, student_rows: int, teacher_rows: int) -> tuple[
             unmatched(teacher_matched, teacher_rows))  # fmt: skip
 
 
+def _shift_sets(batch: AlignedBatch, config: LossConfig, num_groups: int) -> tuple[np.ndarray, ...]:
+    """The shifted groups' column pairs as flat arrays (:func:`gold.losses.fused_kernels.group_terms`); no group is
+    shifted when ``config.shifted_matching`` is off or the batch carries none."""
+    shifts = batch.shifts
+    if not config.shifted_matching or shifts is None or not shifts.student_ids:
+        empty = np.zeros(0, np.int64)
+        return np.full(num_groups, -1, np.int64), np.zeros(1, np.int64), empty, empty
+    sizes = [int(ids.shape[0]) for ids in shifts.student_ids]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    student = np.concatenate([ids.cpu().numpy() for ids in shifts.student_ids]).astype(np.int64)
+    teacher = np.concatenate([ids.cpu().numpy() for ids in shifts.teacher_ids]).astype(np.int64)
+    return shifts.group_set.cpu().numpy().astype(np.int64), offsets, student, teacher
+
+
 def _settings(config: LossConfig, denominator: float, want_grad: bool) -> np.ndarray:
     """The group kernel's (9,) settings vector, entries at the indices :mod:`gold.losses.fused_kernels` names."""
     entries = {
@@ -162,7 +186,7 @@ def _run(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: AlignedBatch, config: LossConfig,
     num_items_in_batch: int | torch.Tensor | None, want_grad: bool,
 ) -> tuple[np.ndarray, np.ndarray | None, float]:  # fmt: skip
-    """(5, G) values per group, with ``want_grad`` the (B, Ts, Vs) gradient of the fused loss, and the
+    """(6, G) values per group, with ``want_grad`` the (B, Ts, Vs) gradient of the fused loss, and the
     number the group sums are divided by (:func:`gold.losses.reduce.global_denominator`)."""
     student = _side(student_logits, batch.student_ids, batch.student_groups, config.student_temperature)
     teacher = _side(teacher_logits, batch.teacher_ids, batch.teacher_groups, config.teacher_temperature)
@@ -173,12 +197,13 @@ def _run(
     prefixes = np.stack([student.prefix, teacher.prefix], axis=1)
     inv = np.array([1.0 / config.student_temperature, 1.0 / config.teacher_temperature], dtype=np.float32)
     hybrid_tables = _tables(batch, student.flat.shape[1], teacher.flat.shape[1])
-    values = np.zeros((5, num_groups), dtype=np.float64)
+    values = np.zeros((6, num_groups), dtype=np.float64)
     grad = np.empty_like(student.flat) if want_grad else np.zeros((1, 1), np.float32)
     row_grad = np.zeros((num_groups, 2), dtype=np.float64)
     offsets = np.zeros((num_groups, 2), dtype=np.float32)
     workers = max(1, min(numba.get_num_threads(), num_groups))
-    group_terms(student.flat, teacher.flat, rows, prefixes, inv, hybrid_tables, LEVEL_VALUES,
+    shift_sets = _shift_sets(batch, config, num_groups)
+    group_terms(student.flat, teacher.flat, rows, prefixes, inv, hybrid_tables, shift_sets, LEVEL_VALUES,
                 _settings(config, denominator, want_grad), values, grad, row_grad, offsets, workers)  # fmt: skip
     if not want_grad:
         return values, None, denominator
@@ -202,7 +227,7 @@ def _row_roles(student: _Side, row_grad: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 class _FusedRowTerms(torch.autograd.Function):
-    """Forward computes the loss, the (5, G) values and the reduced (hybrid, ULD) terms, and (when
+    """Forward computes the loss, the (6, G) values and the reduced (hybrid, ULD) terms, and (when
     needed) the loss's gradient; backward hands the gradient on."""
 
     @staticmethod
@@ -261,10 +286,10 @@ def fused_row_terms(
 
     Returns:
         ``(loss, terms, health)``: the weighted sum of the fused terms (differentiable), each term's
-        reduced value (for logging and the finiteness check), and (3, G) teacher matched mass, matched
-        JSD and unmatched ULD per group.
+        reduced value (for logging and the finiteness check), and (4, G) teacher matched mass, matched
+        JSD, unmatched ULD and the mass the global vocabulary map matches, per group.
     """
     loss, values, reduced = _FusedRowTerms.apply(student_logits, teacher_logits.detach(), batch, config,
                                                  num_items_in_batch)  # fmt: skip
     terms = {name: reduced[i] for i, name in enumerate(FUSED_TERMS) if getattr(config, f"{name}_weight") > 0}
-    return loss, terms, values[[MASS, MATCHED, UNMATCHED]]
+    return loss, terms, values[[MASS, MATCHED, UNMATCHED, MASS_BEFORE]]

@@ -36,8 +36,9 @@ from gold.losses.fused_rows import (
 )
 from gold.losses.uld_quantized import LEVELS, compare_counts, count_levels
 
-# value rows of the group kernel
-HYBRID, ULD, MASS, MATCHED, UNMATCHED = range(5)
+# value rows of the group kernel (MASS_BEFORE: the teacher mass the global vocabulary map matches, = MASS except in
+# shifted groups, whose own column pairs replace the map)
+HYBRID, ULD, MASS, MATCHED, UNMATCHED, MASS_BEFORE = range(6)
 # entries of its settings vector (built by gold.losses.fused._settings)
 BETA, USE_HYBRID, USE_ULD, MASS_WEIGHTING, MATCHED_WEIGHT, UNMATCHED_WEIGHT, HYBRID_COEF, ULD_COEF, WANT_GRAD = range(9)
 
@@ -171,6 +172,7 @@ def group_terms(
     prefixes: np.ndarray,
     inv: np.ndarray,
     hybrid_tables: tuple,
+    shift_sets: tuple,
     levels: np.ndarray,
     settings: np.ndarray,
     values: np.ndarray,
@@ -187,16 +189,22 @@ def group_terms(
         rows: (G, 2) int64 student and teacher row predicting each group's last token.
         hybrid_tables: (M,) student and teacher matched ids, then the student's and the teacher's ids
             without a partner; levels: (K,) float64 ULD level values.
+        shift_sets: the column pairs of shifted groups: (G,) int64 pair set of each group (-1: the global map),
+            (S + 1,) int64 offsets of each set in the next two, (P,) int64 student and teacher ids, pairwise.
         prefixes: (G, 2) float64 log-probability of each group's earlier tokens, per side.
         inv: (2,) float32 inverse temperatures; settings: (9,) float64, entries named by the constants
             above (β, which terms, the hybrid's weighting, coefficients, whether to write the gradient).
-        values: (5, G) float64 out; grad: (Rs, Vs) float32 out (rows of last tokens only);
+        values: (6, G) float64 out; grad: (Rs, Vs) float32 out (rows of last tokens only);
         row_grad: (G, 2) float64 out, Σ_v ∂loss/∂r(v) and the explicit ∂loss/∂prefix per group;
         offsets: (G, 2) float32 out, ``logsumexp(z) - prefix`` per side.
     """
     groups = rows.shape[0]
     want = settings[WANT_GRAD] > 0
-    student_size, teacher_size, matched = student_flat.shape[1], teacher_flat.shape[1], hybrid_tables[0].shape[0]
+    student_size, teacher_size = student_flat.shape[1], teacher_flat.shape[1]
+    group_set, set_offsets = shift_sets[0], shift_sets[1]
+    matched = hybrid_tables[0].shape[0]
+    for k in range(set_offsets.shape[0] - 1):
+        matched = max(matched, set_offsets[k + 1] - set_offsets[k])
     for worker in prange(workers):
         scratch = (
             np.zeros(LEVELS, np.int64),
@@ -211,6 +219,8 @@ def group_terms(
             np.empty(max(matched, student_size), np.float32),
         )
         dummy = np.zeros(1, np.float32)
+        masks = (np.zeros(student_size, np.bool_), np.zeros(teacher_size, np.bool_))
+        buffers = (np.empty(student_size, np.int64), np.empty(teacher_size, np.int64))
         for g in range(worker, groups, workers):
             student_row, teacher_row = student_flat[rows[g, 0]], teacher_flat[rows[g, 1]]
             student_lse = np.float32(lse_of(student_row, student_row.shape[0], inv[0]))
@@ -223,11 +233,16 @@ def group_terms(
             if settings[USE_ULD] > 0:
                 _uld(student_row, teacher_row, g, levels, offsets, inv, settings, scratch, values, q)
             if settings[USE_HYBRID] > 0:
+                tables = _group_tables(g, hybrid_tables, shift_sets, masks, buffers)
+                if group_set[g] >= 0:
+                    values[MASS_BEFORE, g] = teacher_matched_probs(
+                        teacher_row, hybrid_tables[1], inv[1], offsets[g, 1], scratch[7], scratch[8]
+                    )
                 pre_grad = _hybrid(
                     student_row,
                     teacher_row,
                     g,
-                    hybrid_tables,
+                    tables,
                     levels,
                     offsets,
                     prefixes,
@@ -237,10 +252,42 @@ def group_terms(
                     values,
                     q,
                 )
+                if group_set[g] < 0:
+                    values[MASS_BEFORE, g] = values[MASS, g]
             row_grad[g, 1] = pre_grad
             if want:
                 row_grad[g, 0] = _row_sum(q)
                 _finish_last_row(student_row, inv[0], student_lse, row_grad[g, 0], q)
+
+
+@njit(inline="always")
+def _group_tables(g: int, hybrid_tables: tuple, shift_sets: tuple, masks: tuple, buffers: tuple) -> tuple:
+    """The hybrid's (student matched, teacher matched, student unmatched, teacher unmatched) ids of group ``g``:
+    the global tables, or a shifted group's own pairs and their complements (built in ``buffers``)."""
+    group_set, set_offsets, set_student, set_teacher = shift_sets
+    k = group_set[g]
+    if k < 0:
+        return (hybrid_tables[0][0:], hybrid_tables[1][0:], hybrid_tables[2][0:], hybrid_tables[3][0:])
+    start, end = set_offsets[k], set_offsets[k + 1]
+    student_ids, teacher_ids = set_student[start:end], set_teacher[start:end]
+    student_rest = _complement(student_ids, masks[0], buffers[0])
+    teacher_rest = _complement(teacher_ids, masks[1], buffers[1])
+    return (student_ids, teacher_ids, student_rest, teacher_rest)
+
+
+@njit(inline="always")
+def _complement(ids: np.ndarray, mask: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    """The ids of ``0 … len(mask) - 1`` not in ``ids``, written into ``buffer``; ``mask`` is left all False."""
+    for i in ids:
+        mask[i] = True
+    count = 0
+    for v in range(mask.shape[0]):
+        if not mask[v]:
+            buffer[count] = v
+            count += 1
+    for i in ids:
+        mask[i] = False
+    return buffer[0:count]
 
 
 @njit(inline="always", fastmath=FASTMATH)

@@ -39,6 +39,7 @@ def test_train_steps_log_every_part(tmp_path, student_tokenizer, teacher_tokeniz
         assert key in logged
     if loss.hybrid_weight:
         assert 0 < logged["hybrid/teacher_matched_mass"] <= 1
+        assert 0 <= logged["hybrid/shifted_groups"] < 1  # groups whose last tokens start at different bytes
 
 
 def test_loss_falls_on_a_fixed_batch(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
