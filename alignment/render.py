@@ -7,15 +7,20 @@ flagged, and bytes that are not valid UTF-8 on their own (half of an emoji) are 
 from __future__ import annotations
 
 import html
+import unicodedata
 
 from alignment.align import Alignment
 from alignment.stats import AlignmentStats
 
+_VISIBLE = {"\r": "\\r", "\n": "\\n", "\t": "\\t", " ": "·", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
 
 def _show(data: bytes) -> str:
-    """Bytes as readable text: valid UTF-8 decoded with whitespace made visible, the rest escaped."""
+    """Bytes as readable text: valid UTF-8 decoded with whitespace made visible, the rest escaped. Control
+    characters (ESC, BEL, NUL, DEL, C1) are escaped too: raw, they would drive the terminal that shows the table."""
     text = data.decode("utf-8", errors="backslashreplace")
-    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·")
+    return "".join(_VISIBLE.get(ch) or (f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" else ch)
+                   for ch in text)  # fmt: skip
 
 
 def _token_texts(alignment: Alignment, group: int, side: str) -> list[str]:

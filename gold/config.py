@@ -222,8 +222,13 @@ class ModelConfig:
     # chat template for `messages` rows: a built-in name (chatml, llama-3, gemma; see gold.chat) or a Jinja
     # file; None keeps the tokenizer's own (a model without one gets gold's plain format, with a warning)
     chat_template: str | None = None
+    # run the model's or tokenizer's own code from its folder (a *.py its config names). A risk: that code runs with
+    # your permissions; gold never runs it otherwise (such a folder is refused, naming it)
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.trust_remote_code, bool):
+            raise ValueError(f"ModelConfig.trust_remote_code must be true or false, got {self.trust_remote_code!r}")
         if not self.model:
             raise ValueError("ModelConfig.model is empty; give a zoo name, a directory, or 'tiny'")
         if self.dtype not in DTYPES:

@@ -17,7 +17,7 @@ from gold.demo_task import tiny_model
 from gold.recipe import RecipeError
 from gold.teacher import LocalTeacher
 from gold.trainer import GoldTrainer
-from gold.zoo import MODEL_TOKENIZERS, MODELS, load_model, load_tokenizer
+from gold.zoo import MODEL_TOKENIZERS, MODELS, load_model, load_tokenizer, refuse_custom_code
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -26,7 +26,7 @@ def build_tokenizer(spec: ModelConfig) -> Any:
     """The tokenizer a model section names (``tokenizer``, else the model's own), with the section's
     ``chat_template`` when it gives one (:func:`gold.chat.set_chat_template`)."""
     name = spec.tokenizer or spec.model
-    tokenizer = load_tokenizer(MODEL_TOKENIZERS.get(name, name))
+    tokenizer = load_tokenizer(MODEL_TOKENIZERS.get(name, name), trust_remote_code=spec.trust_remote_code)
     if spec.chat_template is not None:
         try:
             set_chat_template(tokenizer, spec.chat_template)
@@ -43,7 +43,12 @@ def build_model(spec: ModelConfig, tokenizer: Any, *, seed: int) -> Any:
     elif spec.model in MODELS:
         model = load_model(spec.model, dtype=dtype)
     elif Path(spec.model).is_dir():
-        model = AutoModelForCausalLM.from_pretrained(spec.model, local_files_only=True, dtype=dtype or "auto")
+        try:
+            refuse_custom_code(spec.model, trust_remote_code=spec.trust_remote_code)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+        model = AutoModelForCausalLM.from_pretrained(spec.model, local_files_only=True, dtype=dtype or "auto",
+                                                     trust_remote_code=spec.trust_remote_code)  # fmt: skip
     else:
         raise RecipeError(
             f"model {spec.model!r} is not a zoo model ({', '.join(MODELS)}), a local directory, or 'tiny'; "

@@ -12,6 +12,7 @@ with the libraries' own machinery. A built tokenizer (and a dequantized model) i
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -206,29 +207,46 @@ def resolve_name(name: str) -> str:
     return canonical
 
 
-def load_tokenizer(name: str) -> Any:
+def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
     """A zoo tokenizer by short name (or alias), or any local tokenizer directory.
 
     Args:
         name: a zoo name such as ``"qwen2.5"`` or ``"gemma-3"``, or a path to a folder that
             ``AutoTokenizer.from_pretrained`` can load.
 
+        trust_remote_code: run a folder's own tokenizer code (``*.py`` its config names). Off: such a folder is
+            refused, naming it; its code never runs.
+
     Raises:
         ZooPackageMissing: the package that ships the files is not installed (the message says how).
-        ValueError: the name is neither a zoo name nor a folder.
+        ValueError: the name is neither a zoo name nor a folder, or the folder needs its own code.
     """
     from transformers import AutoTokenizer
 
     if Path(name).is_dir():
-        return AutoTokenizer.from_pretrained(name)
+        refuse_custom_code(name, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     entry = TOKENIZERS[resolve_name(name)]
     folder = entry.package.folder()
     cached = cache_dir() / "tokenizers" / f"{entry.name}-{entry.package.version}-v{TOKENIZER_CACHE_VERSION}"
     if (cached / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(cached)
+        return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
     tokenizer = entry.build(folder)
     _save_atomically(tokenizer, cached)
-    return AutoTokenizer.from_pretrained(cached)
+    return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
+
+
+def refuse_custom_code(folder: str | Path, *, trust_remote_code: bool) -> None:
+    """Raises, naming the folder, when its config asks for its own code (``auto_map``) and it is not trusted:
+    transformers would otherwise load the base class in its place, silently, with other behaviour."""
+    if trust_remote_code:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(folder) / name
+        if path.is_file() and "auto_map" in json.loads(path.read_text(encoding="utf-8")):
+            raise ValueError(f"{folder} holds its own code ({name} names it in auto_map); gold does not run code from "
+                             "model or tokenizer folders unless the recipe sets trust_remote_code: true for that model "
+                             "(that code then runs with your permissions)")  # fmt: skip
 
 
 def _save_atomically(saveable: Any, target: Path) -> None:
@@ -283,7 +301,8 @@ def load_model(name: str, *, dtype: Any = None) -> Any:
     cached = cache_dir() / "models" / f"{name}-float32-v{CACHE_VERSION}"
     if not (cached / "config.json").exists():
         _save_atomically(_dequantized(name), cached)
-    model = AutoModelForCausalLM.from_pretrained(cached, local_files_only=True, dtype=dtype or torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(cached, local_files_only=True, dtype=dtype or torch.float32,
+                                                 trust_remote_code=False)  # fmt: skip
     return model.eval()
 
 

@@ -21,3 +21,14 @@ def test_html_view_escapes_and_marks_groups(qwen, llama) -> None:
     assert fragment.count('class="g ') == alignment.num_groups
     assert html_page([fragment]).startswith("<!doctype html>")
     assert alignment._repr_html_() == render_html(alignment)
+
+
+def test_terminal_view_escapes_control_characters(qwen) -> None:
+    """ESC, BEL, NUL, DEL and C1 controls would drive the terminal showing the table: escaped; text left as it is."""
+    tokenizer = qwen
+    text = "red\x1b[31m bell\x07 nul\x00 del\x7f c1\u0085 👩‍💻 line\u2028end"
+    table = render_text(align_texts(tokenizer, tokenizer, text))
+    assert not any(ch in table for ch in "\x1b\x07\x00\x7f\u0085\u2028")
+    for escaped in ("\\x1b", "\\x07", "\\x00", "\\x7f", "\\x85"):
+        assert escaped in table
+    assert "red" in table and "bell" in table and "end" in table

@@ -79,3 +79,16 @@ def test_train_with_vllm_where_it_is_missing_says_what_to_install(tmp_path, monk
     monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets where it is not installed
     with pytest.raises(SystemExit, match=r"gold train: rollout\.use_vllm needs vLLM, .* `make install-vllm`"):
         main(["train", str(_recipe(tmp_path)), "rollout.use_vllm=true"])
+
+
+def test_train_refuses_a_model_folder_with_its_own_code(tmp_path) -> None:
+    from gold.demo_task import tiny_model
+    from tests.conftest import zoo
+
+    folder = tmp_path / "student"
+    tiny_model(zoo("smollm2"), seed=0, hidden_size=16, layers=1).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=r"gold train: .*student holds its own code \(config.json names it"):
+        main(["train", str(_recipe(tmp_path)), f"student.model={folder}", "student.tiny={}"])

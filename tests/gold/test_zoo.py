@@ -161,3 +161,32 @@ def test_deepseek_has_its_end_of_sentence_token() -> None:
     tokenizer = zoo("deepseek")
     assert tokenizer.eos_token == "<｜end▁of▁sentence｜>" and tokenizer.bos_token == "<｜begin▁of▁sentence｜>"
     assert stop_rule(tokenizer).end_id == tokenizer.eos_token_id == 1
+
+
+def test_a_tokenizer_folder_with_its_own_code_is_refused_unless_trusted(tmp_path, monkeypatch) -> None:
+    """transformers would import the folder's ``*.py`` (after a prompt, or at once when trusted): gold refuses
+    the folder, naming it, and the code never runs; ``trust_remote_code=True`` is the explicit way in."""
+    import json
+
+    import pytest
+
+    from gold.zoo import load_tokenizer
+
+    folder = tmp_path / "custom"
+    load_tokenizer("smollm2").save_pretrained(folder)
+    marker = tmp_path / "code-ran"
+    (folder / "custom_tok.py").write_text(
+        "from pathlib import Path\nfrom transformers import PreTrainedTokenizerFast\n"
+        f"Path({str(marker)!r}).write_text('yes')\n"
+        "class CustomTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoTokenizer": [None, "custom_tok.CustomTokenizer"]}
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    with pytest.raises(ValueError, match=r"custom holds its own code \(tokenizer_config.json names it in auto_map\)"):
+        load_tokenizer(str(folder))
+    assert not marker.exists()
+    assert type(load_tokenizer(str(folder), trust_remote_code=True)).__name__ == "CustomTokenizer"
+    assert marker.exists()
