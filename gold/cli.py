@@ -33,8 +33,9 @@ from gold import eval_run
 from gold.data import DataError
 from gold.demo import DemoSettings
 from gold.demo import run_demo as demo_main
-from gold.recipe import RecipeError, dump_recipe, load_recipe
-from gold.run import build_trainer, read_rows
+from gold.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
+from gold.run import build_trainer, read_rows, training_arguments
+from gold.run_guard import prepare_output_dir, record_run
 from gold.zoo import ZooPackageMissing, load_tokenizer, tokenizer_names
 
 # A built-in sample for the demo: prose, numbers, accents, CJK, emoji with modifiers and ZWJ, code.
@@ -77,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", type=Path, help="YAML recipe (see examples/)")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.beta=0.3")
     train.add_argument("--resume", help="checkpoint directory to resume from, or 'latest' in training.output_dir")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in training.output_dir (its checkpoints are deleted)",
+    )
     _add_eval(commands)
     _add_vllm_serve(commands)
     return parser
@@ -171,9 +177,14 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     try:
         config = load_recipe(args.recipe, args.overrides)
+        recipe = config_to_dict(config)
+        output_dir = Path(training_arguments(config.training).output_dir)
+        prepare_output_dir(output_dir, recipe, resume=args.resume, overwrite=args.overwrite)  # before any loading
         trainer = build_trainer(config)
     except (RecipeError, ZooPackageMissing, ValueError, ImportError) as err:
         raise SystemExit(f"gold train: {err}") from None
+    if trainer.is_world_process_zero():
+        record_run(output_dir, recipe)
     resume: str | bool | None = True if args.resume == "latest" else args.resume
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()

@@ -92,3 +92,23 @@ def test_train_refuses_a_model_folder_with_its_own_code(tmp_path) -> None:
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match=r"gold train: .*student holds its own code \(config.json names it"):
         main(["train", str(_recipe(tmp_path)), f"student.model={folder}", "student.tiny={}"])
+
+
+def test_train_never_clobbers_a_run(tmp_path, capsys) -> None:
+    """A second run into the same folder refuses (naming both ways on); --overwrite replaces the old run's
+    checkpoints instead of mixing two runs in one folder; a resume must keep the recipe (it may run longer)."""
+    recipe = str(_recipe(tmp_path))
+    saving = ["training.save_strategy='steps'", "training.save_steps=1"]
+    assert main(["train", recipe, "training.max_steps=3", *saving]) == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    with pytest.raises(SystemExit, match=r"already holds a run; continue it with --resume latest .* --overwrite"):
+        main(["train", recipe, "training.max_steps=2", *saving])
+    with pytest.raises(SystemExit, match=r"recipe differs from the run's in loss.beta \(0.5 → 0.2\)"):
+        main(["train", recipe, "training.max_steps=4", *saving, "loss.beta=0.2", "--resume", "latest"])
+    assert main(["train", recipe, "training.max_steps=4", *saving, "--resume", "latest"]) == 0  # longer: allowed
+    assert (out / "checkpoint-4").is_dir()
+    assert main(["train", recipe, "training.max_steps=2", *saving, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    with pytest.raises(SystemExit, match="--resume and --overwrite contradict"):
+        main(["train", recipe, "--resume", "latest", "--overwrite"])
