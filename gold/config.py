@@ -217,7 +217,7 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # device ("cpu", "cuda:1", ...); None: the trainer's device
     device: str | None = None
-    # for model == "tiny": LlamaConfig fields (hidden_size, num_hidden_layers, ...); vocab from the tokenizer
+    # for model == "tiny": its sizes (hidden_size, layers, heads; gold.demo_task.tiny_model); vocab from the tokenizer
     tiny: dict[str, Any] = field(default_factory=dict)
     # chat template for `messages` rows: a built-in name (chatml, llama-3, gemma; see gold.chat) or a Jinja
     # file; None keeps the tokenizer's own (a model without one gets gold's plain format, with a warning)
@@ -239,6 +239,19 @@ class ModelConfig:
             raise ValueError("ModelConfig.chat_template is empty; give a built-in name or a Jinja file, or omit it")
         if self.tiny and self.model != "tiny":
             raise ValueError(f"ModelConfig.tiny is only read for model 'tiny', got model {self.model!r}")
+        self._check_tiny()
+
+    def _check_tiny(self) -> None:
+        """``tiny`` takes gold.demo_task.tiny_model's sizes: positive integers, hidden_size a multiple of heads."""
+        known = ("hidden_size", "layers", "heads")
+        for key, value in self.tiny.items():
+            if key not in known:
+                raise ValueError(f"ModelConfig.tiny has no key {key!r}; it takes {', '.join(known)}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.tiny.{key} must be a positive integer, got {value!r}")
+        hidden, heads = self.tiny.get("hidden_size", 64), self.tiny.get("heads", 4)
+        if hidden % heads:
+            raise ValueError(f"ModelConfig.tiny.hidden_size={hidden} must be a multiple of heads={heads}")
 
 
 @dataclass(frozen=True)

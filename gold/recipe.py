@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,13 +46,34 @@ def _unknown(key: str, known: Sequence[str], where: str) -> RecipeError:
     return RecipeError(f"unknown key {key!r} in {where}{hint}; known keys: {', '.join(known)}")
 
 
+_SCALARS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _check_type(annotation: str, value: Any, where: str, key: str) -> None:
+    """A scalar field gets a value of its type: ``seq_kd: maybe`` is not a bool, ``beta: true`` not a float,
+    ``max_completion_length: 2.5`` not an int; floats are finite."""
+    kinds = [part.strip() for part in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    allowed = [t for kind in kinds for t in _SCALARS.get(kind, ())]
+    if not allowed:
+        return  # Literal, dict, ...: checked by the dataclass
+    wrong_bool = isinstance(value, bool) and bool not in allowed
+    if wrong_bool or not isinstance(value, tuple(allowed)):
+        raise RecipeError(f"{where}.{key} must be {' or '.join(kinds)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"{where}.{key} must be a finite number, got {value!r}")
+
+
 def _section(cls: type, values: Any, where: str) -> Any:
     if not isinstance(values, Mapping):
         raise RecipeError(f"{where} must be a mapping of keys to values, got {values!r}")
-    known = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    known = list(fields)
     for key in values:
         if key not in known:
             raise _unknown(str(key), known, where)
+        _check_type(str(fields[key].type), values[key], where, str(key))
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
@@ -71,6 +93,9 @@ def config_from_dict(raw: Mapping[str, Any]) -> GoldConfig:
     training = raw.get("training", {}) or {}
     if not isinstance(training, Mapping):
         raise RecipeError(f"training must be a mapping of TrainingArguments fields, got {training!r}")
+    steps = training.get("max_steps", -1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps == 0 or steps < -1:
+        raise RecipeError(f"training.max_steps must be a positive integer (or -1: use num_train_epochs), got {steps!r}")
     return GoldConfig(**sections, training=dict(training))
 
 
@@ -80,7 +105,18 @@ def config_to_dict(config: GoldConfig) -> dict[str, Any]:
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe YAML that also reads ``5e-5`` as a float (YAML 1.1 wants ``5.0e-5`` and would keep a string)."""
+    """Safe YAML that also reads ``5e-5`` as a float (YAML 1.1 wants ``5.0e-5`` and would keep a string) and
+    refuses a key given twice in one mapping (a second ``loss:`` section would silently replace the first)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RecipeError(f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                  "give each key once")  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

@@ -67,6 +67,20 @@ def test_exponent_floats_are_floats(tmp_path) -> None:
         ({k: v for k, v in RAW.items() if k != "data"}, "no 'data' section"),
         ({**RAW, "teacher": {"model": "tiny"}}, "needs ModelConfig.tokenizer"),
         ({**RAW, "loss": ["beta"]}, "loss must be a mapping"),
+        ({**RAW, "rollout": {"seq_kd": "maybe"}}, "rollout.seq_kd must be bool, got 'maybe'"),
+        ({**RAW, "loss": {"beta": True}}, "loss.beta must be float, got True"),
+        ({**RAW, "rollout": {"max_completion_length": 2.5}}, "rollout.max_completion_length must be int, got 2.5"),
+        ({**RAW, "loss": {"hybrid_weight": float("inf")}}, "loss.hybrid_weight must be a finite number, got inf"),
+        ({**RAW, "training": {"max_steps": 0}}, "training.max_steps must be a positive integer"),
+        ({**RAW, "training": {"max_steps": -3}}, "training.max_steps must be a positive integer"),
+        (
+            {**RAW, "student": {"model": "tiny", "tokenizer": "smollm2", "tiny": {"num_hidden_layers": 2}}},
+            "ModelConfig.tiny has no key 'num_hidden_layers'; it takes hidden_size, layers, heads",
+        ),
+        (
+            {**RAW, "student": {"model": "tiny", "tokenizer": "smollm2", "tiny": {"hidden_size": 30, "heads": 4}}},
+            "hidden_size=30 must be a multiple of heads=4",
+        ),
     ],
 )
 def test_bad_values_name_the_value(raw, message) -> None:
@@ -91,3 +105,13 @@ def test_direct_construction_validates() -> None:
     with pytest.raises(ValueError, match="dtype must be one of"):
         ModelConfig(model="x", dtype="float64")  # type: ignore[arg-type]
     assert isinstance(config_from_dict(RAW), GoldConfig)
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path) -> None:
+    from gold.recipe import load_recipe
+
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("student: {model: tiny, tokenizer: smollm2}\nteacher: {model: tiny, tokenizer: smollm2}\n"
+                      "data: {path: x.jsonl}\nloss: {beta: 0.1}\nloss: {beta: 0.9}\n")  # fmt: skip
+    with pytest.raises(RecipeError, match=r"key 'loss' appears twice in one mapping \(line 5\)"):
+        load_recipe(recipe)
