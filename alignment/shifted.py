@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from alignment.align import Alignment
 from alignment.bytespans import token_bytes_table
-from alignment.vocab import _text_tokens
+from alignment.vocab import VocabMap, _text_tokens
 
 IntArray = npt.NDArray[np.int64]
 
@@ -44,22 +44,22 @@ class GroupShift:
 def group_shifts(alignment: Alignment) -> list[GroupShift]:
     """The shifted groups of an alignment. Approximate groups (bytes a normalizer rewrote) are left out: their
     two byte streams differ, so no string is the same on both sides by construction."""
+    student_start = _last_starts(alignment.student_groups, alignment.student_spans, alignment.num_groups)
+    teacher_start = _last_starts(alignment.teacher_groups, alignment.teacher_spans, alignment.num_groups)
+    shifted = (student_start >= 0) & (teacher_start >= 0) & (student_start != teacher_start) & ~alignment.approximate
     out = []
-    for group in range(alignment.num_groups):
-        if alignment.approximate[group]:
-            continue
-        student_start = _last_start(alignment.student_groups, alignment.student_spans, group)
-        teacher_start = _last_start(alignment.teacher_groups, alignment.teacher_spans, group)
-        if student_start is None or teacher_start is None or student_start == teacher_start:
-            continue
-        low, high = sorted((student_start, teacher_start))
-        out.append(GroupShift(group, alignment.text_bytes[low:high], student_start > teacher_start))
+    for group in np.flatnonzero(shifted).tolist():
+        low, high = sorted((int(student_start[group]), int(teacher_start[group])))
+        out.append(GroupShift(group, alignment.text_bytes[low:high], bool(student_start[group] > teacher_start[group])))
     return out
 
 
-def _last_start(groups: IntArray, spans: IntArray, group: int) -> int | None:
-    members = np.flatnonzero(groups == group)
-    return int(spans[members[-1], 0]) if members.size else None
+def _last_starts(groups: IntArray, spans: IntArray, num_groups: int) -> IntArray:
+    """(G,) byte where each group's last token starts (-1 for a group without tokens on this side)."""
+    last = np.full(num_groups, -1, dtype=np.int64)
+    members = np.flatnonzero(groups >= 0)
+    np.maximum.at(last, groups[members], members)
+    return np.where(last >= 0, spans[np.maximum(last, 0), 0], -1)
 
 
 @dataclass
@@ -101,6 +101,12 @@ class ShiftedPairs:
         student = _text_tokens(token_bytes_table(student_tokenizer), student_tokenizer)
         teacher = _text_tokens(token_bytes_table(teacher_tokenizer), teacher_tokenizer)
         return cls(_PrefixIndex.of(student), _PrefixIndex.of(teacher))
+
+    @classmethod
+    def of(cls, vocab: VocabMap) -> ShiftedPairs:
+        """From a :class:`alignment.VocabMap` of the same pair: its text tokens, without reading the vocabularies
+        again."""
+        return cls(_PrefixIndex.of(vocab.student_tokens), _PrefixIndex.of(vocab.teacher_tokens))
 
     def pairs(self, shift: bytes, *, student_ahead: bool) -> tuple[IntArray, IntArray]:
         """(student ids, teacher ids), pairwise, whose columns spell the same string in a group shifted by

@@ -11,7 +11,7 @@ lowest id stands for them in the map.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -85,6 +85,9 @@ class VocabMap:
     teacher_text_tokens: int
     _student_table: TokenBytesTable
     _teacher_table: TokenBytesTable
+    # canonical bytes → id of each side's text tokens (one id per byte string)
+    student_tokens: dict[bytes, int] = field(default_factory=dict, repr=False)
+    teacher_tokens: dict[bytes, int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, student_tokenizer: Any, teacher_tokenizer: Any) -> VocabMap:
@@ -108,6 +111,8 @@ class VocabMap:
             len(teacher_tokens),
             student_table,
             teacher_table,
+            student_tokens,
+            teacher_tokens,
         )
 
     @property

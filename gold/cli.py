@@ -34,7 +34,7 @@ from gold.data import DataError
 from gold.demo import DemoSettings
 from gold.demo import run_demo as demo_main
 from gold.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
-from gold.run import build_trainer, read_rows, training_arguments
+from gold.run import DEFAULT_OUTPUT_DIR, build_trainer, read_rows
 from gold.run_guard import prepare_output_dir, record_run
 from gold.zoo import ZooPackageMissing, load_tokenizer, tokenizer_names
 
@@ -178,7 +178,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config = load_recipe(args.recipe, args.overrides)
         recipe = config_to_dict(config)
-        output_dir = Path(training_arguments(config.training).output_dir)
+        output_dir = Path(config.training.get("output_dir", DEFAULT_OUTPUT_DIR))
         prepare_output_dir(output_dir, recipe, resume=args.resume, overwrite=args.overwrite)  # before any loading
         trainer = build_trainer(config)
     except (RecipeError, ZooPackageMissing, ValueError, ImportError) as err:

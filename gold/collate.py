@@ -229,15 +229,8 @@ class Collator:
         if self.tables.shifted is None:
             return None
         kept = [a.num_groups - int(r.dropped_tail) for a, r in zip(alignments, rows, strict=True)]
-        shifts = GroupShifts.build(alignments, kept, self.tables.shifted)
-        if not any(r.end_group for r in rows):
-            return shifts
-        # the end groups follow each example's scored groups: never shifted
-        sets, at = [], 0
-        for count, row in zip(kept, rows, strict=True):
-            sets += [shifts.group_set[at : at + count], torch.full((int(row.end_group),), -1, dtype=torch.int64)]
-            at += count
-        return GroupShifts(torch.cat(sets), shifts.student_ids, shifts.teacher_ids)
+        sizes = [count + int(r.end_group) for count, r in zip(kept, rows, strict=True)]
+        return GroupShifts.build(alignments, kept, self.tables.shifted, sizes)
 
     def _teacher_ids(self, completion: Completion, decoded: DecodedCompletion, index: int) -> list[int]:
         """The teacher's tokens of the decoded text: its own when given and still the same text, else encoded."""

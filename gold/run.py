@@ -19,6 +19,7 @@ from gold.teacher import LocalTeacher
 from gold.trainer import GoldTrainer
 from gold.zoo import MODEL_TOKENIZERS, MODELS, load_model, load_tokenizer, refuse_custom_code
 
+DEFAULT_OUTPUT_DIR = "out/gold"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -81,7 +82,7 @@ def training_arguments(values: dict[str, Any]) -> TrainingArguments:
     for key in values:
         if key not in known:
             raise RecipeError(f"unknown key {key!r} in training (transformers.TrainingArguments has no such field)")
-    settings = {"output_dir": "out/gold", "report_to": [], **values}
+    settings = {"output_dir": DEFAULT_OUTPUT_DIR, "report_to": [], **values}
     return TrainingArguments(**settings)
 
 

@@ -45,6 +45,11 @@ class StopRule:
                 return list(ids[:position]), int(token)
         return list(ids), None
 
+    def cut(self, ids: Sequence[int]) -> list[int]:
+        """``ids`` up to and including the first stop id (all of them when there is none)."""
+        body, stop = self.split(ids)
+        return body if stop is None else [*body, stop]
+
 
 def chat_template_end_id(tokenizer: Any) -> int | None:
     """The special token the chat template writes right after an assistant turn's content, if any."""

@@ -36,7 +36,7 @@ from gold.data import (
 from gold.eval_callback import HeldOutEvalCallback
 from gold.losses import PairTables, cross_tokenizer_loss
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap, rollout_seed
-from gold.rollout.vllm import VLLMGenerator, check_vllm
+from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
 from gold.stops import model_stop_rule
 from gold.teacher import LocalTeacher, Teacher
 from gold.trainer_metrics import StepMetrics
@@ -99,8 +99,7 @@ class GoldTrainer(StepMetrics, Trainer):
             )
         self.loss_config = loss or LossConfig()
         self.rollout_config = rollout or RolloutConfig()
-        if self.rollout_config.use_vllm and self.rollout_config.vllm_mode == "colocate":
-            check_vllm(self.rollout_config, device=args.device, num_processes=args.world_size)  # before any loading
+        check_vllm(self.rollout_config, device=args.device, num_processes=args.world_size)  # before any loading
         alignment_config = alignment or AlignmentConfig()
         if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
             if teacher_tokenizer is None:
@@ -135,8 +134,8 @@ class GoldTrainer(StepMetrics, Trainer):
 
     def _check_rollout_batches(self) -> None:
         config, args = self.rollout_config, self.args
-        stage = self.accelerator.state.deepspeed_plugin.zero_stage if self.is_deepspeed_enabled else None
-        check_vllm(config, device=args.device, num_processes=args.world_size, deepspeed_stage=stage)
+        if config.use_vllm and self.is_deepspeed_enabled:  # known only once accelerate has read its config
+            refuse_zero3(self.accelerator.state.deepspeed_plugin.zero_stage)
         prompts = args.per_device_train_batch_size * args.gradient_accumulation_steps
         if config.generation_batch_size is not None and config.generation_batch_size != prompts:
             raise ValueError(

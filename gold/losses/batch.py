@@ -71,25 +71,13 @@ class PairTables:
             student_bins=student_bins,
             teacher_bins=teacher_bins,
             shared_bins=shared_bins(student_bins, teacher_bins),
-            shifted=shifted_pairs(student_tokenizer, teacher_tokenizer),
+            shifted=ShiftedPairs.of(vocab),
         )
 
     def to(self, device: torch.device | str) -> PairTables:
         return PairTables(*(t.to(device) for t in (self.student_matched, self.teacher_matched, self.student_bins,
                                                     self.teacher_bins, self.shared_bins)),
                           shifted=self.shifted)  # fmt: skip
-
-
-_SHIFTED_PAIRS: dict[tuple[int, int], tuple[Any, Any, ShiftedPairs]] = {}
-
-
-def shifted_pairs(student_tokenizer: Any, teacher_tokenizer: Any) -> ShiftedPairs:
-    """The :class:`alignment.ShiftedPairs` of a tokenizer pair, built once per pair of tokenizer objects."""
-    key = (id(student_tokenizer), id(teacher_tokenizer))
-    if key not in _SHIFTED_PAIRS:  # the tokenizers are kept with it, so their ids stay theirs
-        _SHIFTED_PAIRS[key] = (student_tokenizer, teacher_tokenizer,
-                               ShiftedPairs.build(student_tokenizer, teacher_tokenizer))  # fmt: skip
-    return _SHIFTED_PAIRS[key][2]
 
 
 @dataclass(frozen=True)
@@ -116,19 +104,21 @@ class GroupShifts:
                            tuple(t.to(device) for t in self.teacher_ids))  # fmt: skip
 
     @classmethod
-    def build(cls, alignments: Sequence[Alignment], num_groups: Sequence[int], pairs: ShiftedPairs) -> GroupShifts:
-        """The shifted groups among the first ``num_groups[i]`` groups of each alignment (its scored groups; later
-        ones, such as an end group, are never shifted), with their pairs from ``pairs``."""
-        per_example = [[s for s in group_shifts(a) if s.group < count] for a, count in zip(alignments, num_groups,
-                                                                                          strict=True)]  # fmt: skip
+    def build(cls, alignments: Sequence[Alignment], scored: Sequence[int], pairs: ShiftedPairs,
+              sizes: Sequence[int] | None = None) -> GroupShifts:  # fmt: skip
+        """The shifted groups among the first ``scored[i]`` groups of each alignment, with their pairs from ``pairs``;
+        example i takes ``sizes[i]`` places of the batch's group order (default ``scored[i]``; more when an end group,
+        never shifted, follows its scored groups)."""
+        sizes = scored if sizes is None else sizes
         sets: dict[tuple[bytes, bool], int] = {}
         student_ids: list[torch.Tensor] = []
         teacher_ids: list[torch.Tensor] = []
-        group_set = torch.full((sum(num_groups),), -1, dtype=torch.int64)
+        group_set = torch.full((sum(sizes),), -1, dtype=torch.int64)
         offset = 0
-        totals = [count for count in num_groups]
-        for shifts, total in zip(per_example, totals, strict=True):
-            for shifted in shifts:
+        for alignment, count, size in zip(alignments, scored, sizes, strict=True):
+            for shifted in group_shifts(alignment):
+                if shifted.group >= count:
+                    continue
                 key = (shifted.shift, shifted.student_ahead)
                 if key not in sets:
                     student, teacher = pairs.pairs(shifted.shift, student_ahead=shifted.student_ahead)
@@ -136,7 +126,7 @@ class GroupShifts:
                     student_ids.append(torch.from_numpy(student))
                     teacher_ids.append(torch.from_numpy(teacher))
                 group_set[offset + shifted.group] = sets[key]
-            offset += total
+            offset += size
         return cls(group_set, tuple(student_ids), tuple(teacher_ids))
 
 

@@ -79,17 +79,26 @@ def _hybrid_rows(
                       **options)  # type: ignore[arg-type]  # fmt: skip
 
     tables, shifts = batch.tables, batch.shifts
-    parts = run(slice(None), tables.student_matched, tables.teacher_matched)
-    values = [parts.loss, parts.teacher_matched_mass, parts.matched, parts.unmatched]
-    before = parts.teacher_matched_mass
     if not config.shifted_matching or shifts is None:
-        return (*values, before)
+        parts = run(slice(None), tables.student_matched, tables.teacher_matched)
+        return parts.loss, parts.teacher_matched_mass, parts.matched, parts.unmatched, parts.teacher_matched_mass
+    # each row once: unshifted rows (-1) through the global map, each shifted group through its own pairs
     sets = shifts.group_set[select]
-    for k in sets[sets >= 0].unique().tolist():
+    values = [student_rows.new_zeros(select.shape[0]) for _ in range(4)]
+    for k in sets.unique().tolist():
         rows = (sets == k).nonzero(as_tuple=True)[0]
-        own = run(rows, shifts.student_ids[k], shifts.teacher_ids[k])
-        replaced = (own.loss, own.teacher_matched_mass, own.matched, own.unmatched)
-        values = [v.index_put((rows,), r.to(v.dtype)) for v, r in zip(values, replaced, strict=True)]
+        ids = (
+            (tables.student_matched, tables.teacher_matched)
+            if k < 0
+            else (shifts.student_ids[k], shifts.teacher_ids[k])
+        )
+        part = run(rows, *ids)
+        found = (part.loss, part.teacher_matched_mass, part.matched, part.unmatched)
+        values = [v.index_put((rows,), f.to(v.dtype)) for v, f in zip(values, found, strict=True)]
+    # the teacher mass the global map would match in the shifted rows (for the log)
+    shifted = (sets >= 0).nonzero(as_tuple=True)[0]
+    global_mass = torch.logsumexp(teacher_rows[shifted].index_select(-1, tables.teacher_matched), dim=-1)
+    before = values[1].index_put((shifted,), global_mass.clamp(max=0.0).exp().to(values[1].dtype))
     return (*values, before)
 
 

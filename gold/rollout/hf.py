@@ -89,8 +89,4 @@ class HFGenerator:
             )
         finally:
             self.model.train(was_training)
-        return [self._cut(row) for row in out[:, width:].tolist()]
-
-    def _cut(self, row: list[int]) -> list[int]:
-        body, stop = self.stop.split(row)
-        return body if stop is None else [*body, stop]
+        return [self.stop.cut(row) for row in out[:, width:].tolist()]

@@ -57,9 +57,7 @@ def check_vllm(config: RolloutConfig, *, device: torch.device, num_processes: in
     """Refuses, before any training, a vLLM set-up that cannot run here, saying why."""
     if not config.use_vllm:
         return
-    if deepspeed_stage == 3:
-        raise ValueError("rollout.use_vllm with DeepSpeed ZeRO-3: gold cannot gather the partitioned student weights "
-                         "to push into vLLM yet; use FSDP or ZeRO-2, or rollouts with HF generate")  # fmt: skip
+    refuse_zero3(deepspeed_stage)
     if config.vllm_mode == "server":
         return
     import_vllm()
@@ -75,6 +73,13 @@ def check_vllm(config: RolloutConfig, *, device: torch.device, num_processes: in
         raise ValueError(f"rollout.vllm_mode: colocate with {num_processes} processes: gold starts one in-process "
                          "engine for one training process (several colocated engines need vLLM's external launcher, "
                          "not built or tested yet); use vllm_mode: server")  # fmt: skip
+
+
+def refuse_zero3(deepspeed_stage: int | None) -> None:
+    """vLLM rollouts need the full student weights, which gold cannot gather from DeepSpeed ZeRO-3 partitions yet."""
+    if deepspeed_stage == 3:
+        raise ValueError("rollout.use_vllm with DeepSpeed ZeRO-3: gold cannot gather the partitioned student weights "
+                         "to push into vLLM yet; use FSDP or ZeRO-2, or rollouts with HF generate")  # fmt: skip
 
 
 class Engine(Protocol):
@@ -186,8 +191,7 @@ class VLLMGenerator:
         if sample.stop_id is not None and (not ids or ids[-1] != sample.stop_id):  # a server may leave it out
             ids.append(sample.stop_id)
             logprobs.append(float("nan"))
-        body, stop = self.stop.split(ids)
-        kept = body if stop is None else [*body, stop]
+        kept = self.stop.cut(ids)
         return Rollout(kept, logprobs[: len(kept)])
 
     def close(self) -> None:
