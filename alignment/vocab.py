@@ -115,6 +115,22 @@ class VocabMap:
             teacher_tokens,
         )
 
+    @classmethod
+    def build_raw(cls, student_tokenizer: Any, teacher_tokenizer: Any) -> VocabMap:
+        """TRL 1.16's matching, for comparison: ids whose piece strings in ``get_vocab()`` are identical (so
+        ``Ġthe`` never meets ``▁the``, and a byte-fallback piece ``<0x0A>`` only meets the same spelling), specials
+        included. It keeps no byte-keyed tables, so no shifted pairs can be drawn from it."""
+        student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+        pairs = sorted((sid, teacher_vocab[piece]) for piece, sid in student_vocab.items() if piece in teacher_vocab)
+        specials = set(_special_tokens(student_tokenizer)) | set(_special_tokens(teacher_tokenizer))
+        num_text = sum(piece not in specials for piece in student_vocab if piece in teacher_vocab)
+        array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        student_table, teacher_table = token_bytes_table(student_tokenizer), token_bytes_table(teacher_tokenizer)
+        student_count = len(_text_tokens(student_table, student_tokenizer))
+        teacher_count = len(_text_tokens(teacher_table, teacher_tokenizer))
+        return cls(array[:, 0].copy(), array[:, 1].copy(), num_text, student_count, teacher_count, student_table,
+                   teacher_table)  # fmt: skip
+
     @property
     def num_matched(self) -> int:
         return int(self.student_ids.shape[0])

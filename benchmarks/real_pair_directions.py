@@ -21,9 +21,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gold.baselines import SequenceKDTrainer
+from gold.data_files import read_rows
 from gold.eval_run import AgreementCache, eval_set, format_table, load_scored_model, score_model
 from gold.recipe import load_recipe
-from gold.run import build_trainer, read_rows
+from gold.run import build_trainer
 from gold.trainer import GoldTrainer
 
 RECIPE = "examples/gemma3-270m_to_smollm2-135m.yaml"

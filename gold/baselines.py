@@ -37,6 +37,8 @@ class SequenceKDTrainer(GoldTrainer):
                                                   reduction="sum")  # fmt: skip
         denominator = num_items_in_batch if num_items_in_batch is not None else max(self.count_items(batch), 1)
         loss = total / denominator
-        self._record({"loss/cross_entropy": float(loss.detach())}, batch, num_items_in_batch)
+        terms = {"loss/cross_entropy": float(loss.detach())}
+        self._record(terms, batch, num_items_in_batch)
+        self._note_loss_terms(loss, terms)
         loss = loss * self.accelerator.num_processes  # each process holds its share of the global mean
         return (loss, None) if return_outputs else loss

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,13 +31,16 @@ from alignment import (
     render_text,
 )
 from gold import eval_run
+from gold.cli_checks import CommandError, OneLineParser, at_least, read_utf8, writable_dir, writable_file
 from gold.data import DataError
+from gold.data_files import read_rows
 from gold.demo import DemoSettings
 from gold.demo import run_demo as demo_main
 from gold.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
-from gold.run import DEFAULT_OUTPUT_DIR, build_trainer, read_rows
-from gold.run_guard import prepare_output_dir, record_run
-from gold.zoo import ZooPackageMissing, load_tokenizer, tokenizer_names
+from gold.run import DEFAULT_OUTPUT_DIR, build_trainer, check_model_folder
+from gold.run_guard import prepare_output_dir, record_run, resolve_resume
+from gold.trainer_guard import CheckpointError, NonFiniteError, last_checkpoint
+from gold.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer, tokenizer_names
 
 # A built-in sample for the demo: prose, numbers, accents, CJK, emoji with modifiers and ZWJ, code.
 DEMO_TEXTS = [
@@ -52,7 +56,7 @@ DEMO_TEACHER = "smollm2"  # for --alignment-only
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gold", description="Cross-tokenizer knowledge distillation.")
+    parser = OneLineParser(prog="gold", description="Cross-tokenizer knowledge distillation.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     align = commands.add_parser("align", help="show how two tokenizers split the same bytes")
@@ -63,13 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("text", nargs="?", help="the text to align")
     source.add_argument("--file", type=Path, help="read the text from this UTF-8 file")
     align.add_argument("--html", type=Path, help="also write an HTML view to this file")
-    align.add_argument("--max-groups", type=int, default=200, help="groups shown in the terminal table")
+    align.add_argument("--max-groups", type=at_least(1), default=200, help="groups shown in the terminal table")
 
     demo_help = ("the embedded demo: distil a tiny teacher into a student of another tokenizer family, "
                  "compare with SFT, write plots and an HTML view")  # fmt: skip
     demo = commands.add_parser("demo", help=demo_help)
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
-    demo.add_argument("--steps", type=int, default=DemoSettings.steps, help="student training steps per run")
+    demo.add_argument("--steps", type=at_least(1), default=DemoSettings.steps, help="student training steps per run")
     demo.add_argument("--alignment-only", action="store_true", help="only align two tokenizers on a built-in sample")
     demo.add_argument("--student", default=DEMO_STUDENT, help="zoo tokenizer of the student (--alignment-only)")
     demo.add_argument("--teacher", default=DEMO_TEACHER, help="zoo tokenizer of the teacher (--alignment-only)")
@@ -97,11 +101,11 @@ def _add_vllm_serve(commands: Any) -> None:
         default="127.0.0.1",
         help="address to listen on; 0.0.0.0 lets other machines in, including to reload its weights",
     )
-    serve.add_argument("--port", type=int, default=8001, help="port (rollout.vllm_server_port)")
+    serve.add_argument("--port", type=at_least(1), default=8001, help="port (rollout.vllm_server_port)")
     serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    serve.add_argument("--max-model-len", type=int, help="context length (prompt + completion)")
+    serve.add_argument("--max-model-len", type=at_least(2), help="context length (prompt + completion)")
     serve.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory (CUDA)")
-    serve.add_argument("--tensor-parallel-size", type=int, default=1)
+    serve.add_argument("--tensor-parallel-size", type=at_least(1), default=1)
     serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (always eager on CPU)")
     serve.add_argument("--dry-run", action="store_true", help="print the command and exit")
     serve.add_argument("--vllm-args", default="", help='more flags for vLLM\'s server, one string: "--seed 1"')
@@ -115,17 +119,18 @@ def _add_eval(commands: Any) -> None:
     evaluate.add_argument("--teacher", help="zoo model or local folder; enables KL and agreement")
     evaluate.add_argument("--checkpoints", action="append", type=Path, default=[],
                           help="a training output_dir: score each checkpoint-N as a student (repeatable)")  # fmt: skip
-    evaluate.add_argument("--sample-teacher", type=int, default=0, metavar="N",
+    evaluate.add_argument("--sample-teacher", type=at_least(0), default=0, metavar="N",
                           help="score N teacher samples per prompt instead of the file's completions")  # fmt: skip
-    evaluate.add_argument("--max-new-tokens", type=int, default=64, help="length of teacher samples and answers")
+    evaluate.add_argument("--max-new-tokens", type=at_least(1), default=64,
+                          help="length of teacher samples and answers")  # fmt: skip
     evaluate.add_argument("--answer-field", help="row field holding the answer: also report task accuracy")
-    evaluate.add_argument("--limit", type=int, help="use only the first N rows")
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--limit", type=at_least(1), help="use only the first N rows")
+    evaluate.add_argument("--batch-size", type=at_least(1), default=8)
     evaluate.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast models to this dtype")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of teacher sampling and stop-rate samples")
     evaluate.add_argument(
         "--sample-student",
-        type=int,
+        type=at_least(0),
         default=0,
         metavar="N",
         help="also score N samples per prompt of each student's own text with both models: KL(student‖teacher) per "
@@ -133,7 +138,7 @@ def _add_eval(commands: Any) -> None:
     )
     evaluate.add_argument(
         "--stop-samples",
-        type=int,
+        type=at_least(0),
         default=1,
         metavar="N",
         help="samples per prompt of each model for its stop rate (share that stops within --max-new-tokens); 0: skip",
@@ -142,18 +147,23 @@ def _add_eval(commands: Any) -> None:
     evaluate.add_argument("--plot", type=Path, help="with --checkpoints: plot the metrics against the step here")
 
 
-def _load(name: str) -> object:
+def _load(name: str, command: str) -> object:
     try:
         return load_tokenizer(name)
-    except (ZooPackageMissing, ValueError) as err:
-        raise SystemExit(f"gold: {err}") from None
+    except (ZooPackageMissing, ValueError, OSError) as err:
+        raise CommandError(f"gold {command}: {err}") from None
 
 
 def run_align(args: argparse.Namespace) -> int:
-    text = args.file.read_text(encoding="utf-8") if args.file else args.text
+    try:
+        text = read_utf8(args.file, "--file") if args.file else args.text
+        if args.html:
+            writable_file(args.html, "--html")
+    except OSError as err:
+        raise CommandError(f"gold align: {err}") from None
     if not text:
-        raise SystemExit("gold align: the text is empty; pass a TEXT argument or --file with content")
-    student, teacher = _load(args.student), _load(args.teacher)
+        raise CommandError("gold align: the text is empty; pass a TEXT argument or --file with content")
+    student, teacher = _load(args.student, "align"), _load(args.teacher, "align")
     alignment = align_texts(student, teacher, text)
     print(render_text(alignment, max_groups=args.max_groups))
     print()
@@ -169,8 +179,10 @@ def run_align(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     if args.alignment_only:
         return run_alignment_demo(args)
-    if args.steps < 1:
-        raise SystemExit(f"gold demo: --steps must be >= 1, got {args.steps}")
+    try:
+        writable_dir(args.out, "--out")
+    except OSError as err:
+        raise CommandError(f"gold demo: {err}") from None
     return demo_main(args.out, DemoSettings(steps=args.steps))
 
 
@@ -179,32 +191,64 @@ def run_train(args: argparse.Namespace) -> int:
         config = load_recipe(args.recipe, args.overrides)
         recipe = config_to_dict(config)
         output_dir = Path(config.training.get("output_dir", DEFAULT_OUTPUT_DIR))
+        writable_dir(output_dir, "training.output_dir")
         prepare_output_dir(output_dir, recipe, resume=args.resume, overwrite=args.overwrite)  # before any loading
+        resume, skipped = resolve_resume(output_dir, args.resume)
         trainer = build_trainer(config)
-    except (RecipeError, ZooPackageMissing, ValueError, ImportError) as err:
-        raise SystemExit(f"gold train: {err}") from None
+    except (RecipeError, DataError, CheckpointError, ZooPackageMissing, ValueError, ImportError, OSError) as err:
+        raise CommandError(f"gold train: {err}") from None
+    for note in skipped:
+        print(f"gold train: skipping incomplete checkpoint {note}", file=sys.stderr)
     if trainer.is_world_process_zero():
         record_run(output_dir, recipe)
-    resume: str | bool | None = True if args.resume == "latest" else args.resume
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
+    _train(trainer, resume, output_dir)
     if trainer.is_world_process_zero():
         dump_recipe(config, Path(trainer.args.output_dir) / "recipe.yaml")
         print(f"gold train: student saved to {trainer.args.output_dir}")
     return 0
 
 
+def _train(trainer: Any, resume: str | None, output_dir: Path) -> None:
+    """Trains and saves; a non-finite step, a bad checkpoint or an interruption (SIGINT, SIGTERM) ends in one line
+    that names the last whole checkpoint."""
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+    except (NonFiniteError, CheckpointError) as err:
+        raise CommandError(f"gold train: {err}") from None
+    except KeyboardInterrupt as err:
+        last = last_checkpoint(output_dir)
+        where = f"the last whole checkpoint is {last}; continue with --resume latest" if last else "no checkpoint saved"
+        print(f"gold train: interrupted ({str(err) or 'SIGINT'}) at step {trainer.state.global_step}; {where}",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     if not args.student and not args.checkpoints and not args.teacher:
-        raise SystemExit("gold eval: name at least one model (--student, --checkpoints or --teacher)")
-    if args.sample_student < 0:
-        raise SystemExit(f"gold eval: --sample-student must be >= 0, got {args.sample_student}")
+        raise CommandError("gold eval: name at least one model (--student, --checkpoints or --teacher)")
     if args.sample_student and not args.teacher:
-        raise SystemExit("gold eval: --sample-student scores the students' samples with the teacher: give --teacher")
-    if args.stop_samples < 0:
-        raise SystemExit(f"gold eval: --stop-samples must be >= 0 (0 skips the stop rate), got {args.stop_samples}")
+        raise CommandError("gold eval: --sample-student scores the students' samples with the teacher: give --teacher")
+    if args.plot and not args.checkpoints:
+        raise CommandError("gold eval: --plot draws metrics against the training step: give --checkpoints")
     try:
-        rows = read_rows(str(args.data))[: args.limit]
+        for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
+            if path is not None:
+                writable_file(path, flag)  # before the scoring, not after it
+        for run_dir in args.checkpoints:
+            eval_run.checkpoints(run_dir)  # names a folder without checkpoints before the teacher loads
+        for spec in [*args.student, *([args.teacher] if args.teacher else [])]:
+            if Path(spec).is_dir():
+                check_model_folder(Path(spec))
+                check_tokenizer_folder(Path(spec))
+        rows = read_rows(str(args.data), what="--data")[: args.limit]
         teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
         data = eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
                                  samples_per_prompt=args.sample_teacher,
@@ -224,7 +268,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                                **options))  # fmt: skip
             print(f"gold eval: scored {name}", file=sys.stderr)
     except (RecipeError, DataError, ZooPackageMissing, ValueError, OSError) as err:
-        raise SystemExit(f"gold eval: {err}") from None
+        raise CommandError(f"gold eval: {err}") from None
     print(f"{len(data.examples)} examples from {args.data} ({data.source})\n")
     print(eval_run.format_table(scores))
     if args.json:
@@ -241,10 +285,10 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
     from gold.zoo import MODELS
 
     if args.model in MODELS:
-        raise SystemExit(f"gold vllm-serve: {args.model!r} is a zoo model shipped as GGUF; save it as a Hugging "
+        raise CommandError(f"gold vllm-serve: {args.model!r} is a zoo model shipped as GGUF; save it as a Hugging "
                          "Face folder (save_pretrained of model and tokenizer) and serve that folder")  # fmt: skip
     if not 0 < args.port < 65536:
-        raise SystemExit(f"gold vllm-serve: --port must be 1-65535, got {args.port}")
+        raise CommandError(f"gold vllm-serve: --port must be 1-65535, got {args.port}")
     extra = shlex.split(args.vllm_args)
     try:
         command, env = serve_command(args.model, host=args.host, port=args.port, dtype=args.dtype,
@@ -253,7 +297,7 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
                                      tensor_parallel_size=args.tensor_parallel_size,
                                      enforce_eager=True if args.enforce_eager else None, extra=extra)  # fmt: skip
     except ImportError as err:
-        raise SystemExit(f"gold vllm-serve: {err}") from None
+        raise CommandError(f"gold vllm-serve: {err}") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"gold vllm-serve: listening on {args.host}: anyone who reaches this port can replace the model's "
               "weights (the reload endpoints are on); keep it on a trusted network", file=sys.stderr)  # fmt: skip
@@ -265,7 +309,7 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
 
 def run_alignment_demo(args: argparse.Namespace) -> int:
     print(f"gold demo: aligning {args.student} (student) with {args.teacher} (teacher) on a built-in sample\n")
-    student, teacher = _load(args.student), _load(args.teacher)
+    student, teacher = _load(args.student, "demo"), _load(args.teacher, "demo")
     alignments = [align_texts(student, teacher, text) for text in DEMO_TEXTS]
     fragments = []
     for index, alignment in enumerate(alignments):
@@ -294,7 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"align": run_align, "demo": run_demo, "train": run_train, "eval": run_eval,
                 "vllm-serve": run_vllm_serve}  # fmt: skip
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except CommandError as err:
+        print(err, file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# beyond these a softmax of logits a few units apart is one-hot or uniform to float32 precision
+TEMPERATURES = (0.01, 100.0)
+TEMPERATURE_WHY = "beyond it the softmax is one-hot or uniform in float32"
+MAX_WEIGHT = 1000.0
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -46,6 +51,10 @@ class LossConfig:
     # TRL's hybrid does everywhere. On by default: on two-digit addition (Llama-3 teacher → Qwen2.5 student, 2 seeds,
     # benchmarks/RESULTS.md) held-out KL per byte 1.12 with it vs 9.11 without (SFT 1.12)
     shifted_matching: bool = True
+    # how the two vocabularies are paired for the hybrid's matched part: "bytes" (gold: tokens that spell the same
+    # canonical bytes, `Ġthe` = `▁the`) or "raw" (TRL 1.16: identical piece strings from get_vocab(), `Ġthe` ≠ `▁the`;
+    # for comparison, benchmarks/bench_quality.py; needs shifted_matching: false, which TRL does not have either)
+    vocab_match: Literal["bytes", "raw"] = "bytes"
     # "auto": the fused CPU kernels (gold.losses.fused: values and gradient in one pass set, no (G, V)
     # rows) for the hybrid and ULD terms when the logits are float32 on the CPU and ULD is quantized;
     # the composed torch path otherwise. "fused" insists (and says why it cannot), "torch" never fuses.
@@ -54,15 +63,18 @@ class LossConfig:
     def __post_init__(self) -> None:
         weights = ("hybrid_weight", "uld_weight", "span_weight", "byte_marginal_weight")
         for name in weights:
-            if getattr(self, name) < 0:
-                raise ValueError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) <= MAX_WEIGHT:
+                raise ValueError(f"LossConfig.{name} must be in [0, {MAX_WEIGHT:g}] (a larger scale belongs in the "
+                                 f"learning rate), got {getattr(self, name)}")  # fmt: skip
         if sum(getattr(self, name) for name in weights) <= 0:
             raise ValueError(f"LossConfig needs at least one positive term weight among {', '.join(weights)}")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"LossConfig.beta must be in [0, 1], got {self.beta}")
         for name in ("student_temperature", "teacher_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"LossConfig.{name} must be > 0, got {getattr(self, name)}")
+            if not TEMPERATURES[0] <= getattr(self, name) <= TEMPERATURES[1]:
+                low, high = TEMPERATURES
+                raise ValueError(f"LossConfig.{name} must be in [{low}, {high}] ({TEMPERATURE_WHY}), "
+                                 f"got {getattr(self, name)}")  # fmt: skip
         if self.hybrid_weighting not in ("mass", "fixed"):
             raise ValueError(f"LossConfig.hybrid_weighting must be 'mass' or 'fixed', got {self.hybrid_weighting!r}")
         if self.uld_method not in ("auto", "exact", "quantized", "topk"):
@@ -71,6 +83,11 @@ class LossConfig:
             raise ValueError(f"LossConfig.uld_top_k must be >= 1, got {self.uld_top_k}")
         if self.implementation not in ("auto", "fused", "torch"):
             raise ValueError(f"LossConfig.implementation must be auto, fused or torch, got {self.implementation!r}")
+        if self.vocab_match not in ("bytes", "raw"):
+            raise ValueError(f"LossConfig.vocab_match must be 'bytes' or 'raw', got {self.vocab_match!r}")
+        if self.vocab_match == "raw" and self.shifted_matching:
+            raise ValueError("LossConfig.vocab_match 'raw' (TRL's piece-string pairing) draws no shifted pairs: set "
+                             "shifted_matching: false with it")  # fmt: skip
         if self.chunk_groups is not None and self.chunk_groups < 1:
             raise ValueError(f"LossConfig.chunk_groups must be >= 1 or None, got {self.chunk_groups}")
 
@@ -151,7 +168,9 @@ class RolloutConfig:
         _require(self, "max_completion_length", self.max_completion_length >= 1, "be >= 1")
         limit = self.max_prompt_length
         _require(self, "max_prompt_length", limit is None or limit >= 1, "be >= 1 or None")
-        _require(self, "temperature", self.temperature >= 0, "be >= 0 (0: greedy)")
+        low, high = TEMPERATURES
+        _require(self, "temperature", self.temperature == 0 or low <= self.temperature <= high,
+                 f"be 0 (greedy) or in [{low}, {high}] ({TEMPERATURE_WHY})")  # fmt: skip
         _require(self, "top_p", 0.0 < self.top_p <= 1.0, "be in (0, 1]")
         _require(self, "top_k", self.top_k >= 0, "be >= 0 (0: off)")
         _require(self, "num_generations", self.num_generations >= 1, "be >= 1")

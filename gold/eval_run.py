@@ -148,6 +148,8 @@ def eval_set(
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of every ``checkpoint-N`` folder of a training run, by step."""
+    if not run_dir.is_dir():
+        raise DataError(f"--checkpoints {str(run_dir)!r} is not a folder; give a training output_dir")
     found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CHECKPOINT.search(p.name)) and p.is_dir()]
     if not found:
         raise DataError(f"{run_dir} holds no checkpoint-N folders (set training.save_steps to keep some)")

@@ -93,10 +93,24 @@ def config_from_dict(raw: Mapping[str, Any]) -> GoldConfig:
     training = raw.get("training", {}) or {}
     if not isinstance(training, Mapping):
         raise RecipeError(f"training must be a mapping of TrainingArguments fields, got {training!r}")
+    _check_training(training)
+    return GoldConfig(**sections, training=dict(training))
+
+
+def _check_training(training: Mapping[str, Any]) -> None:
+    """The TrainingArguments values a typo makes absurd, refused before anything loads."""
     steps = training.get("max_steps", -1)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps == 0 or steps < -1:
         raise RecipeError(f"training.max_steps must be a positive integer (or -1: use num_train_epochs), got {steps!r}")
-    return GoldConfig(**sections, training=dict(training))
+    rate = training.get("learning_rate", 5e-5)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise RecipeError(f"training.learning_rate must be a number in [0, 1] (a larger step diverges; typical: 1e-6 "
+                          f"to 1e-3), got {rate!r}")  # fmt: skip
+    for key in ("save_steps", "logging_steps", "eval_steps", "gradient_accumulation_steps",
+                "per_device_train_batch_size", "save_total_limit"):  # fmt: skip
+        value = training.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise RecipeError(f"training.{key} must be a positive number, got {value!r}")
 
 
 def config_to_dict(config: GoldConfig) -> dict[str, Any]:
@@ -126,8 +140,22 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+def _yaml(text: str, where: str = "") -> Any:
+    """Parsed YAML; a syntax error or a refused tag (``!!python/...``: recipes are plain data) becomes a
+    :class:`RecipeError` naming ``where`` and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = str(err.problem or err.context) + (f" ({err.context})" if err.problem and err.context else "")
+        if isinstance(err, yaml.constructor.ConstructorError):
+            problem += " (recipes hold plain values: no !!python tags)"
+        raise RecipeError(f"{where or 'YAML'}{line}: {problem}") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{where or 'YAML'}: {err}") from None
+    except RecipeError as err:  # a duplicate key
+        raise RecipeError(f"{where}: {err}" if where else str(err)) from None
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -145,7 +173,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
                 raise RecipeError(f"override {item!r}: {key!r} is not a section")
             node[key] = child = dict(child)
             node = child
-        node[keys[-1]] = _yaml(text)
+        node[keys[-1]] = _yaml(text, f"override {item!r}")
     return result
 
 
@@ -154,7 +182,12 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> GoldConfig:
     source = Path(path)
     if not source.is_file():
         raise RecipeError(f"recipe {str(source)!r} does not exist")
-    raw = _yaml(source.read_text(encoding="utf-8")) or {}
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"recipe {str(source)!r} is not UTF-8 text (byte offset {err.start}); re-save it as UTF-8"
+                          ) from None  # fmt: skip
+    raw = _yaml(text, f"recipe {source}") or {}
     if not isinstance(raw, Mapping):
         raise RecipeError(f"recipe {str(source)!r} must be a YAML mapping at the top level")
     return config_from_dict(apply_overrides(raw, overrides))

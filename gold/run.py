@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,8 @@ from transformers import AutoModelForCausalLM, TrainingArguments
 
 from gold.chat import set_chat_template
 from gold.config import GoldConfig, ModelConfig
-from gold.data import Example, examples_from_rows
+from gold.data import examples_from_rows
+from gold.data_files import Rows, read_rows
 from gold.demo_task import tiny_model
 from gold.recipe import RecipeError
 from gold.teacher import LocalTeacher
@@ -48,6 +48,7 @@ def build_model(spec: ModelConfig, tokenizer: Any, *, seed: int) -> Any:
             refuse_custom_code(spec.model, trust_remote_code=spec.trust_remote_code)
         except ValueError as err:
             raise RecipeError(str(err)) from None
+        check_model_folder(Path(spec.model))
         model = AutoModelForCausalLM.from_pretrained(spec.model, local_files_only=True, dtype=dtype or "auto",
                                                      trust_remote_code=spec.trust_remote_code)  # fmt: skip
     else:
@@ -58,22 +59,15 @@ def build_model(spec: ModelConfig, tokenizer: Any, *, seed: int) -> Any:
     return model.to(dtype) if dtype is not None else model
 
 
-def read_rows(path: str) -> list[dict[str, Any]]:
-    """Rows of a .jsonl / .json file, or of a directory saved with ``datasets``."""
-    source = Path(path)
-    if source.is_dir():
-        import datasets
-
-        return list(datasets.load_from_disk(str(source)))
-    if not source.is_file():
-        raise RecipeError(f"data.path {path!r} does not exist")
-    text = source.read_text(encoding="utf-8")
-    if source.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    rows = json.loads(text)
-    if not isinstance(rows, list):
-        raise RecipeError(f"data.path {path!r}: a .json file must hold a list of rows")
-    return rows
+def check_model_folder(folder: Path) -> None:
+    """A model folder holds a config and weights; names the folder and what is missing (before loading)."""
+    if not (folder / "config.json").is_file():
+        raise RecipeError(f"model folder {str(folder)!r} has no config.json: not a Hugging Face model folder "
+                          "(save one with model.save_pretrained(DIR))")  # fmt: skip
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if not any((folder / name).is_file() for name in weights):
+        raise RecipeError(f"model folder {str(folder)!r} holds no weights (none of {', '.join(weights)}); an "
+                          "interrupted save or download? save the model again")  # fmt: skip
 
 
 def training_arguments(values: dict[str, Any]) -> TrainingArguments:
@@ -94,10 +88,12 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
     student = build_model(config.student, student_tokenizer, seed=args.seed)
     teacher_model = build_model(config.teacher, teacher_tokenizer, seed=args.seed + 1)
     teacher = LocalTeacher(teacher_model, teacher_tokenizer, device=config.teacher.device or args.device)
-    examples: list[Example] = examples_from_rows(read_rows(config.data.path), config.data)
+    rows = read_rows(config.data.path)
+    examples = Rows(examples_from_rows(rows, config.data))
+    examples.labels = rows.labels  # the trainer names a too-long prompt by file and line
     held_out = None
     if config.data.eval_path is not None:
-        held_out = examples_from_rows(read_rows(config.data.eval_path), config.data)
+        held_out = examples_from_rows(read_rows(config.data.eval_path, what="data.eval_path"), config.data)
         if args.eval_steps is None:
             raise RecipeError("data.eval_path is set: give training.eval_steps (how often to score the held-out set)")
     return trainer_cls(student, teacher, args=args, train_dataset=examples, student_tokenizer=student_tokenizer,

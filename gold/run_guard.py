@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gold.recipe import RecipeError
+from gold.trainer_guard import STAGING, CheckpointError, last_checkpoint
 
 RUN_FILE = "gold_run.json"
 # training keys a resumed run may change: how long it runs, how often it logs, saves and evaluates, where it reports
@@ -21,9 +22,8 @@ def holds_run(folder: Path) -> bool:
     """Whether ``folder`` holds (part of) a training run: gold's run record, a checkpoint or a saved model."""
     if not folder.is_dir():
         return False
-    return (
-        (folder / RUN_FILE).is_file() or any(folder.glob("checkpoint-*")) or (folder / "trainer_state.json").is_file()
-    )
+    marks = (folder / RUN_FILE, folder / "trainer_state.json", folder / STAGING)
+    return any(mark.exists() for mark in marks) or any(folder.glob("checkpoint-*"))
 
 
 def prepare_output_dir(folder: Path, recipe: dict[str, Any], *, resume: str | None, overwrite: bool) -> None:
@@ -36,8 +36,9 @@ def prepare_output_dir(folder: Path, recipe: dict[str, Any], *, resume: str | No
                           "(or --resume CHECKPOINT_DIR), replace it with --overwrite, or choose another "
                           "training.output_dir")  # fmt: skip
     if overwrite and folder.is_dir():
-        for old in folder.glob("checkpoint-*"):
-            shutil.rmtree(old)
+        for old in [*folder.glob("checkpoint-*"), folder / STAGING]:
+            if old.is_dir():
+                shutil.rmtree(old)
         (folder / RUN_FILE).unlink(missing_ok=True)
     if resume is not None and (folder / RUN_FILE).is_file():
         recorded = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))["recipe"]
@@ -76,3 +77,49 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin",
+                "pytorch_model_fsdp.bin")  # fmt: skip
+
+
+def resolve_resume(folder: Path, resume: str | None) -> tuple[str | None, list[str]]:
+    """The checkpoint ``--resume`` names (``latest``: the highest whole one in ``folder``) and a note per incomplete
+    checkpoint skipped on the way. Raises :class:`CheckpointError` naming the folder and what it lacks."""
+    if resume is None:
+        return None, []
+    if resume != "latest":
+        return str(check_checkpoint(Path(resume))), []
+    skipped = [f"{path} (an interrupted save: it never got its name)" for path in sorted((folder / STAGING).glob("*"))]
+    last = last_checkpoint(folder)
+    for path in sorted(folder.glob("checkpoint-*")):
+        if path.is_dir() and not (path / "trainer_state.json").is_file():
+            skipped.append(f"{path} (no trainer_state.json: an interrupted save)")
+    if last is None:
+        found = f"; skipped {', '.join(skipped)}" if skipped else ""
+        raise CheckpointError(f"--resume latest: {folder} holds no whole checkpoint{found}; start without --resume "
+                              "(with --overwrite if the folder holds a run)")  # fmt: skip
+    return str(check_checkpoint(last)), [s for s in skipped if _step(s) > _step(str(last))]
+
+
+def check_checkpoint(path: Path) -> Path:
+    """``path`` if it is a whole checkpoint folder: trainer state and weights (FSDP shards count)."""
+    if not path.exists():
+        raise CheckpointError(f"--resume {path}: no such folder; give a checkpoint-N folder or 'latest'")
+    if not path.is_dir():
+        raise CheckpointError(f"--resume {path}: not a folder; give a checkpoint-N folder or 'latest'")
+    if not (path / "trainer_state.json").is_file():
+        raise CheckpointError(f"--resume {path}: not a whole checkpoint (no trainer_state.json; an interrupted save, "
+                              "or not a checkpoint); give another checkpoint-N folder or 'latest'")  # fmt: skip
+    sharded = any(child.is_dir() and "pytorch_model_fsdp" in child.name for child in path.iterdir())
+    if not sharded and not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise CheckpointError(f"--resume {path}: the checkpoint holds no model weights ({', '.join(WEIGHT_FILES[:3])}"
+                              ", ...); give another checkpoint-N folder or 'latest'")  # fmt: skip
+    return path
+
+
+def _step(note: str) -> int:
+    name = Path(note.split(" ")[0]).name
+    tail = name.removeprefix("checkpoint-")
+    return int(tail) if tail.isdigit() else -1

@@ -28,6 +28,7 @@ from gold.data import (
     Example,
     Messages,
     TrainBatch,
+    check_prompts,
     examples_from_rows,
     logit_rows,
     prompt_ids,
@@ -35,10 +36,12 @@ from gold.data import (
 )
 from gold.eval_callback import HeldOutEvalCallback
 from gold.losses import PairTables, cross_tokenizer_loss
+from gold.losses.reduce import NonFiniteLossError
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap, rollout_seed
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
 from gold.stops import model_stop_rule
 from gold.teacher import LocalTeacher, Teacher
+from gold.trainer_guard import RunGuard
 from gold.trainer_metrics import StepMetrics
 
 
@@ -53,7 +56,7 @@ def _examples(dataset: Any) -> list[Example]:
     return examples_from_rows(rows)
 
 
-class GoldTrainer(StepMetrics, Trainer):
+class GoldTrainer(RunGuard, StepMetrics, Trainer):
     """Distils ``teacher`` into ``model`` (the student) across tokenizers.
 
     Args:
@@ -110,7 +113,7 @@ class GoldTrainer(StepMetrics, Trainer):
         self.student_stop = model_stop_rule(model, student_tokenizer)
         tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher.num_rows,
                                   student_rows=logit_rows(model), student_stop=self.student_stop,
-                                  teacher_stop=teacher.stop)  # fmt: skip
+                                  teacher_stop=teacher.stop, vocab_match=self.loss_config.vocab_match)  # fmt: skip
         self.collator = Collator(student_tokenizer, teacher.tokenizer, tables,
                                  max_completion_length=self.rollout_config.max_completion_length,
                                  max_prompt_length=self.rollout_config.max_prompt_length,
@@ -120,17 +123,31 @@ class GoldTrainer(StepMetrics, Trainer):
         examples = _examples(train_dataset)
         for index, example in enumerate(examples):  # fail before training, naming the row
             self.collator.from_text(example.completion, index=index, ended=example.ended)
+        self._prompt_cache: dict[tuple[str, str], list[int]] = {}
+        self._check_prompt_lengths(examples, getattr(train_dataset, "labels", None))
         warning = unequal_rendering(student_tokenizer, teacher.tokenizer, examples)
         if warning is not None:
             warnings.warn(warning, UnequalRenderingWarning, stacklevel=2)
         self._student_generator, self._given_generator = student_generator, student_generator
-        self._prompt_cache: dict[tuple[str, str], list[int]] = {}
         self._init_metrics()
         super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
                          data_collator=list, processing_class=student_tokenizer, **kwargs)  # fmt: skip
         if held_out is not None:
             self._add_held_out_eval(_examples(held_out), held_out_samples)
         self._check_rollout_batches()
+
+    def _check_prompt_lengths(self, examples: Sequence[Example], labels: Sequence[str] | None) -> None:
+        """Every prompt in both tokenizations is non-empty and within rollout.max_prompt_length, checked before
+        training (naming the row) rather than when its batch comes up."""
+        sides = (("student", self.student_tokenizer), ("teacher", self.teacher.tokenizer))
+        for index, example in enumerate(examples):
+            for role, tokenizer in sides:
+                try:
+                    check_prompts([self._prompt(role, tokenizer, example.prompt)], role=role,
+                                  limit=self.rollout_config.max_prompt_length)  # fmt: skip
+                except DataError as err:
+                    where = labels[index] if labels else f"row {index}"
+                    raise DataError(f"{where}: {str(err).removeprefix('example 0: ')}") from None
 
     def _check_rollout_batches(self) -> None:
         config, args = self.rollout_config, self.args
@@ -325,9 +342,10 @@ class GoldTrainer(StepMetrics, Trainer):
         teacher_logits = self.teacher.logits(batch.teacher)
         loss, metrics = cross_tokenizer_loss(
             student_logits, teacher_logits, batch.aligned, self.loss_config,
-            num_items_in_batch=num_items_in_batch, step=self.state.global_step,
+            num_items_in_batch=num_items_in_batch,
         )  # fmt: skip
         self._record(metrics, batch, num_items_in_batch)
+        self._note_loss_terms(loss, metrics)
         if batch.engine_logprobs is not None and self.rollout_config.vllm_structured_outputs_regex is None:
             # does the engine hold the weights being trained? (a grammar reshapes the engine's log-probs)
             gap, tokens = logprob_gap(student_logits, batch.student.completion_targets(), batch.engine_logprobs)
@@ -339,6 +357,9 @@ class GoldTrainer(StepMetrics, Trainer):
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         start = time.perf_counter()
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except NonFiniteLossError as err:
+            raise self.nonfinite_stop(str(err)) from None
         self._metrics["time/train_s"].append(time.perf_counter() - start)
         return loss

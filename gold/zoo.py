@@ -225,6 +225,7 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
 
     if Path(name).is_dir():
         refuse_custom_code(name, trust_remote_code=trust_remote_code)
+        check_tokenizer_folder(Path(name))
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     entry = TOKENIZERS[resolve_name(name)]
     folder = entry.package.folder()
@@ -234,6 +235,14 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
     tokenizer = entry.build(folder)
     _save_atomically(tokenizer, cached)
     return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
+
+
+def check_tokenizer_folder(folder: Path) -> None:
+    """Raises ``ValueError`` naming ``folder`` when it holds no tokenizer files."""
+    files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((folder / file).is_file() for file in files):
+        raise ValueError(f"folder {str(folder)!r} holds no tokenizer (none of {', '.join(files)}); save one there with "
+                         "tokenizer.save_pretrained(DIR), or name the tokenizer separately")  # fmt: skip
 
 
 def refuse_custom_code(folder: str | Path, *, trust_remote_code: bool) -> None:

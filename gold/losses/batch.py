@@ -43,17 +43,20 @@ class PairTables:
     @classmethod
     def build(
         cls, student_tokenizer: Any, teacher_tokenizer: Any, *, student_rows: int, teacher_rows: int,
-        student_stop: StopRule | None = None, teacher_stop: StopRule | None = None,
+        student_stop: StopRule | None = None, teacher_stop: StopRule | None = None, vocab_match: str = "bytes",
     ) -> PairTables:  # fmt: skip
         """Tables for a pair; ``*_rows`` are the models' embedding (logit) sizes.
 
         The two end tokens (``*_stop.end_id``, default from the tokenizers) are a matched pair whatever
         their strings (``<|im_end|>`` ↔ ``<end_of_turn>``): both mean "the completion ends here". Every stop
-        id falls in the byte marginal's END bin.
+        id falls in the byte marginal's END bin. ``vocab_match``: "bytes" (canonical bytes, gold's) or "raw"
+        (identical piece strings, TRL 1.16's; :meth:`alignment.VocabMap.build_raw`; no shifted pairs).
         """
+        if vocab_match not in ("bytes", "raw"):
+            raise ValueError(f"vocab_match must be 'bytes' or 'raw', got {vocab_match!r}")
         student_stop = student_stop or stop_rule(student_tokenizer)
         teacher_stop = teacher_stop or stop_rule(teacher_tokenizer)
-        vocab = VocabMap.build(student_tokenizer, teacher_tokenizer)
+        vocab = (VocabMap.build_raw if vocab_match == "raw" else VocabMap.build)(student_tokenizer, teacher_tokenizer)
         student_matched, teacher_matched = vocab.student_ids, vocab.teacher_ids
         if student_stop.end_id is not None and teacher_stop.end_id is not None:
             # the end pair replaces any pairing of either end id by string
@@ -71,7 +74,7 @@ class PairTables:
             student_bins=student_bins,
             teacher_bins=teacher_bins,
             shared_bins=shared_bins(student_bins, teacher_bins),
-            shifted=ShiftedPairs.of(vocab),
+            shifted=ShiftedPairs.of(vocab) if vocab_match == "bytes" else None,
         )
 
     def to(self, device: torch.device | str) -> PairTables:

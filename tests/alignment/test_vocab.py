@@ -32,6 +32,23 @@ def test_canonical_bytes_match_more_than_raw_strings_across_families() -> None:
     assert canonical > 2 * raw, (canonical, raw)
 
 
+def test_raw_matching_pairs_identical_piece_strings_only() -> None:
+    """TRL 1.16's matching (``vocab_match: raw``): every pair is the same get_vocab() string on both sides, and the
+    pair count is the raw overlap; ``Ġworld`` (SmolLM2) is not paired with ``▁world`` (Gemma-3)."""
+    gemma, smollm = zoo("gemma-3"), zoo("smollm2")
+    raw = VocabMap.build_raw(smollm, gemma)
+    student_pieces = {i: p for p, i in smollm.get_vocab().items()}
+    teacher_pieces = {i: p for p, i in gemma.get_vocab().items()}
+    assert all(
+        student_pieces[int(s)] == teacher_pieces[int(t)] for s, t in zip(raw.student_ids, raw.teacher_ids, strict=True)
+    )
+    assert raw.num_text_matched == raw_string_overlap(smollm, gemma) < VocabMap.build(smollm, gemma).num_text_matched
+    world = smollm.convert_tokens_to_ids("Ġworld")
+    assert world not in set(raw.student_ids.tolist()) and world in set(
+        VocabMap.build(smollm, gemma).student_ids.tolist()
+    )
+
+
 def test_byte_level_pairs_match_on_bytes_at_least_as_well_as_raw(qwen, llama) -> None:
     assert VocabMap.build(qwen, llama).num_text_matched >= raw_string_overlap(qwen, llama) - 300
 

@@ -179,3 +179,17 @@ def test_both_paths_agree_on_a_real_pair_with_shifted_groups() -> None:
     torch.testing.assert_close(loss_f, loss_t, atol=1e-6, rtol=1e-5)
     assert metrics_f["hybrid/shifted_mass_after"] == pytest.approx(metrics_t["hybrid/shifted_mass_after"], 1e-5)
     assert float((grad_f - grad_t).norm()) <= 1e-2 * float(grad_t.norm())
+
+
+def test_raw_vocab_match_is_trls_pairing_without_shifted_pairs() -> None:
+    from gold.config import LossConfig
+    from gold.losses import PairTables
+    from tests.conftest import zoo
+
+    with pytest.raises(ValueError, match="set shifted_matching: false with it"):
+        LossConfig(vocab_match="raw")
+    qwen, llama = zoo("qwen2.5"), zoo("llama-3")
+    raw = PairTables.build(qwen, llama, student_rows=len(qwen), teacher_rows=len(llama), vocab_match="raw")
+    assert raw.shifted is None and raw.student_matched.numel() > 100_000
+    with pytest.raises(ValueError, match="vocab_match must be 'bytes' or 'raw', got 'exact'"):
+        PairTables.build(qwen, llama, student_rows=len(qwen), teacher_rows=len(llama), vocab_match="exact")
