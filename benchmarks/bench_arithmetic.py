@@ -28,8 +28,9 @@ from transformers.trainer_callback import PrinterCallback
 
 from gold.baselines import SequenceKDTrainer
 from gold.config import LossConfig, RolloutConfig
-from gold.demo_task import Prompt, accuracy, fit_to_task, teacher_examples, tiny_model
+from gold.demo_task import Prompt, accuracy, fit_to_task, teacher_examples
 from gold.evaluate import distillation_gap
+from gold.models import tiny_model
 from gold.trainer import GoldTrainer
 from gold.zoo import load_tokenizer
 

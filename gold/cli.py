@@ -38,7 +38,7 @@ from gold.demo import DemoSettings
 from gold.demo import run_demo as demo_main
 from gold.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
 from gold.run import DEFAULT_OUTPUT_DIR, build_trainer, check_model_folder
-from gold.run_guard import prepare_output_dir, record_run, resolve_resume
+from gold.run_guard import clear_run, prepare_output_dir, record_run, resolve_resume
 from gold.trainer_guard import CheckpointError, NonFiniteError, last_checkpoint
 from gold.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer, tokenizer_names
 
@@ -197,15 +197,26 @@ def run_train(args: argparse.Namespace) -> int:
         trainer = build_trainer(config)
     except (RecipeError, DataError, CheckpointError, ZooPackageMissing, ValueError, ImportError, OSError) as err:
         raise CommandError(f"gold train: {err}") from None
-    for note in skipped:
+    if args.overwrite:
+        clear_run(output_dir)  # only now that the new run is known to start
+    for note in skipped if trainer.is_world_process_zero() else []:
         print(f"gold train: skipping incomplete checkpoint {note}", file=sys.stderr)
     if trainer.is_world_process_zero():
         record_run(output_dir, recipe)
+        _show_first_alignment(trainer)
     _train(trainer, resume, output_dir)
     if trainer.is_world_process_zero():
         dump_recipe(config, Path(trainer.args.output_dir) / "recipe.yaml")
         print(f"gold train: student saved to {trainer.args.output_dir}")
     return 0
+
+
+def _show_first_alignment(trainer: Any) -> None:
+    """How the two tokenizers split the first training completion (the groups the loss compares)."""
+    first = next(iter(trainer.train_dataset))
+    alignment = align_texts(trainer.student_tokenizer, trainer.teacher.tokenizer, first.completion)
+    print("gold train: the first completion, as each side tokenizes it (groups end where both sides end a token):")
+    print(render_text(alignment, max_groups=24), flush=True)
 
 
 def _train(trainer: Any, resume: str | None, output_dir: Path) -> None:
@@ -249,10 +260,12 @@ def run_eval(args: argparse.Namespace) -> int:
                 check_model_folder(Path(spec))
                 check_tokenizer_folder(Path(spec))
         rows = read_rows(str(args.data), what="--data")[: args.limit]
+        # every row checked before a model loads (with --sample-teacher, after: its completions are the teacher's)
+        data = None if args.sample_teacher else eval_run.eval_set(rows, answer_field=args.answer_field)
         teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
-        data = eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
-                                 samples_per_prompt=args.sample_teacher,
-                                 max_new_tokens=args.max_new_tokens)  # fmt: skip
+        data = data or eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
+                                         samples_per_prompt=args.sample_teacher,
+                                         max_new_tokens=args.max_new_tokens)  # fmt: skip
         students = [(spec, None, spec) for spec in args.student]
         for run_dir in args.checkpoints:
             students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in eval_run.checkpoints(run_dir)]

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gold.data import DataError
+import torch
+
+from gold.config import DataConfig
+from gold.data import DataError, Example, example_from_row
+from gold.hub import hub_dataset, is_hub_id
 
 
 class Rows(list[Any]):
@@ -27,14 +32,23 @@ def _rows(items: list[Any], labels: list[str]) -> Rows:
     return rows
 
 
-def read_rows(path: str | Path, *, what: str = "data.path") -> Rows:
-    """Rows of a ``.jsonl`` / ``.json`` file or of a folder from ``Dataset.save_to_disk``; raises
-    :class:`DataError` naming the file, the line and the fix (``what`` names the setting in messages)."""
+TABLES = {".parquet": "parquet", ".csv": "csv"}
+
+
+def read_rows(path: str | Path, *, what: str = "data.path", name: str | None = None, split: str = "train") -> Rows:
+    """Rows of a ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file, a folder from ``Dataset.save_to_disk``, or a
+    hub dataset id (``name``: its configuration, ``split``); raises :class:`DataError` naming the file, the line and
+    the fix (``what`` names the setting in messages)."""
     source = Path(path)
     if source.is_dir():
         return _dataset_folder(source, what)
+    if not source.is_file() and is_hub_id(str(path)):
+        rows = list(hub_dataset(str(path), config=name, split=split, streaming=False))
+        return _rows(rows, [f"{path} [{split}] row {index}" for index in range(len(rows))])
     if not source.is_file():
         raise DataError(f"{what} {str(source)!r} does not exist")
+    if source.suffix in TABLES:
+        return _table(source, what)
     text = _utf8(source, what)
     if not text.strip():
         raise DataError(f"{what} {str(source)!r} is empty; it needs rows (one JSON object per line in .jsonl)")
@@ -93,3 +107,70 @@ def _dataset_folder(source: Path, what: str) -> Rows:
     if not rows:
         raise DataError(f"{what} {str(source)!r} holds no rows")
     return _rows(rows, [f"{source} row {index}" for index in range(len(rows))])
+
+
+def _table(source: Path, what: str) -> Rows:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(TABLES[source.suffix], data_files=str(source), split="train")
+    except (ValueError, OSError) as err:
+        raise DataError(f"{what} {str(source)!r}: not a readable {source.suffix[1:]} table ({err})") from None
+    rows = list(loaded)
+    if not rows:
+        raise DataError(f"{what} {str(source)!r} holds no rows")
+    return _rows(rows, [f"{source} row {index}" for index in range(len(rows))])
+
+
+class ExampleStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Training examples read as they are needed (``data.streaming: true``): no row is held longer than its batch.
+    Each pass reads the source again from its start; a bad row fails when it is reached, named by file and line."""
+
+    def __init__(self, rows: Callable[[], Iterable[tuple[str, Any]]], config: DataConfig) -> None:
+        self.rows, self.config = rows, config
+
+    def __iter__(self) -> Iterator[Example]:
+        for index, (label, row) in enumerate(self.rows()):
+            yield example_from_row(row, index=index, config=self.config, label=label)
+
+
+def stream_examples(config: DataConfig) -> ExampleStream:
+    """:class:`ExampleStream` over ``config.path``: a JSONL file line by line (our reader: errors name the line), any
+    other file, folder or hub id through ``datasets``' streaming mode."""
+    source = Path(config.path)
+    if source.is_file() and source.suffix == ".jsonl":
+        return ExampleStream(lambda: _jsonl_lines(source), config)
+    if source.is_dir():
+        raise DataError(f"data.path {config.path!r}: a save_to_disk folder is read whole; data.streaming takes a "
+                        "file or a hub dataset id")  # fmt: skip
+    if not source.is_file() and not is_hub_id(config.path):
+        raise DataError(f"data.path {config.path!r} does not exist")
+    return ExampleStream(lambda: _datasets_stream(config), config)
+
+
+def _jsonl_lines(source: Path) -> Iterator[tuple[str, Any]]:
+    with source.open("rb") as handle:  # bytes: "\n" is the only line break
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").removeprefix("\ufeff" if number == 1 else "").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{source} line {number}: not UTF-8 text (byte 0x{raw[err.start]:02x})") from None
+            if not line.strip():
+                continue
+            try:
+                yield f"{source} line {number}", json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{source} line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+
+
+def _datasets_stream(config: DataConfig) -> Iterator[tuple[str, Any]]:
+    source = Path(config.path)
+    if source.is_file():
+        import datasets
+
+        kind = TABLES.get(source.suffix, "json")
+        stream = datasets.load_dataset(kind, data_files=str(source), split="train", streaming=True)
+    else:
+        stream = hub_dataset(config.path, config=config.name, split=config.split, streaming=True)
+    for index, row in enumerate(stream):
+        yield f"{config.path} row {index}", row

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from alignment import encode_continuation
 from gold.config import RolloutConfig
@@ -65,19 +64,6 @@ def is_correct(prompt: Prompt, completion: str) -> bool:
     if prompt.answer:
         return completion.strip().startswith(prompt.answer.strip())
     return SOUNDS[prompt.animal] in completion.lower()
-
-
-def tiny_model(tokenizer: Any, *, seed: int, hidden_size: int = 64, layers: int = 2, heads: int = 4) -> Any:
-    """A random Llama-architecture model sized to ``tokenizer``'s vocabulary (head size ``hidden_size / heads``;
-    vLLM's CPU attention needs 32 or more)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=4 * hidden_size,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=128,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    return LlamaForCausalLM(config)
 
 
 def fit_to_task(

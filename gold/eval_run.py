@@ -158,7 +158,7 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def load_scored_model(spec: str, *, dtype: str | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a zoo model name or a local folder (a checkpoint carries its tokenizer)."""
-    from gold.run import build_model
+    from gold.models import build_model
 
     tokenizer = load_tokenizer(MODEL_TOKENIZERS.get(spec, spec))
     model = build_model(ModelConfig(model=spec, dtype=dtype or "auto"), tokenizer, seed=0)

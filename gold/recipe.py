@@ -98,19 +98,44 @@ def config_from_dict(raw: Mapping[str, Any]) -> GoldConfig:
 
 
 def _check_training(training: Mapping[str, Any]) -> None:
-    """The TrainingArguments values a typo makes absurd, refused before anything loads."""
+    """The TrainingArguments values a typo makes absurd, refused before anything loads: no NaN or infinity anywhere,
+    counts that are positive integers, rates and ratios in their ranges."""
+    for key, value in training.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"training.{key} must be a finite number, got {value!r}")
     steps = training.get("max_steps", -1)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps == 0 or steps < -1:
         raise RecipeError(f"training.max_steps must be a positive integer (or -1: use num_train_epochs), got {steps!r}")
-    rate = training.get("learning_rate", 5e-5)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
-        raise RecipeError(f"training.learning_rate must be a number in [0, 1] (a larger step diverges; typical: 1e-6 "
-                          f"to 1e-3), got {rate!r}")  # fmt: skip
-    for key in ("save_steps", "logging_steps", "eval_steps", "gradient_accumulation_steps",
-                "per_device_train_batch_size", "save_total_limit"):  # fmt: skip
+    _in_range(training, "learning_rate", 0, 1, "a larger step diverges; typical: 1e-6 to 1e-3")
+    _in_range(training, "weight_decay", 0, 1, "the share of each weight removed per step")
+    _in_range(training, "warmup_ratio", 0, 1, "a share of the training steps")
+    _in_range(training, "max_grad_norm", 0, math.inf, "0 turns clipping off")
+    _in_range(training, "num_train_epochs", 0, math.inf, "above 0", low_open=True)
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_total_limit", "warmup_steps",
+                "seed"):  # fmt: skip
         value = training.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise RecipeError(f"training.{key} must be a positive number, got {value!r}")
+        low = 0 if key in ("warmup_steps", "seed") else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise RecipeError(f"training.{key} must be an integer >= {low}, got {value!r}")
+    for key in ("save_steps", "logging_steps", "eval_steps"):  # an integer, or a share of the steps below 1
+        value = training.get(key)
+        if value is None:
+            continue
+        ok = not isinstance(value, bool) and ((isinstance(value, int) and value >= 1) or (isinstance(value, float)
+                                               and (0 < value < 1 or (value >= 1 and value.is_integer()))))  # fmt: skip
+        if not ok:
+            raise RecipeError(f"training.{key} must be an integer >= 1 (or a share of the steps in (0, 1)), "
+                              f"got {value!r}")  # fmt: skip
+
+
+def _in_range(training: Mapping[str, Any], key: str, low: float, high: float, why: str, low_open: bool = False) -> None:
+    value = training.get(key)
+    if value is None:
+        return
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or value < low or value > high or (low_open and value == low):
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise RecipeError(f"training.{key} must be a number in {bounds} ({why}), got {value!r}")
 
 
 def config_to_dict(config: GoldConfig) -> dict[str, Any]:

@@ -4,6 +4,7 @@ run must have the recipe of the run it resumes (``gold_run.json`` in the output 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -35,17 +36,31 @@ def prepare_output_dir(folder: Path, recipe: dict[str, Any], *, resume: str | No
         raise RecipeError(f"training.output_dir {str(folder)!r} already holds a run; continue it with --resume latest "
                           "(or --resume CHECKPOINT_DIR), replace it with --overwrite, or choose another "
                           "training.output_dir")  # fmt: skip
-    if overwrite and folder.is_dir():
-        for old in [*folder.glob("checkpoint-*"), folder / STAGING]:
-            if old.is_dir():
-                shutil.rmtree(old)
-        (folder / RUN_FILE).unlink(missing_ok=True)
     if resume is not None and (folder / RUN_FILE).is_file():
-        recorded = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))["recipe"]
+        try:
+            recorded = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))["recipe"]
+        except (ValueError, KeyError, TypeError):
+            raise RecipeError(f"{folder / RUN_FILE} is not a gold run record (no recipe in it); remove it to resume "
+                              "without the recipe check") from None  # fmt: skip
         changed = differing_keys(recorded, recipe)
         if changed:
             raise RecipeError(f"--resume: the recipe differs from the run's in {', '.join(changed)}; resume with the "
                               "run's recipe (its recipe.yaml) or start a new run in another output_dir")  # fmt: skip
+
+
+def clear_run(folder: Path) -> None:
+    """``--overwrite``: removes the old run's checkpoints and record, on the main process only (under ``accelerate
+    launch`` every process runs ``gold train``), after everything else was checked."""
+    if not is_main_process() or not folder.is_dir():
+        return
+    for old in [*folder.glob("checkpoint-*"), folder / STAGING]:
+        shutil.rmtree(old, ignore_errors=True)
+    (folder / RUN_FILE).unlink(missing_ok=True)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of an ``accelerate launch`` / ``torchrun`` run (known from the environment before accelerate starts)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def record_run(folder: Path, recipe: dict[str, Any]) -> None:
@@ -91,16 +106,16 @@ def resolve_resume(folder: Path, resume: str | None) -> tuple[str | None, list[s
         return None, []
     if resume != "latest":
         return str(check_checkpoint(Path(resume))), []
-    skipped = [f"{path} (an interrupted save: it never got its name)" for path in sorted((folder / STAGING).glob("*"))]
+    skipped = [(path, "an interrupted save: it never got its name") for path in (folder / STAGING).glob("checkpoint-*")]
+    skipped += [(path, "no trainer_state.json: an interrupted save") for path in folder.glob("checkpoint-*")
+                if path.is_dir() and not (path / "trainer_state.json").is_file()]  # fmt: skip
     last = last_checkpoint(folder)
-    for path in sorted(folder.glob("checkpoint-*")):
-        if path.is_dir() and not (path / "trainer_state.json").is_file():
-            skipped.append(f"{path} (no trainer_state.json: an interrupted save)")
+    notes = [f"{path} ({why})" for path, why in sorted(skipped) if last is None or _step(path) > _step(last)]
     if last is None:
-        found = f"; skipped {', '.join(skipped)}" if skipped else ""
+        found = f"; skipped {', '.join(notes)}" if notes else ""
         raise CheckpointError(f"--resume latest: {folder} holds no whole checkpoint{found}; start without --resume "
                               "(with --overwrite if the folder holds a run)")  # fmt: skip
-    return str(check_checkpoint(last)), [s for s in skipped if _step(s) > _step(str(last))]
+    return str(check_checkpoint(last)), notes
 
 
 def check_checkpoint(path: Path) -> Path:
@@ -112,14 +127,15 @@ def check_checkpoint(path: Path) -> Path:
     if not (path / "trainer_state.json").is_file():
         raise CheckpointError(f"--resume {path}: not a whole checkpoint (no trainer_state.json; an interrupted save, "
                               "or not a checkpoint); give another checkpoint-N folder or 'latest'")  # fmt: skip
-    sharded = any(child.is_dir() and "pytorch_model_fsdp" in child.name for child in path.iterdir())
+    # FSDP shards, DeepSpeed's global_step* folders
+    sharded = any(child.is_dir() and ("pytorch_model_fsdp" in child.name or child.name.startswith("global_step"))
+                  for child in path.iterdir())  # fmt: skip
     if not sharded and not any((path / name).is_file() for name in WEIGHT_FILES):
         raise CheckpointError(f"--resume {path}: the checkpoint holds no model weights ({', '.join(WEIGHT_FILES[:3])}"
                               ", ...); give another checkpoint-N folder or 'latest'")  # fmt: skip
     return path
 
 
-def _step(note: str) -> int:
-    name = Path(note.split(" ")[0]).name
-    tail = name.removeprefix("checkpoint-")
+def _step(path: Path) -> int:
+    tail = path.name.removeprefix("checkpoint-")
     return int(tail) if tail.isdigit() else -1

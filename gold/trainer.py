@@ -11,10 +11,11 @@ as one line per stage: forwards → ``cross_tokenizer_loss`` → metrics.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ from transformers import Trainer, TrainingArguments
 
 from gold.chat import unequal_rendering
 from gold.collate import Collator, Completion
+from gold.completions_log import completion_views
+from gold.completions_log import report as report_completions
 from gold.config import AlignmentConfig, LossConfig, RolloutConfig
 from gold.data import (
     DataError,
@@ -36,7 +39,6 @@ from gold.data import (
 )
 from gold.eval_callback import HeldOutEvalCallback
 from gold.losses import PairTables, cross_tokenizer_loss
-from gold.losses.reduce import NonFiniteLossError
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap, rollout_seed
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
 from gold.stops import model_stop_rule
@@ -54,6 +56,23 @@ def _examples(dataset: Any) -> list[Example]:
     if rows and all(isinstance(row, Example) for row in rows):
         return rows
     return examples_from_rows(rows)
+
+
+def check_prompt_lengths(
+    examples: Sequence[Example], tokenizers: dict[str, Any], *, limit: int | None,
+    labels: Sequence[str] | None = None, encode: Callable[[str, Any, Any], list[int]] | None = None,
+) -> None:  # fmt: skip
+    """Every prompt in each side's tokenization (``tokenizers``: role → tokenizer) is non-empty and within
+    rollout.max_prompt_length, checked before training (naming the row: ``labels``, else its index) rather than
+    when its batch comes up. ``encode(role, tokenizer, prompt)``: default :func:`gold.data.prompt_ids`."""
+    for index, example in enumerate(examples):
+        for role, tokenizer in tokenizers.items():
+            ids = encode(role, tokenizer, example.prompt) if encode else prompt_ids(tokenizer, example.prompt)
+            try:
+                check_prompts([ids], role=role, limit=limit)
+            except DataError as err:
+                where = labels[index] if labels else f"row {index}"
+                raise DataError(f"{where}: {str(err).removeprefix('example 0: ')}") from None
 
 
 class GoldTrainer(RunGuard, StepMetrics, Trainer):
@@ -120,16 +139,25 @@ class GoldTrainer(RunGuard, StepMetrics, Trainer):
                                  max_edit_fraction=alignment_config.max_edit_fraction,
                                  end_group=alignment_config.end_group, student_stop=self.student_stop,
                                  teacher_stop=teacher.stop)  # fmt: skip
-        examples = _examples(train_dataset)
-        for index, example in enumerate(examples):  # fail before training, naming the row
-            self.collator.from_text(example.completion, index=index, ended=example.ended)
         self._prompt_cache: dict[tuple[str, str], list[int]] = {}
-        self._check_prompt_lengths(examples, getattr(train_dataset, "labels", None))
-        warning = unequal_rendering(student_tokenizer, teacher.tokenizer, examples)
+        self.streaming = isinstance(train_dataset, torch.utils.data.IterableDataset)
+        if self.streaming:  # rows are read as batches need them: checked then (gold.data_files.ExampleStream)
+            examples: Any = train_dataset
+            # every process reads the stream and keeps its share of each batch (accelerate's IterableDatasetShard);
+            # dispatching from the main process would broadcast tensors, and a batch here is a list of examples
+            args.accelerator_config.dispatch_batches = False
+            warning = unequal_rendering(student_tokenizer, teacher.tokenizer, list(itertools.islice(examples, 64)))
+        else:
+            examples = _examples(train_dataset)
+            for index, example in enumerate(examples):  # fail before training, naming the row
+                self.collator.from_text(example.completion, index=index, ended=example.ended)
+            self._check_prompt_lengths(examples, getattr(train_dataset, "labels", None))
+            warning = unequal_rendering(student_tokenizer, teacher.tokenizer, examples)
         if warning is not None:
             warnings.warn(warning, UnequalRenderingWarning, stacklevel=2)
         self._student_generator, self._given_generator = student_generator, student_generator
         self._init_metrics()
+        self._completions_logged = -1
         super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
                          data_collator=list, processing_class=student_tokenizer, **kwargs)  # fmt: skip
         if held_out is not None:
@@ -137,17 +165,9 @@ class GoldTrainer(RunGuard, StepMetrics, Trainer):
         self._check_rollout_batches()
 
     def _check_prompt_lengths(self, examples: Sequence[Example], labels: Sequence[str] | None) -> None:
-        """Every prompt in both tokenizations is non-empty and within rollout.max_prompt_length, checked before
-        training (naming the row) rather than when its batch comes up."""
-        sides = (("student", self.student_tokenizer), ("teacher", self.teacher.tokenizer))
-        for index, example in enumerate(examples):
-            for role, tokenizer in sides:
-                try:
-                    check_prompts([self._prompt(role, tokenizer, example.prompt)], role=role,
-                                  limit=self.rollout_config.max_prompt_length)  # fmt: skip
-                except DataError as err:
-                    where = labels[index] if labels else f"row {index}"
-                    raise DataError(f"{where}: {str(err).removeprefix('example 0: ')}") from None
+        sides = {"student": self.student_tokenizer, "teacher": self.teacher.tokenizer}
+        check_prompt_lengths(examples, sides, limit=self.rollout_config.max_prompt_length, labels=labels,
+                             encode=self._prompt)  # fmt: skip
 
     def _check_rollout_batches(self) -> None:
         config, args = self.rollout_config, self.args
@@ -342,10 +362,11 @@ class GoldTrainer(RunGuard, StepMetrics, Trainer):
         teacher_logits = self.teacher.logits(batch.teacher)
         loss, metrics = cross_tokenizer_loss(
             student_logits, teacher_logits, batch.aligned, self.loss_config,
-            num_items_in_batch=num_items_in_batch,
+            num_items_in_batch=num_items_in_batch, check=False,  # checked on every process before the step
         )  # fmt: skip
         self._record(metrics, batch, num_items_in_batch)
         self._note_loss_terms(loss, metrics)
+        self._maybe_log_completions(batch, student_logits, teacher_logits)
         if batch.engine_logprobs is not None and self.rollout_config.vllm_structured_outputs_regex is None:
             # does the engine hold the weights being trained? (a grammar reshapes the engine's log-probs)
             gap, tokens = logprob_gap(student_logits, batch.student.completion_targets(), batch.engine_logprobs)
@@ -355,11 +376,22 @@ class GoldTrainer(RunGuard, StepMetrics, Trainer):
         loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
 
+    def _maybe_log_completions(self, batch: TrainBatch, student_logits: torch.Tensor,
+                               teacher_logits: torch.Tensor) -> None:  # fmt: skip
+        """The first slice of every ``rollout.log_completions_steps``-th step (and the first step), main process."""
+        every, step = self.rollout_config.log_completions_steps, self.state.global_step
+        if every is None or step % every or self._completions_logged == step or not self.is_world_process_zero():
+            return
+        self._completions_logged = step
+        with torch.no_grad():
+            views = completion_views(batch, student_logits.detach(), teacher_logits.detach(),
+                                     student_tokenizer=self.student_tokenizer,
+                                     teacher_tokenizer=self.teacher.tokenizer,
+                                     rows=self.rollout_config.num_completions_to_print)  # fmt: skip
+        report_completions(self, views, step + 1)
+
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         start = time.perf_counter()
-        try:
-            loss = super().training_step(model, inputs, num_items_in_batch)
-        except NonFiniteLossError as err:
-            raise self.nonfinite_stop(str(err)) from None
+        loss = super().training_step(model, inputs, num_items_in_batch)
         self._metrics["time/train_s"].append(time.perf_counter() - start)
         return loss

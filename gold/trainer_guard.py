@@ -2,10 +2,13 @@
 
 - A checkpoint is written to ``output_dir/.partial/checkpoint-N`` and renamed to ``output_dir/checkpoint-N`` only when
   every process has written its part, so a folder named ``checkpoint-N`` is always whole; a save cut by SIGTERM, SIGINT
-  or a crash leaves only the staging folder, which ``--resume latest`` skips, saying so (:mod:`gold.run_guard`).
+  or a crash leaves only the staging folder, which ``--resume latest`` skips, saying so (:mod:`gold.run_guard`), and
+  the next whole save clears. ``push_to_hub`` pushes the checkpoint under its final name.
 - Before each optimizer step the loss of every slice and the gradient norm must be finite, and before each save the
   weights: a run stops with the step, the non-finite terms and the last checkpoint (all saved checkpoints are finite,
-  so ``save_total_limit`` rotation can never leave only a broken one). A gradient norm of exactly zero warns.
+  so ``save_total_limit`` rotation can never leave only a broken one). A gradient norm of exactly zero warns. Under
+  DeepSpeed the engine steps inside ``backward``, so there the gradient check comes after the step (the loss and
+  weight checks still hold).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 
 import torch
 from transformers.trainer_utils import rotate_checkpoints
+
+from gold.losses.reduce import loss_is_finite
 
 STAGING = ".partial"
 
@@ -55,8 +60,8 @@ class RunGuard:
         """Remembers this slice's non-finite loss terms; checked (on every process at once) before the step."""
         if not hasattr(self, "_nonfinite_terms"):
             self._nonfinite_terms = set()
-        if not bool(torch.isfinite(loss.detach()).all()):
-            bad = [key for key, value in metrics.items() if key.startswith("loss/") and not math.isfinite(value)]
+        if not loss_is_finite(loss):
+            bad = [key for key, value in metrics.items() if key.startswith("loss/") and not loss_is_finite(value)]
             self._nonfinite_terms.update(bad or ["loss"])
 
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
@@ -123,17 +128,22 @@ class RunGuard:
             super()._save_checkpoint(model, trial)  # type: ignore[misc]
         finally:
             self._staging_save = False
-        self.accelerator.wait_for_everyone()  # type: ignore[attr-defined]  # every process wrote its part
-        if not args.should_save:
-            return
-        if state.best_model_checkpoint == str(staged):
+        if state.best_model_checkpoint == str(staged):  # every process: each may load the best model at the end
             state.best_model_checkpoint = str(final)
+        self.accelerator.wait_for_everyone()  # type: ignore[attr-defined]  # every process wrote its part
+        if args.should_save:
             state.save_to_json(str(staged / "trainer_state.json"))
-        if final.exists():
-            shutil.rmtree(final)
-        staged.rename(final)
-        rotate_checkpoints(output_dir=str(run_dir), save_total_limit=args.save_total_limit,
-                           best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)  # fmt: skip
+            _swap_in(staged, final)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=args.save_total_limit,
+                               best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)  # fmt: skip
+            if args.push_to_hub:
+                super()._push_from_checkpoint(str(final))  # type: ignore[misc]
+        self.accelerator.wait_for_everyone()  # type: ignore[attr-defined]
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer pushes from inside its save; gold pushes once the checkpoint has its final name."""
+        if not self._staging_save:
+            super()._push_from_checkpoint(checkpoint_folder)  # type: ignore[misc]
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         try:
@@ -144,3 +154,16 @@ class RunGuard:
             first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
             raise CheckpointError(f"checkpoint {resume_from_checkpoint} holds a model of another shape ({first}); "
                                   "resume a checkpoint of this recipe's student") from None  # fmt: skip
+
+
+def _swap_in(staged: Path, final: Path) -> None:
+    """Renames the whole ``staged`` checkpoint to ``final``; an older ``final`` (a step saved again after a resume)
+    is moved aside first and deleted last, so at every instant ``final`` is absent or whole. Then ``.partial/``,
+    holding only leftovers of cut saves, is cleared."""
+    aside = staged.parent / f"replaced-{final.name}"
+    if final.exists():
+        if aside.exists():
+            shutil.rmtree(aside)
+        final.rename(aside)
+    staged.rename(final)
+    shutil.rmtree(staged.parent, ignore_errors=True)

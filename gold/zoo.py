@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gold import zoo_tiktoken
+from gold.hub import hub_tokenizer, is_hub_id
 
 CACHE_VERSION = "1"
 # tokenizers: 2 = Llama-3 / Mistral add BOS as their published tokenizers do; DeepSeek has BOS/EOS
@@ -194,15 +195,12 @@ def resolve_name(name: str) -> str:
     """A zoo name from a name or alias, or a ValueError listing the choices."""
     canonical = ALIASES.get(name, name)
     if canonical not in TOKENIZERS and ("/" in name or name.startswith(".")):
-        raise ValueError(
-            f"tokenizer directory {name!r} does not exist; gold never downloads at run time: fetch hub models "
-            "first (huggingface-cli download ORG/NAME --local-dir DIR) and name DIR, or use a zoo name "
-            f"({', '.join(TOKENIZERS)})"
-        )
+        raise ValueError(f"tokenizer folder {name!r} does not exist; give a local folder, a hub id (ORG/NAME) or a "
+                         f"zoo name ({', '.join(TOKENIZERS)})")  # fmt: skip
     if canonical not in TOKENIZERS:
         raise ValueError(
             f"unknown zoo tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)} "
-            f"(aliases: {', '.join(ALIASES)}), or pass a local tokenizer directory"
+            f"(aliases: {', '.join(ALIASES)}), or pass a local tokenizer directory or a hub id (ORG/NAME)"
         )
     return canonical
 
@@ -227,6 +225,8 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
         refuse_custom_code(name, trust_remote_code=trust_remote_code)
         check_tokenizer_folder(Path(name))
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if ALIASES.get(name, name) not in TOKENIZERS and is_hub_id(name):
+        return hub_tokenizer(name, trust_remote_code=trust_remote_code)
     entry = TOKENIZERS[resolve_name(name)]
     folder = entry.package.folder()
     cached = cache_dir() / "tokenizers" / f"{entry.name}-{entry.package.version}-v{TOKENIZER_CACHE_VERSION}"

@@ -122,6 +122,7 @@ def cross_tokenizer_loss(
     *,
     num_items_in_batch: int | torch.Tensor | None = None,
     step: int | None = None,
+    check: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The configured mix of loss terms, averaged over the groups of the global batch.
 
@@ -135,6 +136,8 @@ def cross_tokenizer_loss(
         config: which terms, with which weights.
         num_items_in_batch: groups in the whole optimizer step (gradient accumulation); default G.
         step: the training step, named in the error if a term is not finite.
+        check: raise :class:`NonFiniteLossError` on a NaN, infinite or floored term (False: the caller checks; the
+            trainer does, on every process together, so that one process's NaN cannot leave the others waiting).
 
     Returns:
         ``(loss, metrics)``: the scalar loss (float32 for bf16 / fp16 logits) and floats for logging
@@ -152,7 +155,7 @@ def cross_tokenizer_loss(
             student_logits, teacher_logits, batch, config, num_items_in_batch=num_items_in_batch
         )
         for term, value in values.items():
-            check_finite(value, term=term, step=step)
+            check_finite(value, term=term, step=step, check=check)
         loss = loss + fused_loss
     torch_terms = frozenset(t for t in TERMS if weights[t] > 0 and not (fused and t in FUSED_TERMS))
     if torch_terms:
@@ -161,11 +164,11 @@ def cross_tokenizer_loss(
         for term in TERMS:
             if term in torch_terms:
                 values[term] = check_finite(reduce_rows(rows[term], num_items_in_batch=num_items_in_batch),
-                                            term=term, step=step)  # fmt: skip
+                                            term=term, step=step, check=check)  # fmt: skip
                 loss = loss + weights[term] * values[term]
     metrics = {f"loss/{term}": float(values[term].detach()) for term in TERMS if term in values}
     metrics.update(_health(batch, hybrid_health, config))
-    return check_finite(loss, term="total", step=step), metrics
+    return check_finite(loss, term="total", step=step, check=check), metrics
 
 
 def _torch_rows(

@@ -40,10 +40,16 @@ def reduce_rows(rows: torch.Tensor, *, num_items_in_batch: int | torch.Tensor | 
     return rows.sum() / denominator
 
 
-def check_finite(value: torch.Tensor, *, term: str, step: int | None = None) -> torch.Tensor:
-    """Return ``value`` or raise :class:`NonFiniteLossError` naming ``term`` and ``step``."""
-    # above 1e15 a divergence has met a zero-probability floor (see gold.losses.divergences): infinite
-    if not (torch.isfinite(value) & (value.abs() < 1e15)).all():
+def loss_is_finite(value: torch.Tensor | float) -> bool:
+    """Finite and below 1e15: above it a divergence has met a zero-probability floor (gold.losses.divergences)."""
+    tensor = torch.as_tensor(value).detach()
+    return bool((torch.isfinite(tensor) & (tensor.abs() < 1e15)).all())
+
+
+def check_finite(value: torch.Tensor, *, term: str, step: int | None = None, check: bool = True) -> torch.Tensor:
+    """Return ``value`` or raise :class:`NonFiniteLossError` naming ``term`` and ``step`` (``check=False``: return
+    it as it is; the trainer checks on every process at once before the optimizer step)."""
+    if check and not loss_is_finite(value):
         where = f" at step {step}" if step is not None else ""
         raise NonFiniteLossError(
             f"loss term {term!r} is {value.detach().flatten()[:4].tolist()}{where}; check the inputs of this term "

@@ -9,8 +9,8 @@ import pytest
 from gold.chat import BUILTIN_TEMPLATES, set_chat_template, unequal_rendering
 from gold.config import ModelConfig
 from gold.data import Example, prompt_ids
+from gold.models import build_tokenizer
 from gold.recipe import RecipeError
-from gold.run import build_tokenizer
 from gold.stops import stop_rule
 from gold.trainer import GoldTrainer, UnequalRenderingWarning
 from tests.conftest import zoo

@@ -82,7 +82,7 @@ def test_train_with_vllm_where_it_is_missing_says_what_to_install(tmp_path, monk
 
 
 def test_train_refuses_a_model_folder_with_its_own_code(tmp_path) -> None:
-    from gold.demo_task import tiny_model
+    from gold.models import tiny_model
     from tests.conftest import zoo
 
     folder = tmp_path / "student"

@@ -42,7 +42,7 @@ def _data(tmp: Path, content: str | bytes) -> list[str]:
 
 def _folder(tmp: Path, *, weights: bool, tokenizer: bool) -> Path:
     """A model folder saved from a tiny model, then stripped of its weights or tokenizer files."""
-    from gold.demo_task import tiny_model
+    from gold.models import tiny_model
     from tests.conftest import zoo
 
     folder, tok = tmp / "model", zoo("smollm2")
@@ -52,6 +52,11 @@ def _folder(tmp: Path, *, weights: bool, tokenizer: bool) -> Path:
         for path in folder.glob(pattern):
             path.unlink()
     return folder
+
+
+def _long_third_prompt(tmp: Path) -> Path:
+    rows = [{"prompt": "Hi\n", "completion": "Hello."}] * 2 + [{"prompt": "word " * 40, "completion": "Done."}]
+    return _write(tmp / "long.jsonl", "\n".join(json.dumps(r) for r in rows))
 
 
 def _blocker(tmp: Path) -> Path:
@@ -82,9 +87,9 @@ CASES = {
     ),
     "data not utf-8": (lambda t: _data(t, b'{"prompt": "caf\xe9", "completion": "b"}\n'), "not UTF-8 text (byte 0xe9"),
     "data a list row": (lambda t: _data(t, "[1, 2]\n"), "line 1: a row must be an object"),
-    "prompt over the limit": (
-        lambda t: _train(t, "rollout.max_prompt_length=4"),
-        "rows.jsonl line 1: the student prompt has",
+    "prompt over the limit, third row": (
+        lambda t: _train(t, "rollout.max_prompt_length=12", f"data.path={_long_third_prompt(t)}"),
+        "long.jsonl line 3: the student prompt has",
     ),
     # outputs, checkpoints, model folders
     "output_dir unwritable": (
@@ -154,10 +159,26 @@ CASES = {
 }
 
 
+# the bad path itself must be named in these messages
+NAMES_THE_PATH = {"output_dir unwritable": "blocker/out", "eval --plot unwritable": "blocker",
+                  "align --html unwritable": "blocker", "demo --out unwritable": "blocker/demo"}  # fmt: skip
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys) -> None:
+def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys, monkeypatch) -> None:
+    import gold.cli
+    import gold.eval_run
+    import gold.run
+
     build, expected = CASES[name]
     argv = build(tmp_path)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError(f"{name}: a model loaded before the bad input was refused")
+
+    monkeypatch.setattr(gold.run, "build_model", no_model)  # gold train
+    monkeypatch.setattr(gold.eval_run, "load_scored_model", no_model)  # gold eval
+    monkeypatch.setattr(gold.cli, "demo_main", no_model)  # gold demo
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -166,7 +187,8 @@ def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys) -> No
     assert len(lines) == 1, lines
     assert lines[0].startswith("gold"), lines[0]
     assert expected in lines[0], lines[0]
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("checkpoint-*"))  # nothing trained
+    if name in NAMES_THE_PATH:
+        assert f"{tmp_path}/{NAMES_THE_PATH[name]}'" in lines[0], lines[0]
 
 
 def test_a_refused_yaml_tag_is_one_line_from_the_console_script(tmp_path) -> None:

@@ -26,6 +26,12 @@ def test_short_demo_writes_its_outputs(tmp_path, capsys) -> None:
     scores = metrics["scores"]
     assert set(scores) == {"before", "gold (hybrid, β=0, λ=0)", "SFT on teacher samples"}
     assert scores["gold (hybrid, β=0, λ=0)"]["kl_bits_per_byte"] < scores["before"]["kl_bits_per_byte"]
+    curves = metrics["held_out_curves"]
+    assert [step for step, _ in curves["SFT on teacher samples"]] == [0, 10]  # the start and the last step
+    assert curves["gold (hybrid, β=0, λ=0)"][-1][1] == pytest.approx(
+        scores["gold (hybrid, β=0, λ=0)"]["kl_bits_per_byte"], rel=1e-4
+    )  # the curve's last point is the table's figure
+    assert "gold_beat_sft" in metrics
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
     assert (tmp_path / "alignment.html").read_text(encoding="utf-8").startswith("<!doctype html>")
     assert "KL(T‖S) bits/byte" in capsys.readouterr().out

@@ -39,9 +39,9 @@ def test_exponent_floats_are_floats(tmp_path) -> None:
     """YAML 1.1 reads ``5e-5`` as a string, which TrainingArguments then compares with a float and crashes."""
     path = tmp_path / "recipe.yaml"
     path.write_text("student: {model: tiny, tokenizer: smollm2}\nteacher: {model: tiny, tokenizer: smollm2}\n"
-                    "data: {path: rows.jsonl}\ntraining: {learning_rate: 1e-3, weight_decay: 2E+1}\n")  # fmt: skip
+                    "data: {path: rows.jsonl}\ntraining: {learning_rate: 1e-3, weight_decay: 2E-1}\n")  # fmt: skip
     config = load_recipe(path, ["training.adam_epsilon=-1e-8", "loss.beta=5e-1"])
-    assert config.training == {"learning_rate": 1e-3, "weight_decay": 20.0, "adam_epsilon": -1e-8}
+    assert config.training == {"learning_rate": 1e-3, "weight_decay": 0.2, "adam_epsilon": -1e-8}
     assert config.loss.beta == 0.5
     assert load_recipe(path, ["training.run_name=1e3x"]).training["run_name"] == "1e3x"
 

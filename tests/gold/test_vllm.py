@@ -18,7 +18,7 @@ import torch
 
 from gold.config import RolloutConfig
 from gold.data import logit_rows
-from gold.demo_task import tiny_model
+from gold.models import tiny_model
 from gold.rollout import HFGenerator
 from gold.stops import model_stop_rule
 from gold.trainer import GoldTrainer
