@@ -59,7 +59,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "gold hybrid no shifted pairs": {"loss": {"shifted_matching": False}},
     "gold hybrid temperature 2": {"loss": {"student_temperature": 2.0, "teacher_temperature": 2.0}},
 }
-ON_POLICY = {"gold hybrid on-policy (λ 0.5, β 0.5)": {"loss": {"beta": 0.5}, "lmbda": 0.5}}
+ON_POLICY = {"gold hybrid on-policy (λ 0.5 β 0.5)": {"loss": {"beta": 0.5}, "lmbda": 0.5}}
 METRICS = ("kl_bits_per_byte", "bits_per_byte", "next_byte_agreement", "stop_rate", "accuracy",
            "reverse_kl_bits_per_byte")  # fmt: skip
 
@@ -109,10 +109,11 @@ def real_pair_setting(seed: int, steps: int) -> Setting:
     start = {k: v.detach().clone() for k, v in probe.model.state_dict().items()}
     teacher = load_scored_model("gemma-3-270m")
     held_out = eval_set(read_rows("examples/data/real_pair_heldout.jsonl"))
-    keys = ("per_device_train_batch_size", "learning_rate", "gradient_accumulation_steps")
-    args = {k: config.training[k] for k in keys if k in config.training}
+    own = ("output_dir", "report_to", "save_steps", "save_only_model", "logging_steps", "seed", "use_cpu", "max_steps")
+    args = {k: v for k, v in config.training.items() if k not in own}  # the recipe's optimisation settings
     args["max_steps"] = steps
     train = list(probe.train_dataset)
+    del probe  # its teacher: the scoring one below also teaches
     return Setting(student_tok, teacher, train, held_out, start, lambda: load_scored_model("smollm2-135m-instruct")[0],
                    args, config.loss.beta, 48)  # fmt: skip
 

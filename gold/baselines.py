@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from gold.data import TrainBatch
+from gold.sft_mix import completion_cross_entropy
 from gold.trainer import GoldTrainer
 
 
@@ -31,10 +32,7 @@ class SequenceKDTrainer(GoldTrainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:  # fmt: skip
         batch: TrainBatch = inputs["batch"].to(self.args.device)
-        logits = batch.student.logits(model)[:, :-1]  # (B, Ls - 1, Vs)
-        targets = batch.student.completion_targets()
-        total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                                  reduction="sum")  # fmt: skip
+        total, _ = completion_cross_entropy(batch.student.logits(model), batch)
         denominator = num_items_in_batch if num_items_in_batch is not None else max(self.count_items(batch), 1)
         loss = total / denominator
         terms = {"loss/cross_entropy": float(loss.detach())}

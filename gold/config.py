@@ -37,6 +37,9 @@ class LossConfig:
     # KL of the next-byte distributions at group starts (exact, vocabulary-free). Added: 0.475 ± 0.025, which
     # overlaps the hybrid's spread, and 1.9× the step time; off, a candidate to revisit on the real pair
     byte_marginal_weight: float = 0.0
+    # SFT mixing: the student's cross-entropy on completions it did not write (dataset rows, teacher samples; never
+    # its own rollouts), a mean over their tokens in the step, logged as loss/sft (gold.sft_mix)
+    sft_weight: float = 0.0
     # generalized-JSD β for every JSD-based term: 0 forward KL(T‖S), 1 reverse KL(S‖T). 0.5 is TRL's default and
     # goes with rollout.lmbda's 0.5: on-policy, on a pretrained student, it was closest to the teacher on the
     # student's own text (the real pair, RESULTS.md). Off-policy (lmbda 0) β 0 is clearly better: 0.525 vs 0.886
@@ -74,7 +77,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         weights = ("hybrid_weight", "uld_weight", "span_weight", "byte_marginal_weight")
-        for name in weights:
+        for name in (*weights, "sft_weight"):
             if not 0 <= getattr(self, name) <= MAX_WEIGHT:
                 raise ValueError(f"LossConfig.{name} must be in [0, {MAX_WEIGHT:g}] (a larger scale belongs in the "
                                  f"learning rate), got {getattr(self, name)}")  # fmt: skip

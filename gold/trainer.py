@@ -41,6 +41,7 @@ from gold.eval_callback import HeldOutEvalCallback
 from gold.losses import PairTables, cross_tokenizer_loss
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap, rollout_seed
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
+from gold.sft_mix import completion_cross_entropy, sft_tokens
 from gold.stops import model_stop_rule
 from gold.teacher import LocalTeacher, Teacher
 from gold.trainer_guard import RunGuard
@@ -342,10 +343,12 @@ class GoldTrainer(RunGuard, StepMetrics, Trainer):
         rollouts = self.step_rollouts(raw, sources)
         batches = [self._seeded_batch(examples, i, sources[i], rollouts.get(i)) for i, examples in enumerate(raw)]
         self._metrics["time/rollout_and_alignment_s"].append(time.perf_counter() - start)
-        items = torch.tensor(float(sum(self.count_items(b) for b in batches)), device=device)
+        counts = [float(sum(self.count_items(b) for b in batches)), float(sft_tokens(batches))]
+        totals = torch.tensor(counts, device=device)  # groups, and the tokens SFT mixing averages over
         if self.accelerator.num_processes > 1:
-            items = self.accelerator.reduce(items, reduction="sum")
-        return [{"batch": b} for b in batches], items.clamp(min=1.0)
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        items, sft_total = totals.clamp(min=1.0).unbind()
+        return [{"batch": b, "sft_tokens": sft_total} for b in batches], items
 
     def count_items(self, batch: TrainBatch) -> int:
         """What the loss of a step is a mean over: the scored groups (end groups included)."""
@@ -365,6 +368,12 @@ class GoldTrainer(RunGuard, StepMetrics, Trainer):
             num_items_in_batch=num_items_in_batch, check=False,  # checked on every process before the step
         )  # fmt: skip
         self._record(metrics, batch, num_items_in_batch)
+        if self.loss_config.sft_weight > 0 and batch.source != "student":  # SFT mixing: never on rollouts
+            total, tokens = completion_cross_entropy(student_logits, batch)
+            loss = loss + self.loss_config.sft_weight * total / inputs["sft_tokens"]
+            self._sums["sft_ce"] += float(total.detach())
+            self._sums["sft_tokens"] += tokens
+            metrics = {**metrics, "loss/sft": float(total.detach()) / max(tokens, 1)}
         self._note_loss_terms(loss, metrics)
         self._maybe_log_completions(batch, student_logits, teacher_logits)
         if batch.engine_logprobs is not None and self.rollout_config.vllm_structured_outputs_regex is None:

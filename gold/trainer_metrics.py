@@ -50,6 +50,8 @@ class StepMetrics:
         for key, value in sums.items():
             if key.startswith("loss/"):
                 out[key] = value / max(sums["items"], 1.0)
+        if sums.get("sft_tokens"):
+            out["loss/sft"] = sums["sft_ce"] / sums["sft_tokens"]  # mean cross-entropy per token (SFT mixing)
         if sums.get("engine_gap_tokens"):
             out["rollout/engine_logprob_gap"] = sums["engine_gap"] / sums["engine_gap_tokens"]
         if sums["rows"]:
