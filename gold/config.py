@@ -40,6 +40,14 @@ class LossConfig:
     # SFT mixing: the student's cross-entropy on completions it did not write (dataset rows, teacher samples; never
     # its own rollouts), a mean over their tokens in the step, logged as loss/sft (gold.sft_mix)
     sft_weight: float = 0.0
+    # OPD-RL on student rollouts (gold.losses.opd): policy gradient with the teacher's group log-ratio as the reward;
+    # opd_alpha weighs that reward in the advantage
+    opd_weight: float = 0.0
+    opd_alpha: float = 1.0
+    # task rewards for OPD-RL ("package.module:function", TRL GRPO's signature; gold.rewards) and their weights:
+    # GRPO group-normalised advantages over rollout.num_generations (>= 2) completions per prompt
+    reward_funcs: list[str] = field(default_factory=list)
+    reward_weights: list[float] | None = None
     # generalized-JSD β for every JSD-based term: 0 forward KL(T‖S), 1 reverse KL(S‖T). 0.5 is TRL's default and
     # goes with rollout.lmbda's 0.5: on-policy, on a pretrained student, it was closest to the teacher on the
     # student's own text (the real pair, RESULTS.md). Off-policy (lmbda 0) β 0 is clearly better: 0.525 vs 0.886
@@ -77,12 +85,19 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         weights = ("hybrid_weight", "uld_weight", "span_weight", "byte_marginal_weight")
-        for name in (*weights, "sft_weight"):
+        for name in (*weights, "sft_weight", "opd_weight"):
             if not 0 <= getattr(self, name) <= MAX_WEIGHT:
                 raise ValueError(f"LossConfig.{name} must be in [0, {MAX_WEIGHT:g}] (a larger scale belongs in the "
                                  f"learning rate), got {getattr(self, name)}")  # fmt: skip
-        if sum(getattr(self, name) for name in weights) <= 0:
-            raise ValueError(f"LossConfig needs at least one positive term weight among {', '.join(weights)}")
+        if sum(getattr(self, name) for name in (*weights, "opd_weight")) <= 0:
+            raise ValueError(f"LossConfig needs at least one positive term weight among {', '.join(weights)}, "
+                             "opd_weight")  # fmt: skip
+        if self.reward_funcs and self.opd_weight <= 0:
+            raise ValueError("LossConfig.reward_funcs enter the loss through OPD-RL: set opd_weight > 0 (opd_alpha 0 "
+                             "for rewards alone, GRPO-style)")  # fmt: skip
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"LossConfig.reward_weights has {len(self.reward_weights)} weights for "
+                             f"{len(self.reward_funcs)} reward_funcs; give one per function")  # fmt: skip
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"LossConfig.beta must be in [0, 1], got {self.beta}")
         for name in ("student_temperature", "teacher_temperature"):

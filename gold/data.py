@@ -64,6 +64,8 @@ class Example:
     prompt: str | Messages
     completion: str
     ended: bool = True
+    # the row's other columns (e.g. a reference answer), passed to reward functions (gold.rewards)
+    fields: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         prompt, completion = move_seam_whitespace(self.prompt, self.completion)
@@ -123,7 +125,9 @@ def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig, 
     if not isinstance(ended, bool):
         raise DataError(f"{where}: {config.ended_field!r} must be true or false (was the completion cut?), "
                         f"got {ended!r}")  # fmt: skip
-    return Example(prompt=prompt, completion=completion, ended=ended)
+    used = (config.prompt_field, config.completion_field, config.messages_field, config.ended_field)
+    fields = {key: value for key, value in row.items() if key not in used}
+    return Example(prompt=prompt, completion=completion, ended=ended, fields=fields)
 
 
 def _messages(value: Any, where: str) -> Messages:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gold.config import DataConfig
-from gold.data import DataError, Example, example_from_row
+from gold.data import DataError, Example, check_prompts, example_from_row, prompt_ids
 from gold.hub import hub_dataset, is_hub_id
 
 
@@ -174,3 +174,20 @@ def _datasets_stream(config: DataConfig) -> Iterator[tuple[str, Any]]:
         stream = hub_dataset(config.path, config=config.name, split=config.split, streaming=True)
     for index, row in enumerate(stream):
         yield f"{config.path} row {index}", row
+
+
+def check_prompt_lengths(
+    examples: Sequence[Example], tokenizers: dict[str, Any], *, limit: int | None,
+    labels: Sequence[str] | None = None, encode: Callable[[str, Any, Any], list[int]] | None = None,
+) -> None:  # fmt: skip
+    """Every prompt in each side's tokenization (``tokenizers``: role → tokenizer) is non-empty and within
+    rollout.max_prompt_length, checked before training (naming the row: ``labels``, else its index) rather than
+    when its batch comes up. ``encode(role, tokenizer, prompt)``: default :func:`gold.data.prompt_ids`."""
+    for index, example in enumerate(examples):
+        for role, tokenizer in tokenizers.items():
+            ids = encode(role, tokenizer, example.prompt) if encode else prompt_ids(tokenizer, example.prompt)
+            try:
+                check_prompts([ids], role=role, limit=limit)
+            except DataError as err:
+                where = labels[index] if labels else f"row {index}"
+                raise DataError(f"{where}: {str(err).removeprefix('example 0: ')}") from None

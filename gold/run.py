@@ -10,11 +10,11 @@ from transformers import TrainingArguments
 
 from gold.config import GoldConfig
 from gold.data import examples_from_rows
-from gold.data_files import ExampleStream, Rows, read_rows, stream_examples
+from gold.data_files import ExampleStream, Rows, check_prompt_lengths, read_rows, stream_examples
 from gold.models import build_model, build_tokenizer, check_model_folder
 from gold.recipe import RecipeError
 from gold.teacher import LocalTeacher
-from gold.trainer import GoldTrainer, check_prompt_lengths
+from gold.trainer import GoldTrainer
 
 DEFAULT_OUTPUT_DIR = "out/gold"
 

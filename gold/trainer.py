@@ -15,7 +15,7 @@ import itertools
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -31,21 +31,23 @@ from gold.data import (
     Example,
     Messages,
     TrainBatch,
-    check_prompts,
     examples_from_rows,
     logit_rows,
     prompt_ids,
     read_sample,
 )
+from gold.data_files import check_prompt_lengths
 from gold.eval_callback import HeldOutEvalCallback
-from gold.losses import PairTables, cross_tokenizer_loss
+from gold.losses import PairTables
+from gold.rewards import load_reward_funcs
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap, rollout_seed
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
-from gold.sft_mix import completion_cross_entropy, sft_tokens
+from gold.sft_mix import sft_tokens
 from gold.stops import model_stop_rule
 from gold.teacher import LocalTeacher, Teacher
 from gold.trainer_guard import RunGuard
 from gold.trainer_metrics import StepMetrics
+from gold.trainer_objectives import Objectives
 
 
 class UnequalRenderingWarning(UserWarning):
@@ -59,24 +61,7 @@ def _examples(dataset: Any) -> list[Example]:
     return examples_from_rows(rows)
 
 
-def check_prompt_lengths(
-    examples: Sequence[Example], tokenizers: dict[str, Any], *, limit: int | None,
-    labels: Sequence[str] | None = None, encode: Callable[[str, Any, Any], list[int]] | None = None,
-) -> None:  # fmt: skip
-    """Every prompt in each side's tokenization (``tokenizers``: role → tokenizer) is non-empty and within
-    rollout.max_prompt_length, checked before training (naming the row: ``labels``, else its index) rather than
-    when its batch comes up. ``encode(role, tokenizer, prompt)``: default :func:`gold.data.prompt_ids`."""
-    for index, example in enumerate(examples):
-        for role, tokenizer in tokenizers.items():
-            ids = encode(role, tokenizer, example.prompt) if encode else prompt_ids(tokenizer, example.prompt)
-            try:
-                check_prompts([ids], role=role, limit=limit)
-            except DataError as err:
-                where = labels[index] if labels else f"row {index}"
-                raise DataError(f"{where}: {str(err).removeprefix('example 0: ')}") from None
-
-
-class GoldTrainer(RunGuard, StepMetrics, Trainer):
+class GoldTrainer(Objectives, RunGuard, StepMetrics, Trainer):
     """Distils ``teacher`` into ``model`` (the student) across tokenizers.
 
     Args:
@@ -112,6 +97,7 @@ class GoldTrainer(RunGuard, StepMetrics, Trainer):
         student_generator: Generator | None = None,
         held_out: Sequence[Any] | None = None,
         held_out_samples: int = 1,
+        reward_funcs: Sequence[Any] = (),
         **kwargs: Any,
     ) -> None:
         if kwargs.get("eval_dataset") is not None:
@@ -123,6 +109,12 @@ class GoldTrainer(RunGuard, StepMetrics, Trainer):
         self.loss_config = loss or LossConfig()
         self.rollout_config = rollout or RolloutConfig()
         check_vllm(self.rollout_config, device=args.device, num_processes=args.world_size)  # before any loading
+        self.reward_funcs = load_reward_funcs([*reward_funcs, *self.loss_config.reward_funcs])
+        if self.reward_funcs and self.rollout_config.num_generations < 2:
+            raise ValueError("reward functions give GRPO advantages within each prompt's completions: set "
+                             f"rollout.num_generations >= 2 (got {self.rollout_config.num_generations})")  # fmt: skip
+        if reward_funcs and self.loss_config.opd_weight <= 0:
+            raise ValueError("reward_funcs enter the loss through OPD-RL: set loss.opd_weight > 0")
         alignment_config = alignment or AlignmentConfig()
         if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
             if teacher_tokenizer is None:
@@ -348,7 +340,11 @@ class GoldTrainer(RunGuard, StepMetrics, Trainer):
         if self.accelerator.num_processes > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
         items, sft_total = totals.clamp(min=1.0).unbind()
-        return [{"batch": b, "sft_tokens": sft_total} for b in batches], items
+        inputs = [{"batch": b, "sft_tokens": sft_total} for b in batches]
+        for slice_inputs, examples in zip(inputs, raw, strict=True):
+            if self.reward_funcs and slice_inputs["batch"].source == "student":
+                slice_inputs["advantages"] = self._advantages(examples, slice_inputs["batch"])
+        return inputs, items
 
     def count_items(self, batch: TrainBatch) -> int:
         """What the loss of a step is a mean over: the scored groups (end groups included)."""
@@ -363,17 +359,7 @@ class GoldTrainer(RunGuard, StepMetrics, Trainer):
         batch: TrainBatch = inputs["batch"].to(self.args.device)
         student_logits = batch.student.logits(model)
         teacher_logits = self.teacher.logits(batch.teacher)
-        loss, metrics = cross_tokenizer_loss(
-            student_logits, teacher_logits, batch.aligned, self.loss_config,
-            num_items_in_batch=num_items_in_batch, check=False,  # checked on every process before the step
-        )  # fmt: skip
-        self._record(metrics, batch, num_items_in_batch)
-        if self.loss_config.sft_weight > 0 and batch.source != "student":  # SFT mixing: never on rollouts
-            total, tokens = completion_cross_entropy(student_logits, batch)
-            loss = loss + self.loss_config.sft_weight * total / inputs["sft_tokens"]
-            self._sums["sft_ce"] += float(total.detach())
-            self._sums["sft_tokens"] += tokens
-            metrics = {**metrics, "loss/sft": float(total.detach()) / max(tokens, 1)}
+        loss, metrics = self.objective(student_logits, teacher_logits, batch, inputs, num_items_in_batch)
         self._note_loss_terms(loss, metrics)
         self._maybe_log_completions(batch, student_logits, teacher_logits)
         if batch.engine_logprobs is not None and self.rollout_config.vllm_structured_outputs_regex is None:
