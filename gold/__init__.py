@@ -20,7 +20,7 @@ _LAZY = {
     "RolloutConfig": "gold.config",
     "AlignmentConfig": "gold.config",
     "Example": "gold.data",
-    "examples_from_rows": "gold.data",
+    "examples_from_rows": "gold.data_files",
     "cross_tokenizer_loss": "gold.losses",
     "distillation_gap": "gold.evaluate",
     "group_agreement": "gold.agreement",

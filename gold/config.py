@@ -265,7 +265,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 class ModelConfig:
     """A model to load: a zoo name (``gold.zoo``), a local directory, or ``tiny`` (random, from ``tiny``)."""
 
-    # zoo model name, local Hugging Face directory, or "tiny" for a random model built from `tiny`
+    # zoo model name, local Hugging Face directory, hub id, or "tiny" for a random model built from `tiny`; a teacher
+    # may also be "self" (a frozen copy of the student's start) or "self-dynamic" (the student itself, no copy):
+    # self-distillation, usually with a privileged teacher_prompt per row
     model: str = ""
     # zoo tokenizer name or directory; default: the model's own
     tokenizer: str | None = None

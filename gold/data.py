@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from alignment import encode_text, normalized, text_stream, token_bytes_table
-from gold.config import DataConfig
 from gold.losses import AlignedBatch
 from gold.stops import StopRule
 
@@ -66,11 +65,20 @@ class Example:
     ended: bool = True
     # the row's other columns (e.g. a reference answer), passed to reward functions (gold.rewards)
     fields: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # the teacher's own prompt (self-distillation with privileged information, e.g. the reference solution); the
+    # student never sees it. None: the teacher gets ``prompt`` too
+    teacher_prompt: str | Messages | None = None
 
     def __post_init__(self) -> None:
         prompt, completion = move_seam_whitespace(self.prompt, self.completion)
         object.__setattr__(self, "prompt", prompt)
         object.__setattr__(self, "completion", completion)
+        if isinstance(self.teacher_prompt, str):  # its seam whitespace now starts the shared completion
+            object.__setattr__(self, "teacher_prompt", self.teacher_prompt.rstrip(" \t"))
+
+    @property
+    def prompt_for_teacher(self) -> str | Messages:
+        return self.prompt if self.teacher_prompt is None else self.teacher_prompt
 
 
 def move_seam_whitespace(prompt: str | Messages, completion: str) -> tuple[str | Messages, str]:
@@ -88,71 +96,6 @@ def move_seam_whitespace(prompt: str | Messages, completion: str) -> tuple[str |
         return prompt, completion
     stripped = prompt.rstrip(" \t")
     return stripped, prompt[len(stripped) :] + completion
-
-
-ROLES = ("system", "user", "assistant", "tool")
-
-
-def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig, label: str | None = None) -> Example:
-    """Read ``prompt``/``completion`` strings, or ``messages`` whose last turn is the assistant's.
-
-    ``label`` names the row in errors (``rows.jsonl line 7``); default ``row <index>``."""
-    where = label or f"row {index}"
-    if not isinstance(row, Mapping):
-        raise DataError(f"{where}: a row must be an object with fields, got {type(row).__name__} {row!r:.60}")
-    if config.messages_field in row and row[config.messages_field] is not None:
-        messages = _messages(row[config.messages_field], where)
-        if messages[-1]["role"] != "assistant":
-            raise DataError(f"{where}: the last message must be the assistant's completion, got {messages[-1:]}")
-        prompt: str | Messages = messages[:-1]
-        completion = messages[-1]["content"]
-    elif config.prompt_field in row and config.completion_field in row:
-        prompt, completion = row[config.prompt_field], row[config.completion_field]
-        if not isinstance(prompt, str):
-            raise DataError(f"{where}: {config.prompt_field!r} must be a string, got {type(prompt).__name__} "
-                            f"{prompt!r:.60}")  # fmt: skip
-    else:
-        raise DataError(
-            f"{where} has fields {sorted(row)}; it needs {config.prompt_field!r} and {config.completion_field!r} "
-            f"(strings) or {config.messages_field!r} (chat turns); set data.prompt_field / data.completion_field "
-            "/ data.messages_field to your column names"
-        )
-    if not isinstance(completion, str) or not completion:
-        raise DataError(f"{where}: the completion is empty or not a string ({completion!r:.60}); drop the row")
-    if not prompt:
-        raise DataError(f"{where}: the prompt is empty; the first completion token needs a context to predict it")
-    ended = row.get(config.ended_field, True)
-    if not isinstance(ended, bool):
-        raise DataError(f"{where}: {config.ended_field!r} must be true or false (was the completion cut?), "
-                        f"got {ended!r}")  # fmt: skip
-    used = (config.prompt_field, config.completion_field, config.messages_field, config.ended_field)
-    fields = {key: value for key, value in row.items() if key not in used}
-    return Example(prompt=prompt, completion=completion, ended=ended, fields=fields)
-
-
-def _messages(value: Any, where: str) -> Messages:
-    """Chat turns: a non-empty list of ``{"role": one of ROLES, "content": str}``."""
-    if not isinstance(value, (list, tuple)) or not value:
-        raise DataError(f"{where}: messages must be a non-empty list of {{role, content}} turns, got {value!r:.60}")
-    for turn, message in enumerate(value):
-        if not isinstance(message, Mapping) or "role" not in message:
-            raise DataError(f"{where}: message {turn} has no role ({message!r:.60}); give each turn a role "
-                            f"({', '.join(ROLES)}) and a content string")  # fmt: skip
-        if message["role"] not in ROLES:
-            raise DataError(f"{where}: message {turn} has role {message['role']!r}; roles are {', '.join(ROLES)}")
-        if not isinstance(message.get("content"), str):
-            raise DataError(f"{where}: message {turn} ({message['role']}) needs a content string, got "
-                            f"{message.get('content')!r:.60}")  # fmt: skip
-    return tuple(value)
-
-
-def examples_from_rows(rows: Iterable[Mapping[str, Any]], config: DataConfig | None = None) -> list[Example]:
-    """Validate every row once, up front, so a bad row fails before training starts (rows read by
-    :func:`gold.data_files.read_rows` are named by file and line in errors)."""
-    data_config = config or DataConfig(path="<in memory>")
-    labels = getattr(rows, "labels", None)
-    return [example_from_row(row, index=i, config=data_config, label=labels[i] if labels else None)
-            for i, row in enumerate(rows)]  # fmt: skip
 
 
 def plain_prompt(prompt: str | Messages) -> str:

@@ -9,15 +9,90 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gold.config import DataConfig
-from gold.data import DataError, Example, check_prompts, example_from_row, prompt_ids
+from gold.data import DataError, Example, Messages, check_prompts, prompt_ids
 from gold.hub import hub_dataset, is_hub_id
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig, label: str | None = None) -> Example:
+    """Read ``prompt``/``completion`` strings, or ``messages`` whose last turn is the assistant's.
+
+    ``label`` names the row in errors (``rows.jsonl line 7``); default ``row <index>``."""
+    where = label or f"row {index}"
+    if not isinstance(row, Mapping):
+        raise DataError(f"{where}: a row must be an object with fields, got {type(row).__name__} {row!r:.60}")
+    if config.messages_field in row and row[config.messages_field] is not None:
+        messages = _messages(row[config.messages_field], where)
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: the last message must be the assistant's completion, got {messages[-1:]}")
+        prompt: str | Messages = messages[:-1]
+        completion = messages[-1]["content"]
+    elif config.prompt_field in row and config.completion_field in row:
+        prompt, completion = row[config.prompt_field], row[config.completion_field]
+        if not isinstance(prompt, str):
+            raise DataError(f"{where}: {config.prompt_field!r} must be a string, got {type(prompt).__name__} "
+                            f"{prompt!r:.60}")  # fmt: skip
+    else:
+        raise DataError(
+            f"{where} has fields {sorted(row)}; it needs {config.prompt_field!r} and {config.completion_field!r} "
+            f"(strings) or {config.messages_field!r} (chat turns); set data.prompt_field / data.completion_field "
+            "/ data.messages_field to your column names"
+        )
+    if not isinstance(completion, str) or not completion:
+        raise DataError(f"{where}: the completion is empty or not a string ({completion!r:.60}); drop the row")
+    if not prompt:
+        raise DataError(f"{where}: the prompt is empty; the first completion token needs a context to predict it")
+    ended = row.get(config.ended_field, True)
+    if not isinstance(ended, bool):
+        raise DataError(f"{where}: {config.ended_field!r} must be true or false (was the completion cut?), "
+                        f"got {ended!r}")  # fmt: skip
+    teacher_prompt = _teacher_prompt(row, where)
+    used = (config.prompt_field, config.completion_field, config.messages_field, config.ended_field)
+    fields = {key: value for key, value in row.items() if key not in used}
+    return Example(prompt=prompt, completion=completion, ended=ended, fields=fields, teacher_prompt=teacher_prompt)
+
+
+def _teacher_prompt(row: Mapping[str, Any], where: str) -> str | Messages | None:
+    """``teacher_prompt`` (text) or ``teacher_messages`` (chat turns before the completion) of a row, if any."""
+    if row.get("teacher_messages") is not None:
+        return _messages(row["teacher_messages"], where)
+    text = row.get("teacher_prompt")
+    if text is not None and (not isinstance(text, str) or not text):
+        raise DataError(f"{where}: 'teacher_prompt' must be a non-empty string, got {text!r:.60}")
+    return text
+
+
+def _messages(value: Any, where: str) -> Messages:
+    """Chat turns: a non-empty list of ``{"role": one of ROLES, "content": str}``."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DataError(f"{where}: messages must be a non-empty list of {{role, content}} turns, got {value!r:.60}")
+    for turn, message in enumerate(value):
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise DataError(f"{where}: message {turn} has no role ({message!r:.60}); give each turn a role "
+                            f"({', '.join(ROLES)}) and a content string")  # fmt: skip
+        if message["role"] not in ROLES:
+            raise DataError(f"{where}: message {turn} has role {message['role']!r}; roles are {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise DataError(f"{where}: message {turn} ({message['role']}) needs a content string, got "
+                            f"{message.get('content')!r:.60}")  # fmt: skip
+    return tuple(value)
+
+
+def examples_from_rows(rows: Iterable[Mapping[str, Any]], config: DataConfig | None = None) -> list[Example]:
+    """Validate every row once, up front, so a bad row fails before training starts (rows read by
+    :func:`gold.data_files.read_rows` are named by file and line in errors)."""
+    data_config = config or DataConfig(path="<in memory>")
+    labels = getattr(rows, "labels", None)
+    return [example_from_row(row, index=i, config=data_config, label=labels[i] if labels else None)
+            for i, row in enumerate(rows)]  # fmt: skip
 
 
 class Rows(list[Any]):
@@ -185,7 +260,8 @@ def check_prompt_lengths(
     when its batch comes up. ``encode(role, tokenizer, prompt)``: default :func:`gold.data.prompt_ids`."""
     for index, example in enumerate(examples):
         for role, tokenizer in tokenizers.items():
-            ids = encode(role, tokenizer, example.prompt) if encode else prompt_ids(tokenizer, example.prompt)
+            prompt = example.prompt_for_teacher if role == "teacher" else example.prompt
+            ids = encode(role, tokenizer, prompt) if encode else prompt_ids(tokenizer, prompt)
             try:
                 check_prompts([ids], role=role, limit=limit)
             except DataError as err:

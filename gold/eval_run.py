@@ -18,7 +18,8 @@ from typing import Any
 
 from gold.agreement import AgreementCache, group_agreement
 from gold.config import DataConfig, ModelConfig, RolloutConfig
-from gold.data import DataError, Example, Messages, distinct_prompts, example_from_row, seam_prompt
+from gold.data import DataError, Example, Messages, distinct_prompts, seam_prompt
+from gold.data_files import example_from_row
 from gold.evaluate import LN2, completion_logprobs, contains_answer, student_sample_scores
 from gold.rollout import sample_texts, seeded_samples, stop_rate
 from gold.zoo import MODEL_TOKENIZERS, load_tokenizer

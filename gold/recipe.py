@@ -90,6 +90,9 @@ def config_from_dict(raw: Mapping[str, Any]) -> GoldConfig:
         if required not in raw:
             raise RecipeError(f"the recipe has no {required!r} section; it needs student, teacher and data")
     sections = {name: _section(cls, raw[name], name) for name, cls in SECTIONS.items() if name in raw}
+    if sections["student"].model in ("self", "self-dynamic"):
+        raise RecipeError("student.model 'self' names a teacher kind (self-distillation): set teacher.model: self "
+                          "or self-dynamic, and the student's model")  # fmt: skip
     training = raw.get("training", {}) or {}
     if not isinstance(training, Mapping):
         raise RecipeError(f"training must be a mapping of TrainingArguments fields, got {training!r}")

@@ -9,11 +9,10 @@ from typing import Any
 from transformers import TrainingArguments
 
 from gold.config import GoldConfig
-from gold.data import examples_from_rows
-from gold.data_files import ExampleStream, Rows, check_prompt_lengths, read_rows, stream_examples
+from gold.data_files import ExampleStream, Rows, check_prompt_lengths, examples_from_rows, read_rows, stream_examples
 from gold.models import build_model, build_tokenizer, check_model_folder
 from gold.recipe import RecipeError
-from gold.teacher import LocalTeacher
+from gold.teacher import SELF_TEACHERS, LocalTeacher, self_teacher
 from gold.trainer import GoldTrainer
 
 DEFAULT_OUTPUT_DIR = "out/gold"
@@ -46,7 +45,9 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
     :class:`gold.baselines.SequenceKDTrainer`, on the same data path). Everything that can be checked without the
     models (rows, prompt lengths in both tokenizations, model folders) is checked before they load."""
     args = training_arguments(config.training)
-    student_tokenizer, teacher_tokenizer = build_tokenizer(config.student), build_tokenizer(config.teacher)
+    self_kind = config.teacher.model if config.teacher.model in SELF_TEACHERS else None
+    student_tokenizer = build_tokenizer(config.student)
+    teacher_tokenizer = student_tokenizer if self_kind else build_tokenizer(config.teacher)
     examples = training_examples(config)
     if isinstance(examples, Rows):
         check_prompt_lengths(examples, {"student": student_tokenizer, "teacher": teacher_tokenizer},
@@ -60,8 +61,11 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
         if Path(spec.model).is_dir():
             check_model_folder(Path(spec.model))
     student = build_model(config.student, student_tokenizer, seed=args.seed)
-    teacher_model = build_model(config.teacher, teacher_tokenizer, seed=args.seed + 1)
-    teacher = LocalTeacher(teacher_model, teacher_tokenizer, device=config.teacher.device or args.device)
+    if self_kind:  # self-distillation: the student's start (frozen copy) or the student itself
+        teacher = self_teacher(self_kind, student, student_tokenizer)
+    else:
+        teacher_model = build_model(config.teacher, teacher_tokenizer, seed=args.seed + 1)
+        teacher = LocalTeacher(teacher_model, teacher_tokenizer, device=config.teacher.device or args.device)
     return trainer_cls(student, teacher, args=args, train_dataset=examples, student_tokenizer=student_tokenizer,
                        teacher_tokenizer=teacher_tokenizer, loss=config.loss, rollout=config.rollout,
                        alignment=config.alignment, held_out=held_out,

@@ -7,6 +7,7 @@ optionally on its own device and dtype.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Protocol
 
 import torch
@@ -82,3 +83,26 @@ class LocalTeacher:
 
     def generator(self, config: RolloutConfig) -> Generator:
         return HFGenerator(self.model, self.tokenizer, config, self._stop)
+
+
+SELF_TEACHERS = ("self", "self-dynamic")
+
+
+class DynamicSelfTeacher(LocalTeacher):
+    """The student as its own teacher as it trains (``teacher.model: self-dynamic``, ms-swift's dynamic teacher): its
+    logits under ``no_grad``, with no second copy of the weights; it is neither frozen nor put in eval mode (it is
+    the model being trained). Pair it with a privileged ``teacher_prompt`` (OPSD): otherwise it teaches itself."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self._stop = model_stop_rule(model, tokenizer)
+
+
+def self_teacher(kind: str, student: Any, tokenizer: Any) -> LocalTeacher:
+    """``self``: a frozen copy of the student as it starts; ``self-dynamic``: the student itself (no copy)."""
+    if kind == "self":
+        return LocalTeacher(copy.deepcopy(student), tokenizer)
+    if kind == "self-dynamic":
+        return DynamicSelfTeacher(student, tokenizer)
+    raise ValueError(f"teacher kind {kind!r} is not one of {', '.join(SELF_TEACHERS)}")

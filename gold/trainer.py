@@ -31,12 +31,11 @@ from gold.data import (
     Example,
     Messages,
     TrainBatch,
-    examples_from_rows,
     logit_rows,
     prompt_ids,
     read_sample,
 )
-from gold.data_files import check_prompt_lengths
+from gold.data_files import check_prompt_lengths, examples_from_rows
 from gold.eval_callback import HeldOutEvalCallback
 from gold.losses import PairTables
 from gold.rewards import load_reward_funcs
@@ -232,7 +231,7 @@ class GoldTrainer(Objectives, RunGuard, StepMetrics, Trainer):
         """Prompts on both sides, completions from ``source``, aligned into a :class:`TrainBatch`
         (``rollouts``: the student's samples of these prompts when ``source`` is ``"student"``, else sampled here)."""
         student_prompts = [self._prompt("student", self.student_tokenizer, e.prompt) for e in examples]
-        teacher_prompts = [self._prompt("teacher", self.teacher.tokenizer, e.prompt) for e in examples]
+        teacher_prompts = [self._prompt("teacher", self.teacher.tokenizer, e.prompt_for_teacher) for e in examples]
         if source == "dataset":
             completions = [self.collator.from_text(e.completion, index=i, ended=e.ended)
                            for i, e in enumerate(examples)]  # fmt: skip

@@ -12,14 +12,13 @@ from gold.data import (
     Example,
     check_same_bytes,
     decode_completion,
-    example_from_row,
-    examples_from_rows,
     leading_special_ids,
     move_seam_whitespace,
     plain_prompt,
     prompt_ids,
     side_inputs,
 )
+from gold.data_files import example_from_row, examples_from_rows
 from tests.conftest import zoo
 
 CONFIG = DataConfig(path="x.jsonl")
