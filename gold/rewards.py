@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,7 +28,8 @@ class RewardError(ValueError):
 
 
 def load_reward_funcs(specs: Sequence[str | RewardFunc]) -> list[RewardFunc]:
-    """Callables as they are; ``"package.module:function"`` strings imported (naming what is missing)."""
+    """Callables as they are; ``"package.module:function"`` strings imported, from the installed packages or the
+    working directory (``examples.rewards:names_the_answer`` from the repository root), naming what is missing."""
     funcs = []
     for spec in specs:
         if callable(spec):
@@ -35,6 +38,8 @@ def load_reward_funcs(specs: Sequence[str | RewardFunc]) -> list[RewardFunc]:
         module_name, sep, name = str(spec).partition(":")
         if not sep or not module_name or not name:
             raise RewardError(f"reward function {spec!r} must look like 'package.module:function'")
+        if os.getcwd() not in sys.path:  # a recipe's module next to it, as `python -m` would find it
+            sys.path.append(os.getcwd())
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:

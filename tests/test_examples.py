@@ -59,3 +59,19 @@ def test_accelerate_configs_load(name: str) -> None:
 
     config = ClusterConfig.from_yaml_file(str(EXAMPLES / "accelerate" / name))
     assert config.num_processes == 2 and config.mixed_precision == "bf16"
+
+
+def test_example_reward_functions_load_by_name_and_score() -> None:
+    """What the OPD-RL recipe names, loaded as `gold train` would (from the working directory)."""
+    import os
+
+    from gold.rewards import compute_rewards, load_reward_funcs
+
+    cwd = os.getcwd()
+    os.chdir(EXAMPLES.parent)
+    try:
+        (func,) = load_reward_funcs(["examples.rewards:names_the_answer"])
+    finally:
+        os.chdir(cwd)
+    rewards = compute_rewards([func], ["p"] * 3, ["124", "12 4", "x"], {"answer": ["124", "124", None]})
+    assert rewards[:2, 0].tolist() == [1.0, 0.0] and rewards[2, 0].isnan()
