@@ -13,7 +13,8 @@ from typing import Any
 
 def names_the_answer(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[str] | None = None,
                      **columns: Any) -> list[float | None]:  # fmt: skip
-    """1 when the completion's first number is the row's ``answer``, else 0; None (cannot score) without one."""
+    """1 when the completion's first word (full stops dropped) is the row's ``answer``, else 0; None (cannot score)
+    without one."""
     rewards: list[float | None] = []
     for index, completion in enumerate(completions):
         expected = answer[index] if answer is not None else None
@@ -25,6 +26,6 @@ def names_the_answer(prompts: Sequence[Any], completions: Sequence[str], answer:
     return rewards
 
 
-def short_and_stopped(prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> list[float]:
-    """A mild length penalty: 1 for an empty-free completion of up to 16 words, falling to 0 at 64."""
+def short_enough(prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> list[float]:
+    """A mild length penalty: 1 for a non-empty completion of up to 16 words, falling to 0 at 64 (an empty one: 0)."""
     return [max(0.0, min(1.0, (64 - len(c.split())) / 48)) if c.strip() else 0.0 for c in completions]

@@ -142,7 +142,7 @@ def group_agreement(
 
 def _collate(collator: Collator, examples: Sequence[Example]) -> TrainBatch:
     student_prompts = [prompt_ids(collator.student_tokenizer, e.prompt) for e in examples]
-    teacher_prompts = [prompt_ids(collator.teacher_tokenizer, e.prompt) for e in examples]
+    teacher_prompts = [prompt_ids(collator.teacher_tokenizer, e.prompt_for_teacher) for e in examples]
     # evaluation scores each text as given, every group of it (as completion_logprobs does): a sample cut by a
     # length limit keeps its last group here, where training leaves it out (the tail may be split otherwise
     # in the longer text, a bias both sides share when both tokenize the same cut text)

@@ -32,11 +32,12 @@ from alignment import (
 )
 from gold import eval_run
 from gold.cli_checks import CommandError, OneLineParser, at_least, read_utf8, writable_dir, writable_file
-from gold.data import DataError
+from gold.data import CompletionBytesError, DataError
 from gold.data_files import read_rows
 from gold.demo import DemoSettings
 from gold.demo import run_demo as demo_main
 from gold.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
+from gold.rewards import RewardError
 from gold.run import DEFAULT_OUTPUT_DIR, build_trainer, check_model_folder
 from gold.run_guard import clear_run, prepare_output_dir, record_run, resolve_resume
 from gold.trainer_guard import CheckpointError, NonFiniteError, last_checkpoint
@@ -232,6 +233,10 @@ def _train(trainer: Any, resume: str | None, output_dir: Path) -> None:
         trainer.save_model()
     except (NonFiniteError, CheckpointError) as err:
         raise CommandError(f"gold train: {err}") from None
+    except (DataError, RewardError, CompletionBytesError) as err:  # a row or a reward met during training
+        last = last_checkpoint(output_dir)
+        where = f"; the last whole checkpoint is {last}" if last else ""
+        raise CommandError(f"gold train: at step {trainer.state.global_step + 1}: {err}{where}") from None
     except KeyboardInterrupt as err:
         last = last_checkpoint(output_dir)
         where = f"the last whole checkpoint is {last}; continue with --resume latest" if last else "no checkpoint saved"

@@ -44,7 +44,7 @@ def _first_columns(groups: torch.Tensor, count: int) -> list[int]:
 def completion_views(batch: TrainBatch, student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
                      student_tokenizer: Any, teacher_tokenizer: Any, rows: int = 3,
                      max_groups: int = 16) -> list[CompletionView]:  # fmt: skip
-    """The first ``rows`` rows of ``batch``; logits are the loss view's (column c scores ``*_ids[:, c]``)."""
+    """The first ``rows`` rows of ``batch``; logits are the loss view's (column c − 1 predicts ``*_ids[:, c]``)."""
     aligned, views = batch.aligned, []
     for b in range(min(rows, len(batch.completions))):
         student_groups, teacher_groups = aligned.student_groups[b].cpu(), aligned.teacher_groups[b].cpu()
@@ -52,11 +52,11 @@ def completion_views(batch: TrainBatch, student_logits: torch.Tensor, teacher_lo
         s_cols, t_cols = _first_columns(student_groups, count), _first_columns(teacher_groups, count)
         groups = []
         for g, (sc, tc) in enumerate(zip(s_cols, t_cols, strict=True)):
-            if sc < 0 or tc < 0:
+            if sc < 1 or tc < 1:
                 continue
             ids = aligned.student_ids[b][student_groups == g].tolist()
-            student_top = int(student_logits[b, sc].argmax())
-            teacher_top = int(teacher_logits[b, tc].argmax())
+            student_top = int(student_logits[b, sc - 1].argmax())  # column c − 1 predicts the token at c
+            teacher_top = int(teacher_logits[b, tc - 1].argmax())
             groups.append(GroupView(student_tokenizer.decode(ids), student_tokenizer.decode([student_top]),
                                     teacher_tokenizer.decode([teacher_top])))  # fmt: skip
         side = batch.student
@@ -91,4 +91,4 @@ def report(trainer: Any, views: list[CompletionView], step: int) -> None:
             rows = [[v.source, v.prompt, v.completion, " ".join(f"{g.text}[{g.student_top}|{g.teacher_top}]"
                                                                 for g in v.groups)] for v in views]  # fmt: skip
             table = wandb.Table(columns=["source", "prompt", "completion", "groups"], data=rows)
-            wandb.log({"completions": table}, step=step)
+            wandb.log({"completions": table, "train/global_step": step})  # WandbCallback's step axis

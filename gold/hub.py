@@ -9,6 +9,7 @@ unless the recipe sets ``trust_remote_code: true`` (transformers refuses it with
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -18,9 +19,15 @@ class HubError(ValueError):
     """A hub id that could not be loaded; the message names the id and the fix."""
 
 
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".yaml", ".safetensors", ".bin")
+
+
 def is_hub_id(name: str) -> bool:
-    """``org/name`` (a local path that exists is never a hub id; the caller checks that first)."""
-    return bool(HUB_ID.match(name)) and ".." not in name
+    """``org/name``, and not a local path mistyped: a file suffix (``data/train.jsonl``) or a first folder that
+    exists here (``out/run`` when ``out/`` exists) means a path, which the caller reports as missing."""
+    if not HUB_ID.match(name) or ".." in name or name.lower().endswith(LOCAL_SUFFIXES):
+        return False
+    return not Path(name.split("/")[0]).is_dir()
 
 
 def _explain(kind: str, name: str, err: Exception, *, repo_type: str = "") -> HubError:

@@ -1,5 +1,6 @@
 """Task rewards for OPD-RL (``loss.reward_funcs``): TRL GRPO's reward-function signature and group-normalised
-advantages, so a reward written for TRL works here unchanged.
+advantages, so a reward written for TRL's standard (text) format works here unchanged; chat rows pass their prompt
+as the tuple of turns and the completion as text (TRL's conversational format passes message lists instead).
 
 A reward function is called once per on-policy slice as ``f(prompts=..., completions=..., **columns)``: the prompts
 and the student's completion texts (one entry per completion, ``num_generations`` consecutive ones per prompt) and

@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from gold.config import GoldConfig
 from gold.data_files import ExampleStream, Rows, check_prompt_lengths, examples_from_rows, read_rows, stream_examples
-from gold.models import build_model, build_tokenizer, check_model_folder
+from gold.models import DTYPES, build_model, build_tokenizer, check_model_folder
 from gold.recipe import RecipeError
 from gold.teacher import SELF_TEACHERS, LocalTeacher, self_teacher
 from gold.trainer import GoldTrainer
@@ -62,7 +62,8 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
             check_model_folder(Path(spec.model))
     student = build_model(config.student, student_tokenizer, seed=args.seed)
     if self_kind:  # self-distillation: the student's start (frozen copy) or the student itself
-        teacher = self_teacher(self_kind, student, student_tokenizer)
+        teacher = self_teacher(self_kind, student, student_tokenizer, device=config.teacher.device or args.device,
+                               dtype=DTYPES.get(config.teacher.dtype))  # fmt: skip
     else:
         teacher_model = build_model(config.teacher, teacher_tokenizer, seed=args.seed + 1)
         teacher = LocalTeacher(teacher_model, teacher_tokenizer, device=config.teacher.device or args.device)

@@ -99,10 +99,12 @@ class DynamicSelfTeacher(LocalTeacher):
         self._stop = model_stop_rule(model, tokenizer)
 
 
-def self_teacher(kind: str, student: Any, tokenizer: Any) -> LocalTeacher:
-    """``self``: a frozen copy of the student as it starts; ``self-dynamic``: the student itself (no copy)."""
+def self_teacher(kind: str, student: Any, tokenizer: Any, *, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> LocalTeacher:  # fmt: skip
+    """``self``: a frozen copy of the student as it starts (on ``device``, in ``dtype``); ``self-dynamic``: the
+    student itself (no copy; it runs where the student runs)."""
     if kind == "self":
-        return LocalTeacher(copy.deepcopy(student), tokenizer)
+        return LocalTeacher(copy.deepcopy(student), tokenizer, device=device, dtype=dtype)
     if kind == "self-dynamic":
         return DynamicSelfTeacher(student, tokenizer)
     raise ValueError(f"teacher kind {kind!r} is not one of {', '.join(SELF_TEACHERS)}")

@@ -114,6 +114,13 @@ class GoldTrainer(Objectives, RunGuard, StepMetrics, Trainer):
                              f"rollout.num_generations >= 2 (got {self.rollout_config.num_generations})")  # fmt: skip
         if reward_funcs and self.loss_config.opd_weight <= 0:
             raise ValueError("reward_funcs enter the loss through OPD-RL: set loss.opd_weight > 0")
+        weights = self.loss_config.reward_weights
+        if weights is not None and len(weights) != len(self.reward_funcs):
+            raise ValueError(f"loss.reward_weights has {len(weights)} weights for {len(self.reward_funcs)} reward "
+                             "functions (recipe and reward_funcs= together); give one per function")  # fmt: skip
+        if self.loss_config.opd_weight > 0 and self.rollout_config.lmbda == 0:
+            raise ValueError("loss.opd_weight trains on student rollouts, and rollout.lmbda is 0 (none): set lmbda "
+                             "> 0 (1 for OPD-RL alone)")  # fmt: skip
         alignment_config = alignment or AlignmentConfig()
         if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
             if teacher_tokenizer is None:
@@ -197,6 +204,8 @@ class GoldTrainer(Objectives, RunGuard, StepMetrics, Trainer):
         return "teacher" if self.rollout_config.seq_kd else "dataset"
 
     def _prompt(self, role: str, tokenizer: Any, prompt: str | Messages) -> list[int]:
+        if self.streaming:  # a stream's prompts are not kept: memory stays bounded however long it runs
+            return prompt_ids(tokenizer, prompt)
         key = (role, prompt if isinstance(prompt, str) else repr(prompt))
         if key not in self._prompt_cache:
             self._prompt_cache[key] = prompt_ids(tokenizer, prompt)

@@ -3,6 +3,7 @@ and in TensorBoard when the run reports there; `gold train` shows the first comp
 
 from __future__ import annotations
 
+import torch
 from transformers import TrainerCallback
 
 from gold import GoldTrainer
@@ -50,3 +51,25 @@ def test_gold_train_shows_the_first_alignment(tmp_path, capsys) -> None:
     assert main(["train", str(_recipe(tmp_path)), "training.max_steps=1"]) == 0
     out = capsys.readouterr().out
     assert "the first completion, as each side tokenizes it" in out and "groups" in out
+
+
+def test_the_top_token_is_read_where_the_group_is_predicted(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
+    """Column c − 1 of the loss view predicts the token at column c: a token planted there is the one shown."""
+    from gold.completions_log import completion_views
+
+    trainer = GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer, seed=1), args=training_args(tmp_path),
+                          train_dataset=ROWS, student_tokenizer=student_tokenizer,
+                          teacher_tokenizer=teacher_tokenizer)  # fmt: skip
+    batch = trainer.build_batch(list(trainer.train_dataset)[:1], "dataset")
+    aligned = batch.aligned
+    student_logits = torch.zeros(*aligned.student_ids.shape, len(student_tokenizer))
+    teacher_logits = torch.zeros(*aligned.teacher_ids.shape, len(teacher_tokenizer))
+    s_col = int((aligned.student_groups[0] == 0).nonzero()[0, 0])
+    t_col = int((aligned.teacher_groups[0] == 0).nonzero()[0, 0])
+    s_id, t_id = student_tokenizer.convert_tokens_to_ids("Ġzebra"), teacher_tokenizer.convert_tokens_to_ids("▁zebra")
+    student_logits[0, s_col - 1, s_id] = 50.0
+    teacher_logits[0, t_col - 1, t_id] = 50.0
+    (view,) = completion_views(batch, student_logits, teacher_logits, student_tokenizer=student_tokenizer,
+                               teacher_tokenizer=teacher_tokenizer, rows=1)  # fmt: skip
+    assert view.groups[0].student_top == student_tokenizer.decode([s_id])
+    assert view.groups[0].teacher_top == teacher_tokenizer.decode([t_id])

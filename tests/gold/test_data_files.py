@@ -47,6 +47,7 @@ def test_hub_ids_name_the_download_when_offline(offline) -> None:
     from gold.zoo import load_tokenizer
 
     assert is_hub_id("Qwen/Qwen2.5-0.5B-Instruct") and not is_hub_id("smollm2") and not is_hub_id("../x/y")
+    assert not is_hub_id("data/train.jsonl") and not is_hub_id("tests/missing")  # mistyped local paths
     with pytest.raises(HubError, match=r"tokenizer 'no-org/no-model' .* huggingface-cli download no-org/no-model"):
         load_tokenizer("no-org/no-model")
     with pytest.raises(HubError, match=r"model 'no-org/no-model' .*could not be loaded .*cache"):

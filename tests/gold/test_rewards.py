@@ -97,3 +97,20 @@ def test_reward_funcs_need_groups_and_the_opd_term(tmp_path, student_tokenizer, 
             teacher_tokenizer=teacher_tokenizer,
             loss=LossConfig(opd_weight=1.0, reward_funcs=["math:fabs"]),
         )
+
+
+def test_opd_needs_rollouts_and_one_weight_per_reward(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
+    def build(**kwargs):
+        loss = kwargs.pop("loss")
+        return GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer, seed=1), args=training_args(tmp_path),
+                           train_dataset=[{"prompt": "Q\n", "completion": "A"}], student_tokenizer=student_tokenizer,
+                           teacher_tokenizer=teacher_tokenizer, loss=loss, **kwargs)  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"rollout\.lmbda is 0 \(none\)"):
+        build(loss=LossConfig(opd_weight=1.0), rollout=RolloutConfig(lmbda=0.0))
+    with pytest.raises(ValueError, match="reward_weights has 1 weights for 2 reward functions"):
+        build(
+            loss=LossConfig(opd_weight=1.0, reward_funcs=["math:fabs"], reward_weights=[1.0]),
+            rollout=RolloutConfig(lmbda=1.0, num_generations=2),
+            reward_funcs=[math.floor],
+        )
