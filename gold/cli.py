@@ -160,7 +160,7 @@ def run_align(args: argparse.Namespace) -> int:
         text = read_utf8(args.file, "--file") if args.file else args.text
         if args.html:
             writable_file(args.html, "--html")
-    except OSError as err:
+    except (OSError, DataError) as err:
         raise CommandError(f"gold align: {err}") from None
     if not text:
         raise CommandError("gold align: the text is empty; pass a TEXT argument or --file with content")

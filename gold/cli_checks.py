@@ -73,15 +73,11 @@ def writable_file(path: Path, what: str) -> None:
 
 
 def read_utf8(path: Path, what: str) -> str:
-    """The text of a UTF-8 file (a byte-order mark is dropped), or ``OSError`` naming the file and the problem."""
+    """The text of a UTF-8 file (:func:`gold.data_files.decode_utf8`); ``OSError`` for a missing file or a folder."""
     if not path.exists():
         raise OSError(f"{what} {str(path)!r} does not exist")
     if path.is_dir():
         raise OSError(f"{what} {str(path)!r} is a folder; give a file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise OSError(f"{what} {str(path)!r} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                      "re-save it as UTF-8") from None  # fmt: skip
-    return text.removeprefix("\ufeff")
+    from gold.data_files import decode_utf8
+
+    return decode_utf8(path.read_bytes(), path, what)

@@ -99,6 +99,8 @@ class Rows(list[Any]):
     """Rows with a label each (``data.jsonl line 7``) that :func:`gold.data.examples_from_rows` names in errors."""
 
     labels: list[str]
+    # set by gold.run.build_trainer: the rollout.max_prompt_length every prompt was checked against
+    checked_prompt_limit: int | None
 
 
 def _rows(items: list[Any], labels: list[str]) -> Rows:
@@ -156,7 +158,12 @@ def _jsonl(text: str, source: Path) -> Rows:
 
 
 def _utf8(source: Path, what: str) -> str:
-    data = source.read_bytes()
+    return decode_utf8(source.read_bytes(), source, what)
+
+
+def decode_utf8(data: bytes, source: Path, what: str) -> str:
+    """``data`` as UTF-8 text (a byte-order mark dropped with a warning), or :class:`DataError` naming the file, the
+    byte and its offset; ``what`` names the setting or flag that gave the file."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -15,6 +15,11 @@ from gold.hub import hub_model, is_hub_id
 from gold.recipe import RecipeError
 from gold.zoo import MODEL_TOKENIZERS, MODELS, load_model, load_tokenizer, refuse_custom_code
 
+# a model's weights, whole or indexed shards; then adapters and an FSDP full state dict (checkpoints)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin",
+                "pytorch_model_fsdp.bin")  # fmt: skip
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -60,9 +65,8 @@ def check_model_folder(folder: Path) -> None:
     if not (folder / "config.json").is_file():
         raise RecipeError(f"model folder {str(folder)!r} has no config.json: not a Hugging Face model folder "
                           "(save one with model.save_pretrained(DIR))")  # fmt: skip
-    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-    if not any((folder / name).is_file() for name in weights):
-        raise RecipeError(f"model folder {str(folder)!r} holds no weights (none of {', '.join(weights)}); an "
+    if not any((folder / name).is_file() for name in WEIGHT_FILES[:4]):
+        raise RecipeError(f"model folder {str(folder)!r} holds no weights (none of {', '.join(WEIGHT_FILES[:4])}); an "
                           "interrupted save or download? save the model again")  # fmt: skip
 
 

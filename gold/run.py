@@ -52,6 +52,7 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
     if isinstance(examples, Rows):
         check_prompt_lengths(examples, {"student": student_tokenizer, "teacher": teacher_tokenizer},
                              limit=config.rollout.max_prompt_length, labels=examples.labels)  # fmt: skip
+        examples.checked_prompt_limit = config.rollout.max_prompt_length  # the trainer need not check them again
     held_out = None
     if config.data.eval_path is not None:
         held_out = examples_from_rows(read_rows(config.data.eval_path, what="data.eval_path"), config.data)

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gold.models import WEIGHT_FILES
 from gold.recipe import RecipeError
 from gold.trainer_guard import STAGING, CheckpointError, last_checkpoint
 
@@ -92,11 +93,6 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin",
-                "pytorch_model_fsdp.bin")  # fmt: skip
 
 
 def resolve_resume(folder: Path, resume: str | None) -> tuple[str | None, list[str]]:

@@ -150,7 +150,8 @@ class GoldTrainer(Objectives, RunGuard, StepMetrics, Trainer):
             examples = _examples(train_dataset)
             for index, example in enumerate(examples):  # fail before training, naming the row
                 self.collator.from_text(example.completion, index=index, ended=example.ended)
-            self._check_prompt_lengths(examples, getattr(train_dataset, "labels", None))
+            if getattr(train_dataset, "checked_prompt_limit", "unchecked") != self.rollout_config.max_prompt_length:
+                self._check_prompt_lengths(examples, getattr(train_dataset, "labels", None))
             warning = unequal_rendering(student_tokenizer, teacher.tokenizer, examples)
         if warning is not None:
             warnings.warn(warning, UnequalRenderingWarning, stacklevel=2)
@@ -343,7 +344,8 @@ class GoldTrainer(Objectives, RunGuard, StepMetrics, Trainer):
         rollouts = self.step_rollouts(raw, sources)
         batches = [self._seeded_batch(examples, i, sources[i], rollouts.get(i)) for i, examples in enumerate(raw)]
         self._metrics["time/rollout_and_alignment_s"].append(time.perf_counter() - start)
-        counts = [float(sum(self.count_items(b) for b in batches)), float(sft_tokens(batches))]
+        mixed = sft_tokens(batches) if self.loss_config.sft_weight else 0  # tokens SFT mixing averages over
+        counts = [float(sum(self.count_items(b) for b in batches)), float(mixed)]
         totals = torch.tensor(counts, device=device)  # groups, and the tokens SFT mixing averages over
         if self.accelerator.num_processes > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
