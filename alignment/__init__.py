@@ -8,6 +8,7 @@ from alignment.bytespans import (
     token_byte_spans,
     token_bytes_table,
 )
+from alignment.identical import align_identical, same_vocabulary
 from alignment.render import format_stats, html_page, render_html, render_text
 from alignment.shifted import GroupShift, ShiftedPairs, group_shifts
 from alignment.specials import encode_continuation, encode_text
@@ -24,6 +25,7 @@ __all__ = [
     "TokenizerBytesError",
     "VocabMap",
     "align_batch",
+    "align_identical",
     "align_ids",
     "align_text_batch",
     "align_texts",
@@ -37,6 +39,7 @@ __all__ = [
     "raw_string_overlap",
     "render_html",
     "render_text",
+    "same_vocabulary",
     "text_stream",
     "token_byte_spans",
     "token_bytes_table",

@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignment import Alignment, AlignmentStats, align_text_batch, encode_continuation, token_bytes_table
+from alignment import (
+    Alignment,
+    AlignmentStats,
+    align_identical,
+    align_text_batch,
+    encode_continuation,
+    same_vocabulary,
+    token_bytes_table,
+)
 from gold.data import (
     DataError,
     DecodedCompletion,
@@ -78,6 +86,10 @@ class Collator:
         max_edit_fraction: alignment tolerance for tokenizer rewrites.
         end_group: add the zero-byte end group to completions that ended (off: nothing teaches stopping).
         student_stop / teacher_stop: each side's stop ids and end token (default: from the tokenizer).
+
+    When both tokenizers spell every id with the same bytes (:func:`alignment.same_vocabulary`: a self
+    teacher, one model family), the teacher reads the student's own ids and the groups are the tokens
+    (:func:`alignment.align_identical`, equal to the general aligner on those ids, without running it).
     """
 
     student_tokenizer: Any
@@ -95,6 +107,12 @@ class Collator:
             object.__setattr__(self, "student_stop", stop_rule(self.student_tokenizer))
         if self.teacher_stop is None:
             object.__setattr__(self, "teacher_stop", stop_rule(self.teacher_tokenizer))
+        object.__setattr__(self, "_one_vocabulary", same_vocabulary(self.student_tokenizer, self.teacher_tokenizer))
+
+    @property
+    def one_vocabulary(self) -> bool:
+        """Both sides spell every id alike: the teacher reads the student's ids, groups are 1:1."""
+        return bool(self.__dict__["_one_vocabulary"])
 
     @property
     def student_rule(self) -> StopRule:
@@ -142,11 +160,16 @@ class Collator:
         Raises:
             DataError: a tokenizer encodes the text with a special token (``<unk>``), which spells no bytes.
         """
-        student_ids = encode_continuation(self.student_tokenizer, text)
+        if self.one_vocabulary and teacher_ids is not None:
+            student_ids = list(teacher_ids)  # one vocabulary: the student reads the teacher's sample as sampled
+        else:
+            student_ids = encode_continuation(self.student_tokenizer, text)
         _check_no_specials(self.student_tokenizer, student_ids, index=index, role="student")
         # the teacher reads the text the student's tokens spell (a normalizer may have rewritten it)
         student_text = decode_completion(self.student_tokenizer, student_ids).text
-        if teacher_ids is None or student_text != text:
+        if self.one_vocabulary:
+            teacher_ids = student_ids
+        elif teacher_ids is None or student_text != text:
             teacher_ids = encode_continuation(self.teacher_tokenizer, student_text)
             _check_no_specials(self.teacher_tokenizer, teacher_ids, index=index, role="teacher")
         if len(student_ids) <= self.max_completion_length:
@@ -233,7 +256,10 @@ class Collator:
         return GroupShifts.build(alignments, kept, self.tables.shifted, sizes)
 
     def _teacher_ids(self, completion: Completion, decoded: DecodedCompletion, index: int) -> list[int]:
-        """The teacher's tokens of the decoded text: its own when given and still the same text, else encoded."""
+        """The teacher's tokens of the decoded text: the student's under one vocabulary, its own when given and
+        still the same text, else encoded."""
+        if self.one_vocabulary:
+            return list(decoded.ids)
         if completion.teacher_ids is not None and decoded.cut_tokens == 0 and not decoded.invalid_bytes:
             ids = list(completion.teacher_ids)
         else:
@@ -250,11 +276,16 @@ class Collator:
             chosen = [i for i, d in enumerate(decoded) if bool(d.invalid_bytes) == broken]
             if not chosen:
                 continue
-            aligned = align_text_batch(
-                self.student_tokenizer, self.teacher_tokenizer, [decoded[i].text for i in chosen],
-                student_ids=[decoded[i].ids for i in chosen], teacher_ids=[teacher_ids[i] for i in chosen],
-                max_edit_fraction=1.0 if broken else self.max_edit_fraction,
-            )  # fmt: skip
+            texts = [decoded[i].text for i in chosen]
+            tolerance = 1.0 if broken else self.max_edit_fraction
+            if self.one_vocabulary:
+                aligned = align_identical(self.student_tokenizer, [decoded[i].ids for i in chosen], texts,
+                                          max_edit_fraction=tolerance)  # fmt: skip
+            else:
+                aligned = align_text_batch(
+                    self.student_tokenizer, self.teacher_tokenizer, texts, student_ids=[decoded[i].ids for i in chosen],
+                    teacher_ids=[teacher_ids[i] for i in chosen], max_edit_fraction=tolerance,
+                )  # fmt: skip
             for i, alignment in zip(chosen, aligned, strict=True):
                 out[i] = alignment
         return [a for a in out if a is not None]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import gold.collate
-from alignment import encode_continuation, token_bytes_table
+from alignment import align_text_batch, encode_continuation, token_bytes_table
 from gold.collate import Collator, Completion
 from gold.data import CompletionBytesError, DataError, prompt_ids
 from gold.losses import PairTables
@@ -196,3 +196,29 @@ def test_a_teacher_sample_keeps_its_tokens_its_stop_and_counts_its_broken_bytes(
     assert broken.source_invalid_bytes == 1 and broken.teacher_ids is not None
     batch = trainer.collator([[1]], [[1]], [broken], source="teacher")
     assert batch.counts["align/invalid_bytes"] == 1 and "\ufffd" in batch.completions[0]
+
+
+def test_one_vocabulary_reads_the_students_ids_with_one_to_one_groups(student_tokenizer) -> None:
+    """A self teacher (or one of the same family) reads the student's sampled ids as they are, even where they
+    are not the canonical tokenization, and every token is a group; the groups equal the general aligner's."""
+    other = zoo("qwen2.5")
+    tables = PairTables.build(student_tokenizer, student_tokenizer, student_rows=len(student_tokenizer),
+                              teacher_rows=len(student_tokenizer))  # fmt: skip
+    collator = Collator(student_tokenizer, student_tokenizer, tables, max_completion_length=40)
+    assert collator.one_vocabulary
+    assert not Collator(student_tokenizer, other, tables, max_completion_length=40).one_vocabulary
+    # a sampled, non-canonical tokenization: each character encoded alone
+    sampled = [i for ch in "Café ☕ 1234" for i in encode_continuation(student_tokenizer, ch)]
+    assert sampled != encode_continuation(student_tokenizer, "Café ☕ 1234")
+    stop = student_tokenizer.eos_token_id
+    completions = [collator.from_rollout([*sampled, stop]), collator.from_text("It says moo.", index=1)]
+    prompts = _prompts(student_tokenizer, ["Q1?\n", "Q2?\n"])
+    batch = collator(prompts, prompts, completions, source="student")
+    aligned = batch.aligned
+    assert torch.equal(aligned.student_ids, aligned.teacher_ids)
+    assert torch.equal(aligned.student_groups, aligned.teacher_groups)
+    first = aligned.student_groups[0][aligned.student_groups[0] >= 0]
+    assert first.tolist() == list(range(len(sampled) + 1))  # one group per token, and the end group
+    general = align_text_batch(student_tokenizer, student_tokenizer, ["Café ☕ 1234"], student_ids=[sampled],
+                               teacher_ids=[sampled])[0]  # fmt: skip
+    assert first[:-1].tolist() == general.student_groups.tolist()

@@ -3,6 +3,7 @@ self`` is a frozen copy of the student's start, ``self-dynamic`` the student its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -62,3 +63,25 @@ def test_self_teachers(tmp_path, kind) -> None:
 def test_a_self_student_is_refused(tmp_path) -> None:
     with pytest.raises(RecipeError, match=r"student\.model 'self' names a teacher kind"):
         load_recipe(_recipe(tmp_path), ["student.model=self", "student.tiny={}", "student.tokenizer=null"])
+
+
+def test_a_self_teacher_reads_the_sampled_ids_and_agrees_exactly_at_the_start(tmp_path) -> None:
+    """One vocabulary: the teacher reads the student's own (non-canonical) sample, token for token, so a frozen
+    copy of the start gives the student's logits on every scored column and the distillation loss is 0."""
+    from gold.rollout import Rollout
+
+    config = load_recipe(_recipe(tmp_path), [*_self_recipe(tmp_path, "self"), "rollout.max_completion_length=16"])
+    trainer = build_trainer(config)
+    tokenizer = trainer.student_tokenizer
+    assert trainer.collator.one_vocabulary
+    sampled = [i for ch in "It is 7." for i in tokenizer.encode(ch, add_special_tokens=False)]
+    examples = list(trainer.train_dataset)[:1]
+    examples = [dataclasses.replace(e, teacher_prompt=None) for e in examples]
+    batch = trainer.build_batch(examples, "student", [Rollout([*sampled, tokenizer.eos_token_id])])
+    assert torch.equal(batch.aligned.student_ids, batch.aligned.teacher_ids)
+    with torch.no_grad():
+        student_logits = batch.student.logits(trainer.model)
+        teacher_logits = trainer.teacher.logits(batch.teacher)
+    scored = batch.aligned.student_groups >= 0
+    assert int(scored.sum()) == len(sampled) + 1  # 1:1 groups and the end group
+    torch.testing.assert_close(student_logits[scored], teacher_logits[scored])
