@@ -40,7 +40,7 @@ from gold.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
 from gold.rewards import RewardError
 from gold.run import DEFAULT_OUTPUT_DIR, build_trainer, check_model_folder
 from gold.run_guard import clear_run, prepare_output_dir, record_run, resolve_resume
-from gold.trainer_guard import CheckpointError, NonFiniteError, last_checkpoint
+from gold.trainer_guard import CheckpointError, NonFiniteError, PeerFailure, last_checkpoint
 from gold.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer, tokenizer_names
 
 # A built-in sample for the demo: prose, numbers, accents, CJK, emoji with modifiers and ZWJ, code.
@@ -231,7 +231,7 @@ def _train(trainer: Any, resume: str | None, output_dir: Path) -> None:
     try:
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
-    except (NonFiniteError, CheckpointError) as err:
+    except (NonFiniteError, CheckpointError, PeerFailure) as err:
         raise CommandError(f"gold train: {err}") from None
     except (DataError, RewardError, CompletionBytesError) as err:  # a row or a reward met during training
         last = last_checkpoint(output_dir)

@@ -340,21 +340,35 @@ class GoldTrainer(Objectives, RunGuard, StepMetrics, Trainer):
             except StopIteration:
                 break
         start = time.perf_counter()
+        failure: Exception | None = None
+        inputs: list[dict[str, Any]] = []
+        try:
+            inputs = self._step_inputs(raw)
+        except Exception as error:  # agreed on below: no process may wait in a collective for one that failed
+            failure = error
+        self._metrics["time/rollout_and_alignment_s"].append(time.perf_counter() - start)
+        batches = [slice_inputs["batch"] for slice_inputs in inputs]
+        mixed = sft_tokens(batches) if self.loss_config.sft_weight else 0  # tokens SFT mixing averages over
+        # groups and SFT-mixing tokens of the global step, summed over processes with whether any failed
+        totals = self.agreed_totals([float(sum(self.count_items(b) for b in batches)), float(mixed)], failure, device)
+        items, sft_total = totals.clamp(min=1.0).unbind()
+        for slice_inputs in inputs:
+            slice_inputs["sft_tokens"] = sft_total
+        return inputs, items
+
+    def _step_inputs(self, raw: Sequence[Sequence[Example]]) -> list[dict[str, Any]]:
+        """This process's slices of one optimizer step: rollouts, aligned batches and, on rollouts with task
+        rewards, the GRPO advantages."""
         sources = [self.slice_source(i) for i in range(len(raw))]
         rollouts = self.step_rollouts(raw, sources)
-        batches = [self._seeded_batch(examples, i, sources[i], rollouts.get(i)) for i, examples in enumerate(raw)]
-        self._metrics["time/rollout_and_alignment_s"].append(time.perf_counter() - start)
-        mixed = sft_tokens(batches) if self.loss_config.sft_weight else 0  # tokens SFT mixing averages over
-        counts = [float(sum(self.count_items(b) for b in batches)), float(mixed)]
-        totals = torch.tensor(counts, device=device)  # groups, and the tokens SFT mixing averages over
-        if self.accelerator.num_processes > 1:
-            totals = self.accelerator.reduce(totals, reduction="sum")
-        items, sft_total = totals.clamp(min=1.0).unbind()
-        inputs = [{"batch": b, "sft_tokens": sft_total} for b in batches]
-        for slice_inputs, examples in zip(inputs, raw, strict=True):
-            if self.reward_funcs and slice_inputs["batch"].source == "student":
-                slice_inputs["advantages"] = self._advantages(examples, slice_inputs["batch"])
-        return inputs, items
+        inputs: list[dict[str, Any]] = []
+        for i, examples in enumerate(raw):
+            batch = self._seeded_batch(examples, i, sources[i], rollouts.get(i))
+            slice_inputs: dict[str, Any] = {"batch": batch}
+            if self.reward_funcs and batch.source == "student":
+                slice_inputs["advantages"] = self._advantages(examples, batch)
+            inputs.append(slice_inputs)
+        return inputs
 
     def count_items(self, batch: TrainBatch) -> int:
         """What the loss of a step is a mean over: the scored groups (end groups included)."""

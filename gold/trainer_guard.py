@@ -31,6 +31,10 @@ class NonFiniteError(RuntimeError):
     """Training stopped before a non-finite loss, gradient or weight could reach the optimizer or a checkpoint."""
 
 
+class PeerFailure(RuntimeError):
+    """Another process failed while building its share of a step; this one stops with it instead of waiting."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed: missing, incomplete, or of another model's shape."""
 
@@ -92,6 +96,24 @@ class RunGuard:
         if accelerator.num_processes == 1:
             return flag
         return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+
+    def agreed_totals(self, counts: list[float], failure: Exception | None, device: torch.device) -> torch.Tensor:
+        """``counts`` summed over processes in the one collective of a step's batch building, together with
+        whether any process failed building its slices: the failing process raises its own error, every other
+        raises :class:`PeerFailure`, and none waits in a collective for a process that left."""
+        accelerator = self.accelerator  # type: ignore[attr-defined]
+        totals = torch.tensor([*counts, float(failure is not None)], device=device)
+        if accelerator.num_processes > 1:
+            totals = accelerator.reduce(totals, reduction="sum")
+        if failure is not None:
+            raise failure
+        if totals[-1] > 0:
+            step = self.state.global_step + 1  # type: ignore[attr-defined]
+            last = last_checkpoint(Path(self.args.output_dir))  # type: ignore[attr-defined]
+            where = f"the last whole checkpoint is {last}" if last else "no checkpoint was saved"
+            raise PeerFailure(f"another process failed while building the batches of step {step} (it prints its "
+                              f"error); this one stops with it; {where}")  # fmt: skip
+        return totals[:-1]
 
     def _last_checkpoint_hint(self) -> str:
         last = last_checkpoint(Path(self.args.output_dir))  # type: ignore[attr-defined]
