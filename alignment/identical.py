@@ -33,7 +33,12 @@ IntArray = npt.NDArray[np.int64]
 
 def same_vocabulary(student_tokenizer: Any, teacher_tokenizer: Any) -> bool:
     """Whether both tokenizers spell every id with the same bytes (same size, specials and prefix rule),
-    so that the teacher can read the student's ids as they are."""
+    so that the teacher can read the student's ids as they are.
+
+    Only what an id spells is compared: two tokenizers with one vocabulary but other merges or normalizers
+    count as one (their models read ids, and each id means the same bytes to both); the teacher then reads the
+    student's tokenization, which may not be the one its own tokenizer would choose, as a sampled one may not.
+    """
     if student_tokenizer is teacher_tokenizer:
         return True
     student, teacher = token_bytes_table(student_tokenizer), token_bytes_table(teacher_tokenizer)

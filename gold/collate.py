@@ -101,18 +101,15 @@ class Collator:
     end_group: bool = True
     student_stop: StopRule | None = field(default=None)
     teacher_stop: StopRule | None = field(default=None)
+    one_vocabulary: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.student_stop is None:
             object.__setattr__(self, "student_stop", stop_rule(self.student_tokenizer))
         if self.teacher_stop is None:
             object.__setattr__(self, "teacher_stop", stop_rule(self.teacher_tokenizer))
-        object.__setattr__(self, "_one_vocabulary", same_vocabulary(self.student_tokenizer, self.teacher_tokenizer))
-
-    @property
-    def one_vocabulary(self) -> bool:
-        """Both sides spell every id alike: the teacher reads the student's ids, groups are 1:1."""
-        return bool(self.__dict__["_one_vocabulary"])
+        # both sides spell every id alike: the teacher reads the student's ids, groups are 1:1
+        object.__setattr__(self, "one_vocabulary", same_vocabulary(self.student_tokenizer, self.teacher_tokenizer))
 
     @property
     def student_rule(self) -> StopRule:
@@ -154,13 +151,15 @@ class Collator:
             text: the completion.
             index: its row, named in errors.
             ended: the text is whole (False: a teacher sample cut by the sampler's limit).
-            teacher_ids: the teacher's own tokens of exactly ``text`` (its sample), if known.
+            teacher_ids: the teacher's own tokens of exactly ``text`` (its sample), if known; under one vocabulary
+                the student reads these ids too (when they spell ``text``).
             teacher_end_id: the stop id the teacher sampled, if any.
 
         Raises:
             DataError: a tokenizer encodes the text with a special token (``<unk>``), which spells no bytes.
         """
-        if self.one_vocabulary and teacher_ids is not None:
+        if self.one_vocabulary and teacher_ids is not None and decode_completion(self.student_tokenizer,
+                                                                                 teacher_ids).text == text:  # fmt: skip
             student_ids = list(teacher_ids)  # one vocabulary: the student reads the teacher's sample as sampled
         else:
             student_ids = encode_continuation(self.student_tokenizer, text)
@@ -179,8 +178,13 @@ class Collator:
     def _cut_at_shared_boundary(self, student_ids: list[int], teacher_ids: list[int], text: str) -> Completion:
         """A too-long completion cut at the last group boundary of its whole text within the limit that
         ends on a whole character: both sides keep exactly their tokens of the whole text."""
-        whole = align_text_batch(self.student_tokenizer, self.teacher_tokenizer, [text], student_ids=[student_ids],
-                                 teacher_ids=[teacher_ids], max_edit_fraction=self.max_edit_fraction)[0]  # fmt: skip
+        if self.one_vocabulary:
+            whole = align_identical(self.student_tokenizer, [student_ids], [text],
+                                    max_edit_fraction=self.max_edit_fraction)[0]  # fmt: skip
+        else:
+            whole = align_text_batch(self.student_tokenizer, self.teacher_tokenizer, [text],
+                                     student_ids=[student_ids], teacher_ids=[teacher_ids],
+                                     max_edit_fraction=self.max_edit_fraction)[0]  # fmt: skip
         limit = self.max_completion_length
         # the first group past the limit (tokens after the last shared boundary of an approximate alignment
         # belong to none: then the groups up to the limit's side of it)
@@ -301,8 +305,7 @@ class Collator:
             num_groups -= 1
             student_groups[student_groups == num_groups] = -1
             teacher_groups[teacher_groups == num_groups] = -1
-        student_end = completion.student_end_id if completion.student_end_id is not None else self.student_rule.end_id
-        teacher_end = completion.teacher_end_id if completion.teacher_end_id is not None else self.teacher_rule.end_id
+        student_end, teacher_end = self._end_ids(completion)
         end_group = ended and self.end_group and student_end is not None and teacher_end is not None
         if end_group:
             student_ids.append(int(student_end))  # type: ignore[arg-type]
@@ -310,6 +313,17 @@ class Collator:
             student_groups = np.append(student_groups, num_groups)
             teacher_groups = np.append(teacher_groups, num_groups)
         return _ScoredRow(student_ids, teacher_ids, student_groups, teacher_groups, ended, end_group, dropped)
+
+    def _end_ids(self, completion: Completion) -> tuple[int | None, int | None]:
+        """Each side's end token: the stop id it sampled, else its rule's end token. Under one vocabulary both
+        sides read one sequence, so the stop id one side sampled ends it on both when both rules stop on it."""
+        student_end, teacher_end = completion.student_end_id, completion.teacher_end_id
+        if self.one_vocabulary:
+            sampled = student_end if student_end is not None else teacher_end
+            if sampled in self.student_rule.stop_ids and sampled in self.teacher_rule.stop_ids:
+                student_end = teacher_end = sampled
+        return (student_end if student_end is not None else self.student_rule.end_id,
+                teacher_end if teacher_end is not None else self.teacher_rule.end_id)  # fmt: skip
 
 
 @dataclass(frozen=True)

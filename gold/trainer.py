@@ -15,7 +15,7 @@ import itertools
 import random
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -39,14 +39,14 @@ from gold.data_files import check_prompt_lengths, examples_from_rows
 from gold.eval_callback import HeldOutEvalCallback
 from gold.losses import PairTables
 from gold.rewards import load_reward_funcs
-from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap, rollout_seed
+from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
-from gold.sft_mix import sft_tokens
 from gold.stops import model_stop_rule
 from gold.teacher import LocalTeacher, Teacher
 from gold.trainer_guard import RunGuard
 from gold.trainer_metrics import StepMetrics
 from gold.trainer_objectives import Objectives
+from gold.trainer_steps import StepBatches
 
 
 class UnequalRenderingWarning(UserWarning):
@@ -60,7 +60,7 @@ def _examples(dataset: Any) -> list[Example]:
     return examples_from_rows(rows)
 
 
-class GoldTrainer(Objectives, RunGuard, StepMetrics, Trainer):
+class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
     """Distils ``teacher`` into ``model`` (the student) across tokenizers.
 
     Args:
@@ -262,40 +262,6 @@ class GoldTrainer(Objectives, RunGuard, StepMetrics, Trainer):
         batch = self.collator(student_prompts, teacher_prompts, completions, source=source)
         return dataclasses.replace(batch, engine_logprobs=engine_logprobs)
 
-    def step_rollouts(self, slices: Sequence[Sequence[Example]], sources: Sequence[str]) -> dict[int, list[Rollout]]:
-        """The student's samples for every on-policy slice of this optimizer step.
-
-        vLLM gets every on-policy prompt of the step in one call, each prompt seeded by (seed, step, slice,
-        process, row), after the weights are pushed when due; HF ``generate`` samples slice by slice (its batch
-        stays one slice) from the global RNG seeded by (seed, step, slice, process). Either way a resumed run
-        samples what the straight run did.
-        """
-        on_policy = [i for i, source in enumerate(sources) if source == "student"]
-        if not on_policy:
-            return {}
-        generator, step, process = self.student_generator(), self.state.global_step, self.args.process_index
-        if isinstance(generator, VLLMGenerator) and generator.needs_sync(step):
-            start = time.perf_counter()
-            generator.sync(self.student_state_dict, step)
-            self._metrics["rollout/sync_s"].append(time.perf_counter() - start)
-        calls = [on_policy] if isinstance(generator, VLLMGenerator) else [[i] for i in on_policy]
-        out: dict[int, list[Rollout]] = {}
-        start = time.perf_counter()
-        for call in calls:
-            owners = [(i, row) for i in call for row in range(len(slices[i]))]
-            prompts = [self._prompt("student", self.student_tokenizer, slices[i][row].prompt) for i, row in owners]
-            seeds = [rollout_seed(self.args.seed, step, i, process, row) for i, row in owners]
-            with torch.random.fork_rng(devices=[self.args.device] if self.args.device.type == "cuda" else []):
-                torch.manual_seed(rollout_seed(self.args.seed, step, call[0], process))  # HF generate's draws
-                sampled = generator.rollout(prompts, seeds=seeds)
-            copies = self.rollout_config.num_generations
-            for k, (i, _) in enumerate(owners):
-                out.setdefault(i, []).extend(sampled[k * copies : (k + 1) * copies])
-        seconds = time.perf_counter() - start
-        self._metrics["rollout/engine_s"].append(seconds)
-        self._metrics["rollout/tokens_per_s"].append(sum(len(r.ids) for v in out.values() for r in v) / seconds)
-        return out
-
     def student_state_dict(self) -> dict[str, torch.Tensor]:
         """The student's full state dict with Hugging Face names: DDP unwrapped, FSDP shards gathered (to the
         host); what a weight push sends to vLLM."""
@@ -317,62 +283,6 @@ class GoldTrainer(Objectives, RunGuard, StepMetrics, Trainer):
         except DataError as err:
             raise DataError(f"teacher sample {index} at step {self.state.global_step}: {err}") from None
         return dataclasses.replace(completion, source_invalid_bytes=decoded.invalid_bytes)
-
-    def _seeded_batch(self, examples: Sequence[Example], slice_index: int, source: str,
-                      rollouts: Sequence[Rollout] | None) -> TrainBatch:  # fmt: skip
-        """:meth:`build_batch` with sampling seeded by (seed, step, slice, process): teacher samples are
-        reproducible and a resumed run samples what the uninterrupted one did (Trainer restores its
-        RNG state only after fetching the first batches), while the global RNG is left untouched."""
-        step_seed = hash((self.args.seed, self.state.global_step, slice_index, self.args.process_index)) % 2**63
-        devices = [self.args.device] if self.args.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(step_seed)
-            return self.build_batch(examples, source, rollouts)
-
-    def get_batch_samples(
-        self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
-    ) -> tuple[list[dict[str, TrainBatch]], torch.Tensor]:
-        """All slices of one optimizer step, built, and the groups of the global batch."""
-        raw = []
-        for _ in range(num_batches):
-            try:
-                raw.append(next(epoch_iterator))
-            except StopIteration:
-                break
-        start = time.perf_counter()
-        failure: Exception | None = None
-        inputs: list[dict[str, Any]] = []
-        try:
-            inputs = self._step_inputs(raw)
-        except Exception as error:  # agreed on below: no process may wait in a collective for one that failed
-            failure = error
-        self._metrics["time/rollout_and_alignment_s"].append(time.perf_counter() - start)
-        batches = [slice_inputs["batch"] for slice_inputs in inputs]
-        mixed = sft_tokens(batches) if self.loss_config.sft_weight else 0  # tokens SFT mixing averages over
-        # groups and SFT-mixing tokens of the global step, summed over processes with whether any failed
-        totals = self.agreed_totals([float(sum(self.count_items(b) for b in batches)), float(mixed)], failure, device)
-        items, sft_total = totals.clamp(min=1.0).unbind()
-        for slice_inputs in inputs:
-            slice_inputs["sft_tokens"] = sft_total
-        return inputs, items
-
-    def _step_inputs(self, raw: Sequence[Sequence[Example]]) -> list[dict[str, Any]]:
-        """This process's slices of one optimizer step: rollouts, aligned batches and, on rollouts with task
-        rewards, the GRPO advantages."""
-        sources = [self.slice_source(i) for i in range(len(raw))]
-        rollouts = self.step_rollouts(raw, sources)
-        inputs: list[dict[str, Any]] = []
-        for i, examples in enumerate(raw):
-            batch = self._seeded_batch(examples, i, sources[i], rollouts.get(i))
-            slice_inputs: dict[str, Any] = {"batch": batch}
-            if self.reward_funcs and batch.source == "student":
-                slice_inputs["advantages"] = self._advantages(examples, batch)
-            inputs.append(slice_inputs)
-        return inputs
-
-    def count_items(self, batch: TrainBatch) -> int:
-        """What the loss of a step is a mean over: the scored groups (end groups included)."""
-        return batch.aligned.num_groups
 
     # ---- loss ----
 

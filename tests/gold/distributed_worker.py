@@ -116,16 +116,20 @@ def _state(trainer: GoldTrainer) -> dict[str, torch.Tensor]:
 
 
 def main(out: Path, mode: str) -> None:
+    from accelerate import PartialState
+
+    state = PartialState()
     if mode == "reward_fails":
-        objective_run(out, "opd", batch_size=2, reward=fails_on_rank_one)
+        try:
+            objective_run(out, "opd", batch_size=2, reward=fails_on_rank_one)
+        except Exception as error:  # each rank says how it stopped, before the launcher ends the others
+            (out / f"rank{state.process_index}.error").write_text(f"{type(error).__name__}: {error}", encoding="utf-8")
+            raise
         return
     if mode == "default":
         result = default_run(out)
     else:
         result = {name: _state(objective_run(out, name, batch_size=2)) for name in ("sft", "opd")}
-    from accelerate import PartialState
-
-    state = PartialState()
     torch.save({**result, "world": state.num_processes}, out / f"rank{state.process_index}.pt")
 
 

@@ -222,3 +222,34 @@ def test_one_vocabulary_reads_the_students_ids_with_one_to_one_groups(student_to
     general = align_text_batch(student_tokenizer, student_tokenizer, ["Café ☕ 1234"], student_ids=[sampled],
                                teacher_ids=[sampled])[0]  # fmt: skip
     assert first[:-1].tolist() == general.student_groups.tolist()
+
+
+def _one_vocabulary_collator(tokenizer, limit: int = 40) -> Collator:
+    tables = PairTables.build(tokenizer, tokenizer, student_rows=len(tokenizer), teacher_rows=len(tokenizer))
+    return Collator(tokenizer, tokenizer, tables, max_completion_length=limit)
+
+
+def test_one_vocabulary_teacher_sample_is_read_as_sampled_by_both(student_tokenizer) -> None:
+    collator = _one_vocabulary_collator(student_tokenizer)
+    text = "Café ☕ 1234"
+    sampled = [i for ch in text for i in encode_continuation(student_tokenizer, ch)]  # not the canonical encoding
+    stop = student_tokenizer.eos_token_id
+    completion = collator.from_text(text, index=0, teacher_ids=sampled, teacher_end_id=stop)
+    assert list(completion.student_ids) == list(completion.teacher_ids) == sampled
+    prompts = _prompts(student_tokenizer, ["Q?\n"])
+    aligned = collator(prompts, prompts, [completion], source="teacher").aligned
+    assert torch.equal(aligned.student_ids, aligned.teacher_ids)
+    scored = aligned.student_ids[0][aligned.student_groups[0] >= 0]
+    assert scored.tolist() == [*sampled, stop]  # the sampled stop ends both sides
+    # ids that do not spell the text are not trusted: the text is encoded instead
+    other = collator.from_text(text, index=0, teacher_ids=encode_continuation(student_tokenizer, "Moo"))
+    assert list(other.student_ids) == list(other.teacher_ids) == encode_continuation(student_tokenizer, text)
+
+
+def test_one_vocabulary_cut_keeps_the_same_ids_on_both_sides(student_tokenizer) -> None:
+    collator = _one_vocabulary_collator(student_tokenizer, limit=5)
+    text = "one two three four five six seven eight"
+    completion = collator.from_text(text, index=0)
+    assert completion.exact_tail and not completion.ended
+    assert list(completion.student_ids) == list(completion.teacher_ids)
+    assert list(completion.student_ids) == encode_continuation(student_tokenizer, text)[:5]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,14 @@ def launch(out: Path, mode: str, timeout: int = 600) -> subprocess.CompletedProc
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "tests.gold.distributed_worker", str(out), mode]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and its workers
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.mark.slow
@@ -64,7 +72,7 @@ def test_an_error_on_one_process_stops_every_process(tmp_path) -> None:
     """A reward function that raises on rank 1 only: rank 1 stops with its error, rank 0 with PeerFailure,
     instead of waiting in the step's collective for a process that left."""
     result = launch(tmp_path, "reward_fails", timeout=300)
-    output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "fails on rank 1 only" in output
-    assert "another process failed while building the batches of step 1" in output, output[-3000:]
+    errors = {rank: (tmp_path / f"rank{rank}.error").read_text(encoding="utf-8") for rank in (0, 1)}
+    assert "fails on rank 1 only" in errors[1]
+    assert errors[0].startswith("PeerFailure: another process failed while building the batches of step 1"), errors

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gold import GoldTrainer
+from gold.losses import cross_tokenizer_loss
 from gold.recipe import RecipeError, load_recipe
 from gold.run import build_trainer
 from tests.gold.conftest import tiny, training_args
@@ -85,3 +86,5 @@ def test_a_self_teacher_reads_the_sampled_ids_and_agrees_exactly_at_the_start(tm
     scored = batch.aligned.student_groups >= 0
     assert int(scored.sum()) == len(sampled) + 1  # 1:1 groups and the end group
     torch.testing.assert_close(student_logits[scored], teacher_logits[scored])
+    loss, metrics = cross_tokenizer_loss(student_logits, teacher_logits, batch.aligned, trainer.loss_config)
+    assert abs(float(loss)) < 1e-6 and metrics["loss/hybrid"] < 1e-6
