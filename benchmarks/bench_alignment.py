@@ -8,6 +8,8 @@ Times (median of ``--repeats``), llama-3 (teacher) and qwen2.5 (student) zoo tok
 * ``gold_align_s``: gold byte spans from ids + groups, batched (``alignment.align_batch``).
 * ``trl_align_s``: TRL's path from the same encodings: char offsets → byte offsets
   (``trl.experimental.utils._normalize_byte_offsets``) + ``ULDLoss._align_by_byte_offsets`` per example.
+* ``one_vocab_fast_s`` / ``one_vocab_general_s``: one vocabulary on both sides (the student's ids on both):
+  ``alignment.align_identical`` (1:1 groups) vs the general ``align_text_batch`` on the same ids.
 * ``gold_ids_to_spans_s`` / ``trl_ids_to_spans_s``: spans of *generated* ids (no text, no offsets):
   gold's table lookup vs TRL's per-token ``convert_ids_to_tokens`` + ``piece_byte_len`` rebuild
   (``GOLDTrainer._maybe_add_completion_byte_offsets``).
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from alignment import align_batch, token_byte_spans, token_bytes_table
+from alignment import align_batch, align_identical, align_text_batch, token_byte_spans, token_bytes_table
 from gold.zoo import load_tokenizer
 
 PIECES = [
@@ -124,6 +126,11 @@ def run(batch: int, tokens: int, repeats: int) -> dict[str, Any]:
         "trl_align_s": median_time(lambda: trl_align(s_backend, t_backend, texts, encodings), repeats),
         "gold_ids_to_spans_s": median_time(lambda: [token_byte_spans(student, ids) for ids in student_ids], repeats),
         "trl_ids_to_spans_s": median_time(lambda: trl_ids_to_spans(student, [i.tolist() for i in student_ids]), 1),
+        # one vocabulary on both sides (a self teacher): the 1:1 fast path vs the general aligner on the same ids
+        "one_vocab_fast_s": median_time(lambda: align_identical(student, student_ids, texts), repeats),
+        "one_vocab_general_s": median_time(
+            lambda: align_text_batch(student, student, texts, student_ids=student_ids, teacher_ids=student_ids), repeats
+        ),
     }
     result.update(
         batch=batch,
@@ -132,6 +139,7 @@ def run(batch: int, tokens: int, repeats: int) -> dict[str, Any]:
         groups=int(sum(a.num_groups for a in gold_groups)),
         align_speedup_vs_trl=result["trl_align_s"] / result["gold_align_s"],
         ids_to_spans_speedup_vs_trl=result["trl_ids_to_spans_s"] / result["gold_ids_to_spans_s"],
+        one_vocab_fast_path_speedup=result["one_vocab_general_s"] / result["one_vocab_fast_s"],
         gold_align_over_tokenize=result["gold_align_s"] / result["tokenize_s"],
         machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
     )

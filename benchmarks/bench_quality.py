@@ -170,15 +170,17 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
-def format_summary(table: dict[str, dict[str, float]]) -> str:
-    head = f"{'arm':<40}{'KL(T‖S) b/B':>18}{'bits/B':>8}{'agree':>7}{'acc':>12}{'stop':>7}{'KL(S‖T) own':>18}{'s':>6}"
+def format_summary(table: dict[str, dict[str, float]], seconds: str = "s", digits: int = 0) -> str:
+    """The summary as a text table; ``seconds`` heads the last column (``train_seconds``, ``digits`` decimals)."""
+    head = f"{'arm':<40}{'KL(T‖S) b/B':>18}{'bits/B':>8}{'agree':>7}{'acc':>12}{'stop':>7}{'KL(S‖T) own':>18}"
+    head += f"{seconds:>8}"
     lines = [head]
     for name, row in table.items():
         acc = f"{row['accuracy']:.0%}±{row['accuracy_spread']:.0%}" if "accuracy" in row else "—"
         lines.append(f"{name:<40}{row['kl_bits_per_byte']:>10.3f}±{row['kl_bits_per_byte_spread']:.3f}"
                      f"{row['bits_per_byte']:>8.3f}{row['next_byte_agreement']:>7.1%}{acc:>12}{row['stop_rate']:>7.0%}"
                      f"{row['reverse_kl_bits_per_byte']:>10.3f}±{row['reverse_kl_bits_per_byte_spread']:.3f}"
-                     f"{row.get('train_seconds', 0):>6.0f}")  # fmt: skip
+                     f"{row.get('train_seconds', 0):>8.{digits}f}")  # fmt: skip
     return "\n".join(lines)
 
 

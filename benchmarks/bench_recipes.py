@@ -1,0 +1,137 @@
+"""Which on-policy recipe? GKD hybrid vs OPD-RL (teacher only) vs OPD-RL + task reward vs reward-only GRPO.
+
+    python -m benchmarks.bench_recipes [--seeds 2] [--warm-steps 100] [--steps 60] [--json OUT]
+
+The demo task (``gold demo``: a tiny Mistral-tokenized teacher fitted to animal sounds, a SmolLM2-tokenized student).
+On-policy recipes need a student that sometimes answers (a random one never names a sound, so a task reward has no
+variance and GRPO no signal): every arm starts from the same *warm* student, the demo's start after
+``--warm-steps`` of SFT on the teacher's samples, and then trains ``--steps`` more steps with the same seed and the
+same prompts per step. Arms (``RECIPES``):
+
+* SFT on teacher samples, continued (the baseline the others must beat);
+* GKD hybrid on the student's rollouts (``lmbda`` 1, the divergence as the loss);
+* OPD-RL, teacher only: the policy gradient with the teacher's group log-ratio as the advantage (``opd_weight`` 1,
+  no divergence term);
+* OPD-RL + task reward: GRPO's group-normalised advantage of "names the sound" plus the teacher's log-ratio;
+* reward-only GRPO: the task reward alone (``opd_alpha`` 0), no teacher in the gradient.
+
+Every on-policy arm samples ``num_generations`` 4 completions per prompt. Held-out figures come from ``gold eval``'s
+code (:func:`gold.eval_run.score_model`): task accuracy (greedy), KL(teacher‖student) per byte on teacher samples,
+KL(student‖teacher) per byte on the student's own samples; plus seconds per step. Mean and half the range over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from benchmarks.bench_quality import Setting, demo_setting, format_summary, summary
+from gold.baselines import SequenceKDTrainer
+from gold.config import LossConfig, RolloutConfig
+from gold.demo_task import SOUNDS, task_prompts
+from gold.eval_run import AgreementCache, score_model
+from gold.evaluate import contains_answer
+from gold.trainer import GoldTrainer
+
+OPD = {"hybrid_weight": 0.0, "opd_weight": 1.0}
+RECIPES: dict[str, dict[str, Any]] = {
+    "SFT on teacher samples (continued)": {"sft": True},
+    "GKD hybrid on-policy": {"loss": {}, "on_policy": True},
+    "OPD-RL teacher only": {"loss": OPD, "on_policy": True},
+    "OPD-RL + task reward": {"loss": {**OPD, "opd_alpha": 1.0}, "on_policy": True, "reward": True},
+    "reward-only GRPO": {"loss": {**OPD, "opd_alpha": 0.0}, "on_policy": True, "reward": True},
+}
+GENERATIONS = 4
+
+
+def names_the_sound(prompts: list[Any], completions: list[str], answer: list[str], **columns: Any) -> list[float]:
+    """The demo's task reward: 1 when the completion names the animal's sound (``gold eval``'s accuracy check)."""
+    return [float(contains_answer(a, c)) for a, c in zip(answer, completions, strict=True)]
+
+
+def with_answers(setting: Setting) -> list[Any]:
+    """The training examples with their prompt's sound as the ``answer`` column (the reward reads it)."""
+    sound = {p.text: SOUNDS[p.animal] for p in task_prompts()[0]}
+    return [dataclasses.replace(e, fields={"answer": sound[e.prompt]}) for e in setting.train]
+
+
+def train(setting: Setting, arm: dict[str, Any], start: dict[str, Any], seed: int, steps: int, out: Path,
+          ) -> tuple[Any, float]:  # fmt: skip
+    """One arm from ``start``; returns the student and its seconds per step."""
+    student = setting.build_student()
+    student.load_state_dict(start)
+    args = TrainingArguments(output_dir=str(out), logging_steps=10, report_to=[], save_strategy="no", use_cpu=True,
+                             seed=seed, disable_tqdm=True, **{**setting.args, "max_steps": steps})  # fmt: skip
+    on_policy = arm.get("on_policy", False)
+    rollout = RolloutConfig(lmbda=1.0 if on_policy else 0.0, num_generations=GENERATIONS if on_policy else 1,
+                            max_completion_length=setting.max_new_tokens, temperature=1.0)  # fmt: skip
+    trainer_cls = SequenceKDTrainer if arm.get("sft") else GoldTrainer
+    extra = {"reward_funcs": [names_the_sound]} if arm.get("reward") else {}
+    trainer = trainer_cls(student, setting.teacher[0], args=args, train_dataset=with_answers(setting),
+                          student_tokenizer=setting.student_tok, teacher_tokenizer=setting.teacher[1],
+                          loss=LossConfig(**{"beta": setting.beta, **arm.get("loss", {})}), rollout=rollout,
+                          **extra)  # fmt: skip
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+    started = time.perf_counter()
+    trainer.train()
+    return student.eval(), (time.perf_counter() - started) / steps
+
+
+def run_seed(seed: int, warm_steps: int, steps: int, arms: dict[str, dict[str, Any]], out: Path) -> dict[str, Any]:
+    setting = demo_setting(seed, warm_steps)
+    options = {"teacher": setting.teacher, "cache": AgreementCache(), "max_new_tokens": setting.max_new_tokens,
+               "seed": seed, "student_samples": 4}  # fmt: skip
+    warm, _ = train(setting, RECIPES["SFT on teacher samples (continued)"], setting.start, seed, warm_steps,
+                    out / f"seed{seed}" / "warm")  # fmt: skip
+    warm_state = {k: v.detach().clone() for k, v in warm.state_dict().items()}
+    result = {"warm start": asdict(score_model("warm start", (warm, setting.student_tok), setting.held_out,
+                                               role="student", **options))}  # fmt: skip
+    for name, arm in arms.items():
+        student, per_step = train(setting, arm, warm_state, seed, steps, out / f"seed{seed}" / name.replace(" ", "_"))
+        score = score_model(name, (student, setting.student_tok), setting.held_out, role="student", **options)
+        result[name] = {**asdict(score), "train_seconds": per_step}
+        print(f"  seed {seed} · {name}: acc {score.accuracy:.0%}, KL {score.kl_bits_per_byte:.4f} b/B, "
+              f"KL(S‖T) own {score.reverse_kl_bits_per_byte:.4f}, {per_step:.2f} s/step", flush=True)  # fmt: skip
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--warm-steps", type=int, default=100, help="SFT steps that make the common start")
+    parser.add_argument("--steps", type=int, default=60, help="steps of each arm from the warm start")
+    parser.add_argument("--arms", help="arm names to run, separated by commas (default: all of RECIPES)")
+    parser.add_argument("--out", type=Path, default=Path("out/bench_recipes"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    arms = RECIPES
+    if args.arms:
+        unknown = [name for name in args.arms.split(",") if name not in RECIPES]
+        if unknown:
+            parser.error(f"unknown arms {unknown}; known: {', '.join(RECIPES)}")
+        arms = {name: RECIPES[name] for name in args.arms.split(",")}
+    started = time.perf_counter()
+    runs = []
+    for seed in range(args.seeds):
+        print(f"seed {seed}: {args.warm_steps} warm SFT steps, then {args.steps} steps, {len(arms)} arms", flush=True)
+        runs.append(run_seed(seed, args.warm_steps, args.steps, arms, args.out))
+    table = summary(runs)
+    print("\n" + format_summary(table, seconds="s/step", digits=2))
+    print(f"({time.perf_counter() - started:.0f} s in all)")
+    if args.json:
+        payload = {"warm_steps": args.warm_steps, "steps": args.steps, "seeds": args.seeds,
+                   "num_generations": GENERATIONS, "runs": runs, "summary": table}  # fmt: skip
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
