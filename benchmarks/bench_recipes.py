@@ -1,6 +1,6 @@
 """Which on-policy recipe? GKD hybrid vs OPD-RL (teacher only) vs OPD-RL + task reward vs reward-only GRPO.
 
-    python -m benchmarks.bench_recipes [--seeds 2] [--warm-steps 100] [--steps 60] [--json OUT]
+    python -m benchmarks.bench_recipes [--seeds 2] [--warm-steps 250] [--steps 40] [--json OUT]
 
 The demo task (``gold demo``: a tiny Mistral-tokenized teacher fitted to animal sounds, a SmolLM2-tokenized student).
 On-policy recipes need a student that sometimes answers (a random one never names a sound, so a task reward has no
@@ -34,11 +34,11 @@ from transformers import TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from benchmarks.bench_quality import Setting, demo_setting, format_summary, summary
+from examples.rewards import names_the_sound
 from gold.baselines import SequenceKDTrainer
 from gold.config import LossConfig, RolloutConfig
 from gold.demo_task import SOUNDS, task_prompts
 from gold.eval_run import AgreementCache, score_model
-from gold.evaluate import contains_answer
 from gold.trainer import GoldTrainer
 
 OPD = {"hybrid_weight": 0.0, "opd_weight": 1.0}
@@ -50,11 +50,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "reward-only GRPO": {"loss": {**OPD, "opd_alpha": 0.0}, "on_policy": True, "reward": True},
 }
 GENERATIONS = 4
-
-
-def names_the_sound(prompts: list[Any], completions: list[str], answer: list[str], **columns: Any) -> list[float]:
-    """The demo's task reward: 1 when the completion names the animal's sound (``gold eval``'s accuracy check)."""
-    return [float(contains_answer(a, c)) for a, c in zip(answer, completions, strict=True)]
 
 
 def with_answers(setting: Setting) -> list[Any]:
@@ -107,8 +102,8 @@ def run_seed(seed: int, warm_steps: int, steps: int, arms: dict[str, dict[str, A
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--warm-steps", type=int, default=100, help="SFT steps that make the common start")
-    parser.add_argument("--steps", type=int, default=60, help="steps of each arm from the warm start")
+    parser.add_argument("--warm-steps", type=int, default=250, help="SFT steps that make the common start")
+    parser.add_argument("--steps", type=int, default=40, help="steps of each arm from the warm start")
     parser.add_argument("--arms", help="arm names to run, separated by commas (default: all of RECIPES)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_recipes"))
     parser.add_argument("--json", type=Path)

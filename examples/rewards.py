@@ -29,3 +29,12 @@ def names_the_answer(prompts: Sequence[Any], completions: Sequence[str], answer:
 def short_enough(prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> list[float]:
     """A mild length penalty: 1 for a non-empty completion of up to 16 words, falling to 0 at 64 (an empty one: 0)."""
     return [max(0.0, min(1.0, (64 - len(c.split())) / 48)) if c.strip() else 0.0 for c in completions]
+
+
+def names_the_sound(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[str],
+                    **columns: Any) -> list[float]:  # fmt: skip
+    """The demo task's verifiable reward (``gold demo``'s animal sounds): 1 when the completion names the row's
+    ``answer`` (the sound), case-insensitive, else 0 — ``gold eval``'s accuracy check."""
+    from gold.evaluate import contains_answer
+
+    return [float(contains_answer(a, c)) for a, c in zip(answer, completions, strict=True)]

@@ -45,7 +45,7 @@ from gold.stops import model_stop_rule
 from gold.teacher import LocalTeacher, Teacher
 from gold.trainer_guard import RunGuard
 from gold.trainer_metrics import StepMetrics
-from gold.trainer_objectives import Objectives
+from gold.trainer_objectives import Objectives, check_objectives
 from gold.trainer_steps import StepBatches
 
 
@@ -109,18 +109,7 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         self.rollout_config = rollout or RolloutConfig()
         check_vllm(self.rollout_config, device=args.device, num_processes=args.world_size)  # before any loading
         self.reward_funcs = load_reward_funcs([*reward_funcs, *self.loss_config.reward_funcs])
-        if self.reward_funcs and self.rollout_config.num_generations < 2:
-            raise ValueError("reward functions give GRPO advantages within each prompt's completions: set "
-                             f"rollout.num_generations >= 2 (got {self.rollout_config.num_generations})")  # fmt: skip
-        if reward_funcs and self.loss_config.opd_weight <= 0:
-            raise ValueError("reward_funcs enter the loss through OPD-RL: set loss.opd_weight > 0")
-        weights = self.loss_config.reward_weights
-        if weights is not None and len(weights) != len(self.reward_funcs):
-            raise ValueError(f"loss.reward_weights has {len(weights)} weights for {len(self.reward_funcs)} reward "
-                             "functions (recipe and reward_funcs= together); give one per function")  # fmt: skip
-        if self.loss_config.opd_weight > 0 and self.rollout_config.lmbda == 0:
-            raise ValueError("loss.opd_weight trains on student rollouts, and rollout.lmbda is 0 (none): set lmbda "
-                             "> 0 (1 for OPD-RL alone)")  # fmt: skip
+        check_objectives(self.loss_config, self.rollout_config, self.reward_funcs, given=bool(reward_funcs))
         alignment_config = alignment or AlignmentConfig()
         if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
             if teacher_tokenizer is None:

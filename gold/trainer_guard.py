@@ -81,7 +81,8 @@ class RunGuard:
         if value == 0.0 and norm is not None and not self._warned_zero_norm:
             self._warned_zero_norm = True
             warnings.warn(f"step {self.state.global_step + 1}: the gradient norm is 0, the student learns nothing "  # type: ignore[attr-defined]
-                          "(all-zero or saturated logits after a too-high learning rate? a frozen model?)",
+                          "(all-zero or saturated logits after a too-high learning rate? a frozen model? or, with "
+                          "task rewards alone, every completion of each prompt got the same reward)",
                           ZeroGradientWarning, stacklevel=2)  # fmt: skip
         return norm
 

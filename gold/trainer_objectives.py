@@ -68,4 +68,32 @@ class Objectives:
         rewards = compute_rewards(self.reward_funcs, [e.prompt for e in repeated], batch.completions, columns)
         for column, func in enumerate(self.reward_funcs):
             self._metrics[f"rewards/{getattr(func, '__name__', column)}"].append(float(rewards[:, column].nanmean()))
-        return group_advantages(rewards, copies, self.loss_config.reward_weights)
+        advantages = group_advantages(rewards, copies, self.loss_config.reward_weights)
+        # prompts whose completions all got the same reward: GRPO learns nothing from them
+        tied = (advantages.view(-1, copies) == 0).all(dim=1)
+        self._metrics["rewards/tied_groups"].append(float(tied.double().mean()))
+        self._metrics["rewards/advantage_abs_mean"].append(float(advantages.abs().mean()))
+        return advantages
+
+
+def check_objectives(loss: LossConfig, rollout: RolloutConfig, reward_funcs: Sequence[Any], *, given: bool) -> None:
+    """Refuse objective settings that would train on nothing or on the wrong samples (``given``: reward functions
+    were passed to the trainer, not only named in the recipe)."""
+    if reward_funcs and rollout.num_generations < 2:
+        raise ValueError("reward functions give GRPO advantages within each prompt's completions: set "
+                         f"rollout.num_generations >= 2 (got {rollout.num_generations})")  # fmt: skip
+    if given and loss.opd_weight <= 0:
+        raise ValueError("reward_funcs enter the loss through OPD-RL: set loss.opd_weight > 0")
+    if loss.reward_weights is not None and len(loss.reward_weights) != len(reward_funcs):
+        raise ValueError(f"loss.reward_weights has {len(loss.reward_weights)} weights for {len(reward_funcs)} reward "
+                         "functions (recipe and reward_funcs= together); give one per function")  # fmt: skip
+    if loss.opd_weight > 0 and rollout.lmbda == 0:
+        raise ValueError("loss.opd_weight trains on student rollouts, and rollout.lmbda is 0 (none): set lmbda "
+                         "> 0 (1 for OPD-RL alone)")  # fmt: skip
+    if loss.opd_weight > 0 and rollout.use_vllm and rollout.vllm_sync_frequency > 1:
+        raise ValueError(f"loss.opd_weight takes one update per generation with the sampling weights' ratio 1, but "
+                         f"rollout.vllm_sync_frequency is {rollout.vllm_sync_frequency}: rollouts would come from "
+                         "older weights; set it to 1")  # fmt: skip
+    if loss.sft_weight > 0 and rollout.lmbda >= 1 and not rollout.seq_kd:
+        raise ValueError("loss.sft_weight trains on completions the student did not write, but with rollout.lmbda 1 "
+                         "and no seq_kd every slice is a student rollout: lower lmbda or set seq_kd")  # fmt: skip

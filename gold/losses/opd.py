@@ -41,6 +41,7 @@ def opd_loss(
     denominator = global_denominator(int(student.observed.shape[0]), num_items_in_batch)
     loss = -(advantages * student.observed).sum() / denominator
     metrics = {"opd/log_ratio_mean": float(log_ratio.mean()) if log_ratio.numel() else 0.0,
+               "opd/log_ratio_std": float(log_ratio.std()) if log_ratio.numel() > 1 else 0.0,
                "opd/advantage_mean": float(advantages.mean()) if advantages.numel() else 0.0,
                "opd/advantage_std": float(advantages.std()) if advantages.numel() > 1 else 0.0}  # fmt: skip
     return loss, metrics

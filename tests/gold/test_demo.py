@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -35,3 +36,17 @@ def test_short_demo_writes_its_outputs(tmp_path, capsys) -> None:
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
     assert (tmp_path / "alignment.html").read_text(encoding="utf-8").startswith("<!doctype html>")
     assert "KL(T‖S) bits/byte" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_opd_rl_example_on_the_demo_task_runs(tmp_path, monkeypatch, capsys) -> None:
+    """examples/opd_rl_demo.py end to end at a tiny size: warm start, OPD-RL with the task reward, held-out scores."""
+    from examples.opd_rl_demo import main
+    from examples.rewards import names_the_sound
+
+    assert names_the_sound([], ["The cow says Moo.", "Woof"], ["moo", "moo"]) == [1.0, 0.0]
+    monkeypatch.setattr(sys, "argv", ["opd_rl_demo", "--warm-steps", "2", "--steps", "1", "--out", str(tmp_path)])
+    main()
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("warm start") for line in lines)
+    assert any(line.startswith("OPD-RL + task reward") and "held-out accuracy" in line for line in lines)

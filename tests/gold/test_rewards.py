@@ -15,8 +15,15 @@ from tests.gold.conftest import tiny, training_args
 
 
 def _trl_advantages(rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int) -> torch.Tensor:
-    """TRL 1.16 GRPOTrainer's default path (sum_then_normalize, scale_rewards="group"), with TRL's own nanstd."""
+    """TRL 1.16 GRPOTrainer's default path (sum_then_normalize, scale_rewards="group"), with TRL's own nanstd.
+
+    TRL computes these inline in ``GRPOTrainer._generate_and_score_completions`` (trl/trainer/grpo_trainer.py,
+    1.16.0), which cannot be called alone, so its lines are restated here; the version check makes an upgrade of the
+    pinned TRL fail here until the restatement is compared with the new source."""
+    import trl
     from trl.trainer.utils import nanstd
+
+    assert trl.__version__ == "1.16.0", f"re-check this restatement against TRL {trl.__version__}'s GRPOTrainer"
 
     unscorable = torch.isnan(rewards_per_func).all(dim=1)
     rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
@@ -114,3 +121,66 @@ def test_opd_needs_rollouts_and_one_weight_per_reward(tmp_path, student_tokenize
             rollout=RolloutConfig(lmbda=1.0, num_generations=2),
             reward_funcs=[math.floor],
         )
+
+
+def test_opd_refuses_stale_rollouts() -> None:
+    from gold.trainer_objectives import check_objectives
+
+    stale = RolloutConfig(lmbda=1.0, use_vllm=True, vllm_sync_frequency=4)
+    with pytest.raises(ValueError, match="vllm_sync_frequency is 4: rollouts would come from older weights"):
+        check_objectives(LossConfig(hybrid_weight=0.0, opd_weight=1.0), stale, [], given=False)
+    check_objectives(LossConfig(), stale, [], given=False)  # the divergence alone does not need ratio 1
+
+
+def _group_logprobs(model, side, groups: torch.Tensor) -> list[torch.Tensor]:
+    """Each row's (G_b,) group log-likelihoods, summed token by token from the model's own forward of the row."""
+    out = []
+    for b in range(side.input_ids.shape[0]):
+        ids = side.input_ids[b][side.attention_mask[b].bool()]
+        prompt_tokens = int(side.attention_mask[b, : side.prompt_width].sum())
+        logprobs = torch.log_softmax(model(input_ids=ids[None]).logits[0].double(), dim=-1)
+        row_groups = groups[b, 1 : 1 + ids.shape[0] - prompt_tokens]  # loss-view column 1 + j: completion token j
+        sums = torch.zeros(int(row_groups.max()) + 1, dtype=torch.float64)
+        for j, group in enumerate(row_groups.tolist()):
+            if group >= 0:
+                sums = sums.index_add(
+                    0, torch.tensor([group]), logprobs[prompt_tokens + j - 1, ids[prompt_tokens + j]][None]
+                )
+        out.append(sums)
+    return out
+
+
+def test_opd_gradient_through_the_trainer_is_reinforce_on_group_likelihoods(tmp_path, student_tokenizer,
+                                                                           teacher_tokenizer) -> None:  # fmt: skip
+    """compute_loss's gradient equals the hand-written −Σ_g (A_base + α·r_g)·∇log p_S(g) / G, with r_g from each
+    model's own forward of the rows (α 0.7, task rewards, 2 completions per prompt)."""
+
+    def longer_is_better(prompts, completions, **columns):
+        return [float(len(c)) for c in completions]
+
+    rows = [{"prompt": f"What is {i} plus 2?\n", "completion": "It is."} for i in range(2)]
+    trainer = GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer, seed=1),
+                          args=training_args(tmp_path, max_steps=1, per_device_train_batch_size=2),
+                          train_dataset=rows, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+                          loss=LossConfig(opd_weight=1.0, opd_alpha=0.7, hybrid_weight=0.0),
+                          rollout=RolloutConfig(lmbda=1.0, num_generations=2, max_completion_length=8, temperature=1.0),
+                          reward_funcs=[longer_is_better])  # fmt: skip
+    torch.manual_seed(0)
+    inputs, items = trainer.get_batch_samples(iter([list(trainer.train_dataset)]), 1, torch.device("cpu"))
+    batch, base = inputs[0]["batch"], inputs[0]["advantages"]
+    assert batch.source == "student" and base.abs().sum() > 0
+    model = trainer.model
+    model.zero_grad()
+    trainer.compute_loss(model, inputs[0], num_items_in_batch=items).backward()
+    ours = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    student = _group_logprobs(model, batch.student, batch.aligned.student_groups)
+    with torch.no_grad():
+        teacher = _group_logprobs(trainer.teacher.model, batch.teacher, batch.aligned.teacher_groups)
+    total = sum(s.shape[0] for s in student)
+    assert total == int(items)
+    reference = sum(-((base[b] + 0.7 * (teacher[b] - student[b].detach())) * student[b]).sum()
+                    for b in range(len(student))) / total  # fmt: skip
+    reference.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ours[name].double(), p.grad.double(), rtol=1e-4, atol=1e-6, msg=name)

@@ -9,9 +9,13 @@ import json
 import pytest
 import torch
 
+from alignment import encode_continuation
 from gold import GoldTrainer
+from gold.config import RolloutConfig
+from gold.data import DataError, prompt_ids
 from gold.losses import cross_tokenizer_loss
 from gold.recipe import RecipeError, load_recipe
+from gold.rollout import Rollout
 from gold.run import build_trainer
 from tests.gold.conftest import tiny, training_args
 from tests.gold.test_cli import _recipe
@@ -20,19 +24,70 @@ ROWS = [{"prompt": f"What is {a} plus 2?\n", "completion": f"It is {a + 2}.",
          "teacher_prompt": f"(reference: {a} + 2 = {a + 2})\nWhat is {a} plus 2?\n"} for a in range(4)]  # fmt: skip
 
 
-def test_the_teacher_prompt_reaches_the_teacher_only(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
+class RecordingGenerator:
+    """Rollouts "It is 7." + EOS for every prompt; keeps the prompt ids the sampler was given."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.prompts = tokenizer, []
+
+    def rollout(self, prompts, *, seeds=None):
+        self.prompts.extend(list(p) for p in prompts)
+        ids = [*encode_continuation(self.tokenizer, "It is 7."), self.tokenizer.eos_token_id]
+        return [Rollout(ids) for _ in prompts]
+
+
+def _side_prompts(side) -> list[list[int]]:
+    return [side.input_ids[b, : side.prompt_width][side.attention_mask[b, : side.prompt_width].bool()].tolist()
+            for b in range(side.input_ids.shape[0])]  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ["dataset", "student"])
+def test_the_teacher_prompt_reaches_the_teacher_only(tmp_path, student_tokenizer, teacher_tokenizer, source) -> None:
+    """Each side's prompt ids are exactly its own rendering: the student's (and its sampler's) of ``prompt``, the
+    teacher's of ``teacher_prompt``; on dataset rows and on the student's rollouts."""
+    generator = RecordingGenerator(student_tokenizer)
     trainer = GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer, seed=1), args=training_args(tmp_path),
-                          train_dataset=ROWS, student_tokenizer=student_tokenizer,
+                          train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+                          student_generator=generator,
+                          rollout=RolloutConfig(lmbda=1.0 if source == "student" else 0.0))  # fmt: skip
+    examples = list(trainer.train_dataset)[:2]
+    batch = trainer.build_batch(examples, source)
+    student_expected = [prompt_ids(student_tokenizer, e.prompt) for e in examples]
+    teacher_expected = [prompt_ids(teacher_tokenizer, e.teacher_prompt) for e in examples]
+    assert _side_prompts(batch.student) == student_expected
+    assert _side_prompts(batch.teacher) == teacher_expected
+    assert student_expected != [prompt_ids(student_tokenizer, e.teacher_prompt) for e in examples]
+    if source == "student":
+        assert generator.prompts == student_expected  # the sampler never saw the privileged prompt
+        assert batch.completions == ("It is 7.", "It is 7.")
+    else:
+        assert batch.completions[0] == "It is 2."
+    assert batch.aligned.num_groups > 0
+
+
+def test_teacher_messages_are_rendered_for_the_teacher_only(tmp_path, student_tokenizer) -> None:
+    """``teacher_messages``: chat turns the teacher's template renders; a bad value is refused with its row."""
+    from tests.conftest import zoo
+
+    teacher_tokenizer = zoo("qwen2.5")  # a chat template on the teacher's side
+    turns = [{"role": "system", "content": "The answer is 4."}, {"role": "user", "content": "What is 2 plus 2?"}]
+    rows = [{"prompt": "What is 2 plus 2?\n", "completion": "It is 4.", "teacher_messages": turns}]
+    trainer = GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer, seed=1), args=training_args(tmp_path),
+                          train_dataset=rows, student_tokenizer=student_tokenizer,
                           teacher_tokenizer=teacher_tokenizer)  # fmt: skip
-    batch = trainer.build_batch(list(trainer.train_dataset)[:2], "dataset")
-    for side, tokenizer, privileged in ((batch.student, student_tokenizer, False),
-                                        (batch.teacher, teacher_tokenizer, True)):  # fmt: skip
-        for b in range(2):
-            prompt = side.input_ids[b, : side.prompt_width][side.attention_mask[b, : side.prompt_width].bool()]
-            text = tokenizer.decode(prompt.tolist(), skip_special_tokens=True)
-            assert ("(reference:" in text) is privileged, text
-            assert f"What is {b} plus 2?" in text
-    assert batch.completions[0] == "It is 2." and batch.aligned.num_groups > 0  # one completion, both sides
+    batch = trainer.build_batch(list(trainer.train_dataset), "dataset")
+    assert _side_prompts(batch.teacher) == [prompt_ids(teacher_tokenizer, turns)]
+    assert _side_prompts(batch.student) == [prompt_ids(student_tokenizer, "What is 2 plus 2?\n")]
+    bad = [{**rows[0], "teacher_messages": [{"role": "oracle", "content": "4"}]}]
+    with pytest.raises(DataError, match="row 0"):
+        GoldTrainer(
+            tiny(student_tokenizer),
+            tiny(teacher_tokenizer, seed=1),
+            args=training_args(tmp_path),
+            train_dataset=bad,
+            student_tokenizer=student_tokenizer,
+            teacher_tokenizer=teacher_tokenizer,
+        )
 
 
 def _self_recipe(tmp_path, kind: str) -> list[str]:
@@ -69,8 +124,6 @@ def test_a_self_student_is_refused(tmp_path) -> None:
 def test_a_self_teacher_reads_the_sampled_ids_and_agrees_exactly_at_the_start(tmp_path) -> None:
     """One vocabulary: the teacher reads the student's own (non-canonical) sample, token for token, so a frozen
     copy of the start gives the student's logits on every scored column and the distillation loss is 0."""
-    from gold.rollout import Rollout
-
     config = load_recipe(_recipe(tmp_path), [*_self_recipe(tmp_path, "self"), "rollout.max_completion_length=16"])
     trainer = build_trainer(config)
     tokenizer = trainer.student_tokenizer
