@@ -9,7 +9,9 @@ Times (median of ``--repeats``), llama-3 (teacher) and qwen2.5 (student) zoo tok
 * ``trl_align_s``: TRL's path from the same encodings: char offsets → byte offsets
   (``trl.experimental.utils._normalize_byte_offsets``) + ``ULDLoss._align_by_byte_offsets`` per example.
 * ``one_vocab_fast_s`` / ``one_vocab_general_s``: one vocabulary on both sides (the student's ids on both):
-  ``alignment.align_identical`` (1:1 groups) vs the general ``align_text_batch`` on the same ids.
+  ``alignment.align_identical`` (1:1 groups) vs the general ``align_text_batch`` on the same ids; and
+  ``one_vocab_collate_*_s``: a whole batch of 64 sampled completions through the collator, on its one-vocabulary
+  path vs the general one (teacher re-encoding, byte check, aligner).
 * ``gold_ids_to_spans_s`` / ``trl_ids_to_spans_s``: spans of *generated* ids (no text, no offsets):
   gold's table lookup vs TRL's per-token ``convert_ids_to_tokens`` + ``piece_byte_len`` rebuild
   (``GOLDTrainer._maybe_add_completion_byte_offsets``).
@@ -101,6 +103,29 @@ def trl_ids_to_spans(tokenizer: Any, batch_ids: list[list[int]]) -> list[list[tu
     return rows
 
 
+def one_vocabulary_batches(tokenizer: Any, texts: list[str], repeats: int) -> dict[str, float]:
+    """A self teacher's training batch of sampled completions (64 rollouts): the collator on its one-vocabulary path
+    (the teacher reads the student's ids, 1:1 groups) vs the general path it took before (the teacher re-encodes
+    the decoded text, checks its bytes, and the aligner runs)."""
+    from gold.collate import Collator
+    from gold.data import prompt_ids
+    from gold.losses import PairTables
+
+    tables = PairTables.build(tokenizer, tokenizer, student_rows=len(tokenizer), teacher_rows=len(tokenizer))
+    fast = Collator(tokenizer, tokenizer, tables, max_completion_length=4096)
+    general = Collator(tokenizer, tokenizer, tables, max_completion_length=4096)
+    object.__setattr__(general, "one_vocabulary", False)
+    eos = tokenizer.eos_token_id
+    samples = [[*tokenizer.encode(text, add_special_tokens=False), eos] for text in texts]
+    prompts = [prompt_ids(tokenizer, "Write something.\n")] * len(texts)
+
+    def collate(collator: Any) -> Any:
+        return collator(prompts, prompts, [collator.from_rollout(ids) for ids in samples], source="student")
+
+    return {"one_vocab_collate_fast_s": median_time(lambda: collate(fast), repeats),
+            "one_vocab_collate_general_s": median_time(lambda: collate(general), repeats)}  # fmt: skip
+
+
 def run(batch: int, tokens: int, repeats: int) -> dict[str, Any]:
     student, teacher = load_tokenizer("qwen2.5"), load_tokenizer("llama-3")
     texts = make_texts(batch, tokens)
@@ -132,6 +157,7 @@ def run(batch: int, tokens: int, repeats: int) -> dict[str, Any]:
             lambda: align_text_batch(student, student, texts, student_ids=student_ids, teacher_ids=student_ids), repeats
         ),
     }
+    result.update(one_vocabulary_batches(student, texts, repeats))
     result.update(
         batch=batch,
         student_tokens=int(sum(len(i) for i in student_ids)),
@@ -140,6 +166,7 @@ def run(batch: int, tokens: int, repeats: int) -> dict[str, Any]:
         align_speedup_vs_trl=result["trl_align_s"] / result["gold_align_s"],
         ids_to_spans_speedup_vs_trl=result["trl_ids_to_spans_s"] / result["gold_ids_to_spans_s"],
         one_vocab_fast_path_speedup=result["one_vocab_general_s"] / result["one_vocab_fast_s"],
+        one_vocab_collate_speedup=result["one_vocab_collate_general_s"] / result["one_vocab_collate_fast_s"],
         gold_align_over_tokenize=result["gold_align_s"] / result["tokenize_s"],
         machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
     )

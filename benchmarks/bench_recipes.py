@@ -49,6 +49,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "OPD-RL + task reward": {"loss": {**OPD, "opd_alpha": 1.0}, "on_policy": True, "reward": True},
     "reward-only GRPO": {"loss": {**OPD, "opd_alpha": 0.0}, "on_policy": True, "reward": True},
 }
+# the policy-gradient arms at a tenth of the demo's learning rate (run them with --arms; names hold no commas)
+LOW_LR = {f"{name} at lr/10": {**arm, "lr_scale": 0.1} for name, arm in RECIPES.items()
+          if arm.get("loss", {}).get("opd_weight")}  # fmt: skip
 GENERATIONS = 4
 
 
@@ -64,7 +67,8 @@ def train(setting: Setting, arm: dict[str, Any], start: dict[str, Any], seed: in
     student = setting.build_student()
     student.load_state_dict(start)
     args = TrainingArguments(output_dir=str(out), logging_steps=10, report_to=[], save_strategy="no", use_cpu=True,
-                             seed=seed, disable_tqdm=True, **{**setting.args, "max_steps": steps})  # fmt: skip
+                             seed=seed, disable_tqdm=True, **{**setting.args, "max_steps": steps,
+                             "learning_rate": setting.args["learning_rate"] * arm.get("lr_scale", 1.0)})  # fmt: skip
     on_policy = arm.get("on_policy", False)
     rollout = RolloutConfig(lmbda=1.0 if on_policy else 0.0, num_generations=GENERATIONS if on_policy else 1,
                             max_completion_length=setting.max_new_tokens, temperature=1.0)  # fmt: skip
@@ -110,10 +114,11 @@ def main() -> None:
     args = parser.parse_args()
     arms = RECIPES
     if args.arms:
-        unknown = [name for name in args.arms.split(",") if name not in RECIPES]
+        known = {**RECIPES, **LOW_LR}
+        unknown = [name for name in args.arms.split(",") if name not in known]
         if unknown:
-            parser.error(f"unknown arms {unknown}; known: {', '.join(RECIPES)}")
-        arms = {name: RECIPES[name] for name in args.arms.split(",")}
+            parser.error(f"unknown arms {unknown}; known: {', '.join(known)}")
+        arms = {name: known[name] for name in args.arms.split(",")}
     started = time.perf_counter()
     runs = []
     for seed in range(args.seeds):
