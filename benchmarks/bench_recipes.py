@@ -37,7 +37,7 @@ from benchmarks.bench_quality import Setting, demo_setting, format_summary, summ
 from examples.rewards import names_the_sound
 from gold.baselines import SequenceKDTrainer
 from gold.config import LossConfig, RolloutConfig
-from gold.demo_task import SOUNDS, task_prompts
+from gold.demo_task import SOUNDS, sample_answers, task_prompts
 from gold.eval_run import AgreementCache, score_model
 from gold.trainer import GoldTrainer
 
@@ -100,7 +100,15 @@ def run_seed(seed: int, warm_steps: int, steps: int, arms: dict[str, dict[str, A
         result[name] = {**asdict(score), "train_seconds": per_step}
         print(f"  seed {seed} · {name}: acc {score.accuracy:.0%}, KL {score.kl_bits_per_byte:.4f} b/B, "
               f"KL(S‖T) own {score.reverse_kl_bits_per_byte:.4f}, {per_step:.2f} s/step", flush=True)  # fmt: skip
+        print(f"    greedy answers: {greedy_answers(student, setting)}", flush=True)
     return result
+
+
+def greedy_answers(model: Any, setting: Setting, count: int = 8) -> str:
+    """What the student answers (greedy) to the first ``count`` held-out prompts: ``animal: answer`` pairs."""
+    prompts = task_prompts()[1][:count]
+    answers = sample_answers(model, setting.student_tok, prompts, temperature=0.0)
+    return "; ".join(f"{p.animal}: {a}" for p, a in zip(prompts, answers, strict=True))
 
 
 def main() -> None:
