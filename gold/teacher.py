@@ -90,13 +90,23 @@ SELF_TEACHERS = ("self", "self-dynamic")
 
 class DynamicSelfTeacher(LocalTeacher):
     """The student as its own teacher as it trains (``teacher.model: self-dynamic``, ms-swift's dynamic teacher): its
-    logits under ``no_grad``, with no second copy of the weights; it is neither frozen nor put in eval mode (it is
-    the model being trained). Pair it with a privileged ``teacher_prompt`` (OPSD): otherwise it teaches itself."""
+    logits under ``no_grad``, with no second copy of the weights; it is not frozen (it is the model being trained),
+    and it teaches in eval mode (no dropout in the teacher's rows), going back to the student's mode after. Pair it
+    with a privileged ``teacher_prompt`` (OPSD): otherwise it teaches itself."""
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self._stop = model_stop_rule(model, tokenizer)
+
+    @torch.no_grad()
+    def logits(self, inputs: SideInputs) -> torch.Tensor:
+        training = self.model.training
+        self.model.eval()
+        try:
+            return super().logits(inputs)
+        finally:
+            self.model.train(training)
 
 
 def self_teacher(kind: str, student: Any, tokenizer: Any, *, device: str | torch.device | None = None,

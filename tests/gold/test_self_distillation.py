@@ -141,3 +141,23 @@ def test_a_self_teacher_reads_the_sampled_ids_and_agrees_exactly_at_the_start(tm
     torch.testing.assert_close(student_logits[scored], teacher_logits[scored])
     loss, metrics = cross_tokenizer_loss(student_logits, teacher_logits, batch.aligned, trainer.loss_config)
     assert abs(float(loss)) < 1e-6 and metrics["loss/hybrid"] < 1e-6
+
+
+def test_a_dynamic_self_teacher_teaches_without_dropout(student_tokenizer) -> None:
+    """The student trains with dropout; as its own teacher its rows are deterministic, and its mode is restored."""
+    from gold.data import side_inputs
+    from gold.teacher import DynamicSelfTeacher
+
+    student = tiny(student_tokenizer)
+    student.config.attention_dropout = 0.5
+    for layer in student.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    teacher = DynamicSelfTeacher(student, student_tokenizer)
+    prompt = prompt_ids(student_tokenizer, "What is 2 plus 2?\n")
+    inputs = side_inputs([prompt], [encode_continuation(student_tokenizer, "It is 4.")], pad_id=0)
+    student.train()
+    torch.manual_seed(0)
+    noisy = [inputs.logits(student).detach() for _ in range(2)]
+    assert not torch.equal(noisy[0], noisy[1])  # the student's own forward in train mode is noised
+    rows = [teacher.logits(inputs) for _ in range(2)]
+    assert torch.equal(rows[0], rows[1]) and student.training
