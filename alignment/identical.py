@@ -97,8 +97,8 @@ def _one_to_one(table: TokenBytesTable, ids: IntArray, text_bytes: bytes) -> Ali
         return None
     special = table.special_mask[ids]
     ends = np.cumsum(lengths).astype(np.int64)
-    groups = _token_groups(ends, special)
-    boundaries = _boundaries(ends, special)
+    boundaries = np.unique(ends[(~special) & (ends > 0)]).astype(np.int64)  # (G,) group ends, sorted
+    groups = _token_groups(ends, special, boundaries)
     starts = np.concatenate([[0], boundaries])[:-1]
     group_bytes = np.stack([starts, boundaries], axis=1).astype(np.int64).reshape(-1, 2)
     approximate = np.zeros(group_bytes.shape[0], dtype=bool)
@@ -111,14 +111,8 @@ def _one_to_one(table: TokenBytesTable, ids: IntArray, text_bytes: bytes) -> Ali
                      spans.copy(), stats)  # fmt: skip
 
 
-def _token_groups(ends: IntArray, special: npt.NDArray[np.bool_]) -> IntArray:
-    """(T,) group of each token: the index of the first group end at or after its own end (a zero-width
-    token at the start joins the first group), -1 for special tokens and when there is no group."""
-    boundaries = _boundaries(ends, special)
+def _token_groups(ends: IntArray, special: npt.NDArray[np.bool_], boundaries: IntArray) -> IntArray:
+    """(T,) group of each token: the index of the first group end (``boundaries``) at or after its own end (a
+    zero-width token at the start joins the first group), -1 for special tokens and when there is no group."""
     index = np.searchsorted(boundaries, np.maximum(ends, 1), side="left")
     return np.where(special | (index >= boundaries.shape[0]), -1, index).astype(np.int64)
-
-
-def _boundaries(ends: IntArray, special: npt.NDArray[np.bool_]) -> IntArray:
-    """(G,) sorted distinct positive ends of the text tokens: the group ends."""
-    return np.unique(ends[(~special) & (ends > 0)]).astype(np.int64)

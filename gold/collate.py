@@ -158,14 +158,14 @@ class Collator:
         Raises:
             DataError: a tokenizer encodes the text with a special token (``<unk>``), which spells no bytes.
         """
-        if self.one_vocabulary and teacher_ids is not None and decode_completion(self.student_tokenizer,
-                                                                                 teacher_ids).text == text:  # fmt: skip
-            student_ids = list(teacher_ids)  # one vocabulary: the student reads the teacher's sample as sampled
+        if (self.one_vocabulary and teacher_ids is not None
+                and decode_completion(self.student_tokenizer, teacher_ids).text == text):  # fmt: skip
+            student_ids, student_text = list(teacher_ids), text  # the student reads the teacher's sample as sampled
         else:
             student_ids = encode_continuation(self.student_tokenizer, text)
+            # the teacher reads the text the student's tokens spell (a normalizer may have rewritten it)
+            student_text = decode_completion(self.student_tokenizer, student_ids).text
         _check_no_specials(self.student_tokenizer, student_ids, index=index, role="student")
-        # the teacher reads the text the student's tokens spell (a normalizer may have rewritten it)
-        student_text = decode_completion(self.student_tokenizer, student_ids).text
         if self.one_vocabulary:
             teacher_ids = student_ids
         elif teacher_ids is None or student_text != text:
