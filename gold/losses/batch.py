@@ -31,6 +31,7 @@ class PairTables:
         shared_bins: (NUM_BINS,) bool, the bins both sides produce (:func:`gold.losses.byte_marginal.shared_bins`).
         shifted: the column pairs of groups whose last tokens start at different bytes
             (:class:`alignment.ShiftedPairs`; None: such groups use the global map too).
+        teacher_tail: the tail column of sparse teacher rows (:mod:`gold.teacher.sparse`), None for a dense teacher.
     """
 
     student_matched: torch.Tensor
@@ -39,13 +40,16 @@ class PairTables:
     teacher_bins: torch.Tensor
     shared_bins: torch.Tensor
     shifted: ShiftedPairs | None = None
+    teacher_tail: int | None = None
 
     @classmethod
     def build(
         cls, student_tokenizer: Any, teacher_tokenizer: Any, *, student_rows: int, teacher_rows: int,
         student_stop: StopRule | None = None, teacher_stop: StopRule | None = None, vocab_match: str = "bytes",
+        teacher_tail: int | None = None,
     ) -> PairTables:  # fmt: skip
-        """Tables for a pair; ``*_rows`` are the models' embedding (logit) sizes.
+        """Tables for a pair; ``*_rows`` are the models' embedding (logit) sizes (with sparse teacher rows, the tail
+        column ``teacher_tail`` included: it partners no student id).
 
         The two end tokens (``*_stop.end_id``, default from the tokenizers) are a matched pair whatever
         their strings (``<|im_end|>`` ↔ ``<end_of_turn>``): both mean "the completion ends here". Every stop
@@ -63,7 +67,10 @@ class PairTables:
             free = (student_matched != student_stop.end_id) & (teacher_matched != teacher_stop.end_id)
             student_matched = np.append(student_matched[free], student_stop.end_id)
             teacher_matched = np.append(teacher_matched[free], teacher_stop.end_id)
-        keep = (student_matched < student_rows) & (teacher_matched < teacher_rows)
+        if teacher_tail is not None and teacher_tail != teacher_rows - 1:
+            raise ValueError(f"the teacher's tail column must be its last row ({teacher_rows - 1}), got {teacher_tail}")
+        last_teacher_id = teacher_rows if teacher_tail is None else teacher_tail
+        keep = (student_matched < student_rows) & (teacher_matched < last_teacher_id)
         student_bins = first_byte_table(token_bytes_table(student_tokenizer), num_rows=student_rows,
                                         end_ids=sorted(student_stop.stop_ids))  # fmt: skip
         teacher_bins = first_byte_table(token_bytes_table(teacher_tokenizer), num_rows=teacher_rows,
@@ -75,12 +82,13 @@ class PairTables:
             teacher_bins=teacher_bins,
             shared_bins=shared_bins(student_bins, teacher_bins),
             shifted=ShiftedPairs.of(vocab) if vocab_match == "bytes" else None,
+            teacher_tail=teacher_tail,
         )
 
     def to(self, device: torch.device | str) -> PairTables:
         return PairTables(*(t.to(device) for t in (self.student_matched, self.teacher_matched, self.student_bins,
                                                     self.teacher_bins, self.shared_bins)),
-                          shifted=self.shifted)  # fmt: skip
+                          shifted=self.shifted, teacher_tail=self.teacher_tail)  # fmt: skip
 
 
 @dataclass(frozen=True)

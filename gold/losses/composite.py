@@ -76,7 +76,7 @@ def _hybrid_rows(
     def run(rows: torch.Tensor | slice, student_ids: torch.Tensor, teacher_ids: torch.Tensor) -> HybridParts:
         return hybrid(student_rows[rows], teacher_rows[rows], student_matched=student_ids, teacher_matched=teacher_ids,
                       student_log_totals=student_totals[rows], teacher_log_totals=teacher_totals[rows],
-                      **options)  # type: ignore[arg-type]  # fmt: skip
+                      teacher_tail=batch.tables.teacher_tail, **options)  # type: ignore[arg-type]  # fmt: skip
 
     tables, shifts = batch.tables, batch.shifts
     if not config.shifted_matching or shifts is None:

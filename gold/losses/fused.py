@@ -140,13 +140,15 @@ def _tables(batch: AlignedBatch, student_rows: int, teacher_rows: int) -> tuple[
     student_matched = tables.student_matched.cpu().numpy().astype(np.int64)
     teacher_matched = tables.teacher_matched.cpu().numpy().astype(np.int64)
 
-    def unmatched(matched: np.ndarray, size: int) -> np.ndarray:
+    def unmatched(matched: np.ndarray, size: int, leave_out: int | None = None) -> np.ndarray:
         keep = np.ones(size, dtype=bool)
         keep[matched] = False
+        if leave_out is not None:
+            keep[leave_out] = False  # the teacher's tail: the hybrid's tail outcome, not a ULD column
         return np.flatnonzero(keep).astype(np.int64)
 
     return (student_matched, teacher_matched, unmatched(student_matched, student_rows),
-            unmatched(teacher_matched, teacher_rows))  # fmt: skip
+            unmatched(teacher_matched, teacher_rows, tables.teacher_tail))  # fmt: skip
 
 
 def _shift_sets(batch: AlignedBatch, config: LossConfig, num_groups: int) -> tuple[np.ndarray, ...]:
@@ -163,8 +165,8 @@ def _shift_sets(batch: AlignedBatch, config: LossConfig, num_groups: int) -> tup
     return shifts.group_set.cpu().numpy().astype(np.int64), offsets, student, teacher
 
 
-def _settings(config: LossConfig, denominator: float, want_grad: bool) -> np.ndarray:
-    """The group kernel's (9,) settings vector, entries at the indices :mod:`gold.losses.fused_kernels` names."""
+def _settings(config: LossConfig, denominator: float, want_grad: bool, tail: int | None) -> np.ndarray:
+    """The group kernel's (10,) settings vector, entries at the indices :mod:`gold.losses.fused_kernels` names."""
     entries = {
         kernels.BETA: config.beta,
         kernels.USE_HYBRID: config.hybrid_weight > 0,
@@ -175,6 +177,7 @@ def _settings(config: LossConfig, denominator: float, want_grad: bool) -> np.nda
         kernels.HYBRID_COEF: config.hybrid_weight / denominator,
         kernels.ULD_COEF: config.uld_weight / denominator,
         kernels.WANT_GRAD: want_grad,
+        kernels.TAIL: -1 if tail is None else tail,
     }
     settings = np.zeros(len(entries), dtype=np.float64)
     for index, value in entries.items():
@@ -203,8 +206,9 @@ def _run(
     offsets = np.zeros((num_groups, 2), dtype=np.float32)
     workers = max(1, min(numba.get_num_threads(), num_groups))
     shift_sets = _shift_sets(batch, config, num_groups)
+    settings = _settings(config, denominator, want_grad, batch.tables.teacher_tail)
     group_terms(student.flat, teacher.flat, rows, prefixes, inv, hybrid_tables, shift_sets, LEVEL_VALUES,
-                _settings(config, denominator, want_grad), values, grad, row_grad, offsets, workers)  # fmt: skip
+                settings, values, grad, row_grad, offsets, workers)  # fmt: skip
     if not want_grad:
         return values, None, denominator
     finalize_gradient(student.flat, grad, *_row_roles(student, row_grad), 1.0 / config.student_temperature)

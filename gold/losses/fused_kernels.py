@@ -30,6 +30,7 @@ from gold.losses.fused_rows import (
     probs_all,
     probs_of,
     scatter_add,
+    tail_gradient,
     teacher_matched_probs,
     uld_gradient_all,
     uld_gradient_cols,
@@ -40,7 +41,10 @@ from gold.losses.uld_quantized import LEVELS, compare_counts, count_levels
 # shifted groups, whose own column pairs replace the map)
 HYBRID, ULD, MASS, MATCHED, UNMATCHED, MASS_BEFORE = range(6)
 # entries of its settings vector (built by gold.losses.fused._settings)
-BETA, USE_HYBRID, USE_ULD, MASS_WEIGHTING, MATCHED_WEIGHT, UNMATCHED_WEIGHT, HYBRID_COEF, ULD_COEF, WANT_GRAD = range(9)
+# (TAIL: the teacher's tail column with sparse rows, -1 for a dense teacher)
+BETA, USE_HYBRID, USE_ULD, MASS_WEIGHTING, MATCHED_WEIGHT, UNMATCHED_WEIGHT, HYBRID_COEF, ULD_COEF, WANT_GRAD, TAIL = (
+    range(10)
+)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -83,12 +87,17 @@ def _hybrid(
         teacher_logprobs,
         teacher_probs_matched,
         grads,
+        saved,
     ) = scratch
     beta, c_hybrid, want = settings[BETA], settings[HYBRID_COEF], settings[WANT_GRAD] > 0
+    tail = int(settings[TAIL])
     student_off, teacher_off = offsets[g, 0], offsets[g, 1]
     mass = teacher_matched_probs(
         teacher_row, teacher_matched, inv[1], teacher_off, teacher_logprobs, teacher_probs_matched
     )
+    teacher_tail = float(teacher_row[tail] * inv[1] - teacher_off) if tail >= 0 else -np.inf
+    if tail >= 0:
+        mass = min(mass + math.exp(teacher_tail), 1.0)
     w_matched, w_unmatched = (
         (mass, 1.0 - mass)
         if settings[MASS_WEIGHTING] > 0
@@ -97,9 +106,23 @@ def _hybrid(
             settings[UNMATCHED_WEIGHT],
         )
     )
-    matched = matched_jsd(
-        student_row, student_matched, inv[0], student_off, teacher_logprobs, teacher_probs_matched, beta, grads
+    matched, student_tail = matched_jsd(
+        student_row,
+        student_matched,
+        inv[0],
+        student_off,
+        teacher_logprobs,
+        teacher_probs_matched,
+        beta,
+        grads,
+        tail >= 0,
+        saved,
     )
+    if tail >= 0:
+        tail_value, d_tail = jsd_scalar(student_tail, teacher_tail, beta)
+        matched += tail_value
+        if want and np.isfinite(student_tail):
+            tail_gradient(teacher_logprobs, saved, student_tail, d_tail, grads, student_matched.shape[0])
     if want:
         scatter_add(student_matched, grads, c_hybrid * w_matched, q)
     # "other": the unmatched columns plus the mass the chain-rule row leaves to other continuations
@@ -217,6 +240,7 @@ def group_terms(
             np.empty(matched, np.float32),
             np.empty(matched, np.float32),
             np.empty(max(matched, student_size), np.float32),
+            np.empty(matched, np.float32),
         )
         dummy = np.zeros(1, np.float32)
         masks = (np.zeros(student_size, np.bool_), np.zeros(teacher_size, np.bool_))
@@ -233,7 +257,7 @@ def group_terms(
             if settings[USE_ULD] > 0:
                 _uld(student_row, teacher_row, g, levels, offsets, inv, settings, scratch, values, q)
             if settings[USE_HYBRID] > 0:
-                tables = _group_tables(g, hybrid_tables, shift_sets, masks, buffers)
+                tables = _group_tables(g, hybrid_tables, shift_sets, masks, buffers, int(settings[TAIL]))
                 if group_set[g] >= 0:
                     values[MASS_BEFORE, g] = teacher_matched_probs(
                         teacher_row, hybrid_tables[1], inv[1], offsets[g, 1], scratch[7], scratch[8]
@@ -261,25 +285,29 @@ def group_terms(
 
 
 @njit(inline="always")
-def _group_tables(g: int, hybrid_tables: tuple, shift_sets: tuple, masks: tuple, buffers: tuple) -> tuple:
+def _group_tables(g: int, hybrid_tables: tuple, shift_sets: tuple, masks: tuple, buffers: tuple, tail: int) -> tuple:
     """The hybrid's (student matched, teacher matched, student unmatched, teacher unmatched) ids of group ``g``:
-    the global tables, or a shifted group's own pairs and their complements (built in ``buffers``)."""
+    the global tables, or a shifted group's own pairs and their complements (built in ``buffers``; the teacher's
+    tail column, when ``tail`` ≥ 0, is in neither)."""
     group_set, set_offsets, set_student, set_teacher = shift_sets
     k = group_set[g]
     if k < 0:
         return (hybrid_tables[0][0:], hybrid_tables[1][0:], hybrid_tables[2][0:], hybrid_tables[3][0:])
     start, end = set_offsets[k], set_offsets[k + 1]
     student_ids, teacher_ids = set_student[start:end], set_teacher[start:end]
-    student_rest = _complement(student_ids, masks[0], buffers[0])
-    teacher_rest = _complement(teacher_ids, masks[1], buffers[1])
+    student_rest = _complement(student_ids, masks[0], buffers[0], -1)
+    teacher_rest = _complement(teacher_ids, masks[1], buffers[1], tail)
     return (student_ids, teacher_ids, student_rest, teacher_rest)
 
 
 @njit(inline="always")
-def _complement(ids: np.ndarray, mask: np.ndarray, buffer: np.ndarray) -> np.ndarray:
-    """The ids of ``0 … len(mask) - 1`` not in ``ids``, written into ``buffer``; ``mask`` is left all False."""
+def _complement(ids: np.ndarray, mask: np.ndarray, buffer: np.ndarray, leave_out: int) -> np.ndarray:
+    """The ids of ``0 … len(mask) - 1`` not in ``ids`` (nor ``leave_out`` when ≥ 0), written into ``buffer``;
+    ``mask`` is left all False."""
     for i in ids:
         mask[i] = True
+    if leave_out >= 0:
+        mask[leave_out] = True
     count = 0
     for v in range(mask.shape[0]):
         if not mask[v]:
@@ -287,6 +315,8 @@ def _complement(ids: np.ndarray, mask: np.ndarray, buffer: np.ndarray) -> np.nda
             count += 1
     for i in ids:
         mask[i] = False
+    if leave_out >= 0:
+        mask[leave_out] = False
     return buffer[0:count]
 
 

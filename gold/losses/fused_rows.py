@@ -67,8 +67,9 @@ def teacher_matched_probs(
     teacher_probs_matched: np.ndarray,
 ) -> float:
     """Teacher log-probabilities and probabilities on the matched columns; returns their mass (≤ 1)."""
+    floor = np.float32(FLOOR)  # an unknown (-inf) entry of sparse rows: its terms vanish instead of giving NaN
     for m in range(teacher_matched.shape[0]):
-        teacher_logprobs[m] = teacher_row[teacher_matched[m]] * inv - off
+        teacher_logprobs[m] = max(teacher_row[teacher_matched[m]] * inv - off, floor)
     total = np.float32(0.0)
     for m in range(teacher_matched.shape[0]):
         e = fexp(teacher_logprobs[m])
@@ -87,8 +88,15 @@ def matched_jsd(
     teacher_probs_matched: np.ndarray,
     beta: float,
     grads: np.ndarray,
-) -> float:
-    """Generalized JSD over the matched columns; ∂JSD/∂s per matched pair into ``grads``.
+    tail: bool,
+    saved: np.ndarray,
+) -> tuple[float, float]:
+    """Generalized JSD over the matched columns; ∂JSD/∂s per matched pair into ``grads``; returns it and the log-mass
+    of the student's side of the tail outcome (``-inf`` without ``tail``).
+
+    With ``tail`` (sparse teacher rows), a pair whose teacher entry is unknown (at the floor) leaves the sum: the
+    student's log-probability moves to ``saved`` and its mass to the tail outcome, which :func:`tail_gradient`
+    finishes.
 
     β = 0 is KL(T‖S) and β = 1 KL(S‖T), exactly (:func:`gold.losses.divergences.generalized_jsd`).
     Where both probabilities are below float32's normal range the mixture's log is taken at that
@@ -97,6 +105,7 @@ def matched_jsd(
     b, one_minus_b = np.float32(beta), np.float32(1.0 - beta)
     for m in range(student_matched.shape[0]):
         grads[m] = student_row[student_matched[m]] * inv - off  # the student's log-probabilities, overwritten below
+    student_tail = _split_unknown(teacher_logprobs, grads, saved, student_matched.shape[0]) if tail else -np.inf
     total = np.float32(0.0)
     if beta == 0.0:
         for m in range(student_matched.shape[0]):
@@ -115,7 +124,37 @@ def matched_jsd(
             mix = flog(max(b * teacher_probs_matched[m] + one_minus_b * es, TINY))
             total += b * teacher_probs_matched[m] * (teacher_logprobs[m] - mix) + one_minus_b * es * (s - mix)
             grads[m] = one_minus_b * es * (s - mix)
-    return float(total)
+    return float(total), student_tail
+
+
+@njit(inline="always")
+def _split_unknown(teacher_logprobs: np.ndarray, student_logprobs: np.ndarray, saved: np.ndarray, count: int) -> float:
+    """For pairs whose teacher entry is unknown: the student's log-probability into ``saved``, the floor in its place;
+    returns the log of their total student mass (``-inf`` when there is none)."""
+    floor = np.float32(FLOOR)
+    top = -np.inf
+    for m in range(count):
+        if teacher_logprobs[m] <= floor:
+            top = max(top, float(student_logprobs[m]))
+    if top == -np.inf:
+        return -np.inf
+    total = 0.0
+    for m in range(count):
+        if teacher_logprobs[m] <= floor:
+            saved[m] = student_logprobs[m]
+            total += math.exp(float(student_logprobs[m]) - top)
+            student_logprobs[m] = floor
+    return top + math.log(total)
+
+
+@njit(inline="always")
+def tail_gradient(teacher_logprobs: np.ndarray, saved: np.ndarray, student_tail: float, d_tail: float,
+                  grads: np.ndarray, count: int) -> None:  # fmt: skip
+    """``grads[m] = d_tail · exp(s_m - student_tail)`` for the pairs :func:`_split_unknown` moved into the tail."""
+    floor = np.float32(FLOOR)
+    for m in range(count):
+        if teacher_logprobs[m] <= floor:
+            grads[m] = d_tail * math.exp(float(saved[m]) - student_tail)
 
 
 @njit(inline="always", fastmath=FASTMATH)

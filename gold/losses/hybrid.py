@@ -14,12 +14,13 @@ mass ``m`` and the unmatched part by ``1 - m`` (per row, not a per-pair constant
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from gold.losses.divergences import generalized_jsd, generalized_jsd_of_finite
+from gold.losses.divergences import FLOOR, generalized_jsd, generalized_jsd_of_finite
 from gold.losses.merge import log1mexp
 from gold.losses.uld import uld
 
@@ -82,6 +83,7 @@ def hybrid(
     distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = uld,
     student_log_totals: torch.Tensor | None = None,
     teacher_log_totals: torch.Tensor | None = None,
+    teacher_tail: int | None = None,
 ) -> HybridParts:
     """The GOLD hybrid loss per row.
 
@@ -96,19 +98,28 @@ def hybrid(
         student_log_totals / teacher_log_totals: (R,) log of each row's total mass when known exactly
             (a chain-rule row's group prefix, :attr:`GroupIndex.prefix`; 0 for one-token groups); by
             default summed from the row.
+        teacher_tail: the teacher's tail column when its rows are sparse (:mod:`gold.teacher.sparse`): the JSD gets
+            one more outcome, the teacher's tail against the student's mass on matched columns whose teacher partner
+            is unknown (``-inf``) in that row; the ULD leaves the tail out; the matched weight counts it.
     """
     if student_matched.shape != teacher_matched.shape:
         raise ValueError(f"matched id lists differ in length: {student_matched.shape} vs {teacher_matched.shape}")
     student_part = student_logprobs.index_select(-1, student_matched)  # (R, M)
     teacher_part = teacher_logprobs.index_select(-1, teacher_matched)  # (R, M)
     student_rest = _unmatched_columns(student_logprobs, student_matched)
-    teacher_rest = _unmatched_columns(teacher_logprobs, teacher_matched)
+    teacher_rest = _unmatched_columns(teacher_logprobs, _with_tail(teacher_matched, teacher_tail))
     _, student_other = _other(student_part, student_rest, student_log_totals)
     teacher_total, teacher_other = _other(teacher_part, teacher_rest, teacher_log_totals)
     # the divergence over (M matched outcomes + "other") is a sum over columns: no concatenated copy
-    matched = generalized_jsd_of_finite(student_part, teacher_part, beta=beta) + generalized_jsd(
-        student_other, teacher_other, beta=beta
-    )
+    if teacher_tail is None:
+        matched = generalized_jsd_of_finite(student_part, teacher_part, beta=beta)
+    else:
+        student_part, student_tail = _tail_split(student_part, teacher_part)
+        teacher_tail_logprobs = teacher_logprobs[:, teacher_tail]
+        matched = generalized_jsd(student_part, teacher_part, beta=beta)
+        matched = matched + generalized_jsd(student_tail[:, None], teacher_tail_logprobs[:, None], beta=beta)
+        teacher_total = _log_add(teacher_total, teacher_tail_logprobs)
+    matched = matched + generalized_jsd(student_other, teacher_other, beta=beta)
     unmatched = distance(student_rest, teacher_rest)
     teacher_mass = teacher_total.exp().detach()
     if weights == "mass":
@@ -129,3 +140,50 @@ def _unmatched_columns(logprobs: torch.Tensor, matched: torch.Tensor) -> torch.T
     keep[matched] = False
     # index_select with explicit ids: a cheaper forward and backward than boolean-mask indexing
     return logprobs.index_select(-1, keep.nonzero(as_tuple=True)[0])
+
+
+def _with_tail(teacher_matched: torch.Tensor, teacher_tail: int | None) -> torch.Tensor:
+    """The teacher columns the ULD part leaves out: the matched ones, and the tail when there is one."""
+    if teacher_tail is None:
+        return teacher_matched
+    return torch.cat([teacher_matched, teacher_matched.new_tensor([teacher_tail])])
+
+
+def _tail_split(student_part: torch.Tensor, teacher_part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's matched log-probabilities with the columns whose teacher partner is unknown (``-inf``) moved out,
+    and (R,) their log-mass: the student's side of the tail outcome."""
+    unknown = torch.isneginf(teacher_part)
+    # FLOOR, not -inf: a row with no unknown partner gets a tail of ~0 probability and a finite (zero) gradient
+    student_tail = torch.logsumexp(student_part.masked_fill(~unknown, FLOOR), dim=-1)
+    return student_part.masked_fill(unknown, float("-inf")), student_tail
+
+
+def sparse_error_bound(teacher_tail_mass: torch.Tensor, student_tail_mass: torch.Tensor, *, beta: float,
+                       weights: str | tuple[float, float] = "mass") -> torch.Tensor:  # fmt: skip
+    """(R,) a bound on |hybrid from sparse teacher rows - hybrid from the dense rows| per row, for β in (0, 1).
+
+    ``teacher_tail_mass`` τ: the row's tail probability (what the teacher's known entries leave); ``student_tail_mass``
+    σ: the student's probability on matched columns whose teacher partner is unknown. The sparse loss differs from the
+    dense one in three ways, each bounded (g(p, q) = β p ln(p/m) + (1-β) q ln(q/m) is one outcome's JSD term,
+    convex and 1-homogeneous, with ∂g/∂p = β ln(p/m) ≤ β ln(1/β) and ∂g/∂q ≤ (1-β) ln(1/(1-β))):
+
+    1. the unknown matched columns are merged into one outcome (sub-additivity of g): the JSD drops by at most
+       ``β τ ln(1/β) + (1-β) σ ln(1/(1-β))``;
+    2. the teacher's unknown *unmatched* mass ν ≤ τ sits in the tail instead of "other": moving mass ν between two
+       outcomes changes the JSD by at most ``2 β ν (1 + ln(1/β) + ln(1/ν))``, increasing in ν, so evaluated at τ;
+    3. the ULD part misses ν (sorted L1 is 1-Lipschitz) and the matched weight counts it: |ΔULD| ≤ τ, |Δm| ≤ τ.
+
+    With mass weights the row loss m·J + (1-m)·U then moves by at most ``max(ΔJ, τ) + 2τ`` (|J - U| ≤ 2); with fixed
+    weights by ``w_m·ΔJ + w_u·τ``. At β = 0 or 1 (a plain KL) no such bound exists: a KL grows without limit as the
+    compared mass goes to zero.
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"the sparse-row error bound holds for beta in (0, 1), got {beta}")
+    tau, sigma = teacher_tail_mass.clamp(0.0, 1.0), student_tail_mass.clamp(0.0, 1.0)
+    log_inv_tau = torch.where(tau > 0, -torch.log(tau.clamp(min=1e-45)), torch.zeros_like(tau))
+    merge = beta * tau * math.log(1 / beta) + (1 - beta) * sigma * math.log(1 / (1 - beta))
+    move = 2 * beta * tau * (1 + math.log(1 / beta) + log_inv_tau)
+    jsd_error = merge + move
+    if weights == "mass":
+        return torch.maximum(jsd_error, tau) + 2 * tau
+    return float(weights[0]) * jsd_error + float(weights[1]) * tau

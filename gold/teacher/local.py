@@ -1,8 +1,8 @@
 """The teacher: log-probabilities over its own vocabulary for the loss view of a batch.
 
-:class:`Teacher` is the interface a served teacher (vLLM / OpenAI-compatible prompt logprobs) can
-implement later; :class:`LocalTeacher` wraps a local ``transformers`` model: frozen, in eval mode,
-optionally on its own device and dtype.
+:class:`Teacher` is what the trainer needs; :class:`LocalTeacher` wraps a local ``transformers`` model: frozen, in
+eval mode, optionally on its own device and dtype. A served teacher (:mod:`gold.teacher.served`) and a teacher cache
+(:mod:`gold.teacher.cache`) implement it with sparse rows (:mod:`gold.teacher.sparse`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,15 @@ class Teacher(Protocol):
         """The teacher's stop ids and end token (:mod:`gold.stops`)."""
         ...
 
+    @property
+    def tail_column(self) -> int | None:
+        """The column of the tail bucket when :meth:`logits` returns sparse rows (:mod:`gold.teacher.sparse`);
+        None for dense logits."""
+        ...
+
     def logits(self, inputs: SideInputs) -> torch.Tensor:
-        """(B, Lt, Vt) logits of the loss-view columns (``inputs.logits_to_keep`` last columns)."""
+        """(B, Lt, Vt) logits of the loss-view columns (``inputs.logits_to_keep`` last columns), or the log-probability
+        rows of :func:`gold.teacher.sparse.dense_rows` (Vt = vocabulary + 1) when :attr:`tail_column` is set."""
         ...
 
     def generator(self, config: RolloutConfig) -> Generator:
@@ -71,6 +78,10 @@ class LocalTeacher:
     @property
     def stop(self) -> StopRule:
         return self._stop
+
+    @property
+    def tail_column(self) -> int | None:
+        return None
 
     @property
     def device(self) -> torch.device:
