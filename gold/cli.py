@@ -38,8 +38,11 @@ from gold.demo import DemoSettings
 from gold.demo import run_demo as demo_main
 from gold.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
 from gold.rewards import RewardError
+from gold.rollout.vllm_server import ServerError
 from gold.run import DEFAULT_OUTPUT_DIR, build_trainer, check_model_folder
 from gold.run_guard import clear_run, prepare_output_dir, record_run, resolve_resume
+from gold.teacher.cache import CacheError
+from gold.teacher.cli import add_teacher_cache, run_teacher_cache
 from gold.trainer_guard import CheckpointError, NonFiniteError, PeerFailure, last_checkpoint
 from gold.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer, tokenizer_names
 
@@ -90,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_eval(commands)
     _add_vllm_serve(commands)
+    add_teacher_cache(commands)
     return parser
 
 
@@ -233,7 +237,7 @@ def _train(trainer: Any, resume: str | None, output_dir: Path) -> None:
         trainer.save_model()
     except (NonFiniteError, CheckpointError, PeerFailure) as err:
         raise CommandError(f"gold train: {err}") from None
-    except (DataError, RewardError, CompletionBytesError) as err:  # a row or a reward met during training
+    except (DataError, RewardError, CompletionBytesError, ServerError, CacheError) as err:  # met during training
         last = last_checkpoint(output_dir)
         where = f"; the last whole checkpoint is {last}" if last else ""
         raise CommandError(f"gold train: at step {trainer.state.global_step + 1}: {err}{where}") from None
@@ -355,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gold`` console script."""
     args = _parser().parse_args(argv)
     handlers = {"align": run_align, "demo": run_demo, "train": run_train, "eval": run_eval,
-                "vllm-serve": run_vllm_serve}  # fmt: skip
+                "vllm-serve": run_vllm_serve, "teacher-cache": run_teacher_cache}  # fmt: skip
     try:
         return handlers[args.command](args)
     except CommandError as err:

@@ -46,6 +46,8 @@ def completion_views(batch: TrainBatch, student_logits: torch.Tensor, teacher_lo
                      max_groups: int = 16) -> list[CompletionView]:  # fmt: skip
     """The first ``rows`` rows of ``batch``; logits are the loss view's (column c − 1 predicts ``*_ids[:, c]``)."""
     aligned, views = batch.aligned, []
+    if aligned.tables.teacher_tail is not None:  # sparse teacher rows: the tail bucket is no token
+        teacher_logits = teacher_logits[..., : aligned.tables.teacher_tail]
     for b in range(min(rows, len(batch.completions))):
         student_groups, teacher_groups = aligned.student_groups[b].cpu(), aligned.teacher_groups[b].cpu()
         count = min(int(student_groups.max()) + 1, max_groups)

@@ -23,10 +23,11 @@ from typing import Any
 import yaml
 
 from gold.config import AlignmentConfig, DataConfig, GoldConfig, LossConfig, ModelConfig, RolloutConfig
+from gold.teacher.config import TeacherConfig
 
 SECTIONS: dict[str, type] = {
     "student": ModelConfig,
-    "teacher": ModelConfig,
+    "teacher": TeacherConfig,
     "data": DataConfig,
     "loss": LossConfig,
     "rollout": RolloutConfig,

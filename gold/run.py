@@ -12,7 +12,8 @@ from gold.config import GoldConfig
 from gold.data_files import ExampleStream, Rows, check_prompt_lengths, examples_from_rows, read_rows, stream_examples
 from gold.models import DTYPES, build_model, build_tokenizer, check_model_folder
 from gold.recipe import RecipeError
-from gold.teacher import SELF_TEACHERS, LocalTeacher, self_teacher
+from gold.teacher import SELF_TEACHERS, self_teacher
+from gold.teacher.build import build_teacher
 from gold.trainer import GoldTrainer
 
 DEFAULT_OUTPUT_DIR = "out/gold"
@@ -59,15 +60,16 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
         if args.eval_steps is None:
             raise RecipeError("data.eval_path is set: give training.eval_steps (how often to score the held-out set)")
     for spec in (config.student, config.teacher):
-        if Path(spec.model).is_dir():
+        if spec.model and Path(spec.model).is_dir():
             check_model_folder(Path(spec.model))
     student = build_model(config.student, student_tokenizer, seed=args.seed)
     if self_kind:  # self-distillation: the student's start (frozen copy) or the student itself
         teacher = self_teacher(self_kind, student, student_tokenizer, device=config.teacher.device or args.device,
                                dtype=DTYPES.get(config.teacher.dtype))  # fmt: skip
     else:
-        teacher_model = build_model(config.teacher, teacher_tokenizer, seed=args.seed + 1)
-        teacher = LocalTeacher(teacher_model, teacher_tokenizer, device=config.teacher.device or args.device)
+        teacher = build_teacher(
+            config.teacher, teacher_tokenizer, device=config.teacher.device or args.device, seed=args.seed + 1
+        )  # a served or cached teacher, or a local model
     return trainer_cls(student, teacher, args=args, train_dataset=examples, student_tokenizer=student_tokenizer,
                        teacher_tokenizer=teacher_tokenizer, loss=config.loss, rollout=config.rollout,
                        alignment=config.alignment, held_out=held_out,

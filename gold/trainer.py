@@ -120,7 +120,8 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         self.student_stop = model_stop_rule(model, student_tokenizer)
         tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher.num_rows,
                                   student_rows=logit_rows(model), student_stop=self.student_stop,
-                                  teacher_stop=teacher.stop, vocab_match=self.loss_config.vocab_match)  # fmt: skip
+                                  teacher_stop=teacher.stop, vocab_match=self.loss_config.vocab_match,
+                                  teacher_tail=getattr(teacher, "tail_column", None))  # fmt: skip
         self.collator = Collator(student_tokenizer, teacher.tokenizer, tables,
                                  max_completion_length=self.rollout_config.max_completion_length,
                                  max_prompt_length=self.rollout_config.max_prompt_length,

@@ -109,8 +109,9 @@ def _sample_of(choice: dict[str, Any]) -> EngineSample:
     return EngineSample(ids, logprobs, stop if isinstance(stop, int) else None)
 
 
-def wait_for_server(url: str, timeout: float) -> None:
-    """Polls ``url/health`` until it answers 200, or raises naming the URL and how to start a server."""
+def wait_for_server(url: str, timeout: float, hint: str | None = None) -> None:
+    """Polls ``url/health`` until it answers 200, or raises naming the URL and how to start a server (``hint``:
+    instead of the student sampler's)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -121,10 +122,9 @@ def wait_for_server(url: str, timeout: float) -> None:
         except (urllib.error.URLError, OSError) as err:
             last = err
         time.sleep(1.0)
-    raise ServerError(
-        f"no vLLM server answered at {url}/health within {timeout:.0f} s ({last}); start one with "
-        "`gold vllm-serve MODEL_DIR --port PORT` and set rollout.vllm_server_base_url (or host and port)"
-    )
+    hint = hint or ("start one with `gold vllm-serve MODEL_DIR --port PORT` and set rollout.vllm_server_base_url "
+                    "(or host and port)")  # fmt: skip
+    raise ServerError(f"no vLLM server answered at {url}/health within {timeout:.0f} s ({last}); {hint}")
 
 
 def serve_command(model: str, *, host: str = "0.0.0.0", port: int = 8001, dtype: str = "auto",

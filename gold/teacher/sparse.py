@@ -64,3 +64,24 @@ def dense_rows(rows: SparseRows, vocab_rows: int) -> torch.Tensor:
 def tail_mass(dense: torch.Tensor) -> torch.Tensor:
     """(B, L) the tail bucket's probability of each column of :func:`dense_rows`' output."""
     return dense[..., -1].exp()
+
+
+def top_k_rows(logprobs: torch.Tensor, k: int, actual: torch.Tensor | None = None) -> SparseRows:
+    """What a server asked for ``prompt_logprobs=k`` answers, from (B, L, V) log-probabilities: each column's top-k
+    and, when ``actual`` (B, L) is given, the actual next token's once more if it is not among them (k = -1: all V)."""
+    k = logprobs.shape[-1] if k == -1 or k >= logprobs.shape[-1] else k
+    top = logprobs.float().topk(k, dim=-1)
+    ids, values = top.indices, top.values
+    if actual is not None and k < logprobs.shape[-1]:
+        actual = actual.long().clamp(0, logprobs.shape[-1] - 1)[..., None]
+        seen = (ids == actual).any(-1, keepdim=True)
+        extra = torch.where(seen, torch.full_like(actual, -1), actual)
+        extra_value = logprobs.float().gather(-1, actual).masked_fill(seen, float("-inf"))
+        ids, values = torch.cat([ids, extra], -1), torch.cat([values, extra_value], -1)
+    return SparseRows(ids, values)
+
+
+def next_token_ids(input_ids: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) the token each loss-view column predicts (the last column predicts past the end: id 0)."""
+    following = input_ids[:, -width + 1 :] if width > 1 else input_ids[:, :0]
+    return torch.cat([following, torch.zeros_like(input_ids[:, :1])], dim=1)

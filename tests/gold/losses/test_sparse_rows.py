@@ -14,23 +14,14 @@ from gold.losses import AlignedBatch, cross_tokenizer_loss
 from gold.losses.byte_marginal import NO_BYTE
 from gold.losses.hybrid import hybrid, sparse_error_bound
 from gold.losses.uld import uld
-from gold.teacher import SparseRows, dense_rows
+from gold.teacher import SparseRows, dense_rows, top_k_rows
 from tests.gold.losses.test_fused import STUDENT_VOCAB, TEACHER_VOCAB, random_batch
 from tests.reference import reference_sparse_hybrid
 
 
-def top_k_rows(logits: torch.Tensor, k: int, actual: torch.Tensor | None = None) -> SparseRows:
-    """What a server with ``prompt_logprobs=k`` answers: each column's top-k log-probabilities and, when ``actual``
-    (B, L) is given, the actual next token's, once."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    top = logprobs.topk(k, dim=-1)
-    ids, values = top.indices, top.values
-    if actual is not None:
-        seen = (ids == actual[..., None]).any(-1, keepdim=True)
-        extra = torch.where(seen, torch.full_like(actual[..., None], -1), actual[..., None])
-        extra_value = logprobs.gather(-1, actual[..., None]).masked_fill(seen, float("-inf"))
-        ids, values = torch.cat([ids, extra], -1), torch.cat([values, extra_value], -1)
-    return SparseRows(ids, values)
+def top_k_of_logits(logits: torch.Tensor, k: int, actual: torch.Tensor | None = None) -> SparseRows:
+    """What a server with ``prompt_logprobs=k`` answers for these logits."""
+    return top_k_rows(torch.log_softmax(logits.float(), -1), k, actual)
 
 
 def sparse_batch(batch: AlignedBatch) -> AlignedBatch:
@@ -80,10 +71,10 @@ CONFIGS = {
 
 def test_dense_rows_of_every_column_are_the_log_softmax_with_an_empty_tail() -> None:
     logits = torch.randn(2, 3, TEACHER_VOCAB)
-    dense = dense_rows(top_k_rows(logits, TEACHER_VOCAB), TEACHER_VOCAB)
+    dense = dense_rows(top_k_of_logits(logits, TEACHER_VOCAB), TEACHER_VOCAB)
     torch.testing.assert_close(dense[..., :-1], torch.log_softmax(logits, -1))
     assert torch.isneginf(dense[..., -1]).all()
-    small = dense_rows(top_k_rows(logits, 3), TEACHER_VOCAB)
+    small = dense_rows(top_k_of_logits(logits, 3), TEACHER_VOCAB)
     assert (torch.isfinite(small[..., :-1]).sum(-1) == 3).all()
     torch.testing.assert_close(torch.logsumexp(small, -1), torch.zeros(2, 3), atol=1e-6, rtol=0)
 
@@ -103,7 +94,7 @@ def test_every_column_known_equals_the_dense_teacher(name: str, implementation: 
     batch = random_batch(0)
     student, teacher = logits_pair(batch, 1)
     dense_loss, dense_metrics, dense_grad = loss_and_grad(student, teacher, batch, implementation, **CONFIGS[name])
-    sparse = dense_rows(top_k_rows(teacher, TEACHER_VOCAB), TEACHER_VOCAB)
+    sparse = dense_rows(top_k_of_logits(teacher, TEACHER_VOCAB), TEACHER_VOCAB)
     loss, metrics, grad = loss_and_grad(student, sparse, sparse_batch(batch), implementation, **CONFIGS[name])
     torch.testing.assert_close(loss, dense_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, dense_grad, rtol=1e-4, atol=1e-6)
@@ -117,7 +108,7 @@ def test_every_column_known_equals_the_dense_teacher(name: str, implementation: 
 def test_fused_path_equals_torch_path_on_sparse_rows(name: str, k: int) -> None:
     batch = random_batch(2)
     student, teacher = logits_pair(batch, 3)
-    sparse = dense_rows(top_k_rows(teacher, k, next_ids(batch)), TEACHER_VOCAB)
+    sparse = dense_rows(top_k_of_logits(teacher, k, next_ids(batch)), TEACHER_VOCAB)
     fused_loss, fused_metrics, fused_grad = loss_and_grad(
         student, sparse, sparse_batch(batch), "fused", **CONFIGS[name]
     )
@@ -144,7 +135,7 @@ MATCHED = ([0, 3, 4, 7, 9, 12, 20, 21, 30], [1, 2, 5, 6, 8, 11, 15, 16, 28])
 def sparse_of(rows: torch.Tensor, k: int) -> torch.Tensor:
     """Chain-rule rows reduced to their top-k columns (prefix kept) with the rest of the row's mass as the tail."""
     prefix = torch.logsumexp(rows, -1, keepdim=True)
-    dense = dense_rows(top_k_rows((rows - prefix)[:, None], k), rows.shape[-1])[:, 0]
+    dense = dense_rows(top_k_of_logits((rows - prefix)[:, None], k), rows.shape[-1])[:, 0]
     return dense + prefix
 
 

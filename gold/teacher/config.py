@@ -1,0 +1,57 @@
+"""The recipe's ``teacher`` section: a model (as ``student``), or a served teacher, or a teacher cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gold.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class TeacherConfig(ModelConfig):
+    """A teacher: ``model`` loaded locally, or rows from ``server_url`` (a vLLM server) or ``cache`` (a folder from
+    ``gold teacher-cache build``). With a server or a cache, ``model`` may be left out (then give ``tokenizer``);
+    when given, it is the teacher asked on a cache miss and the identity the cache must have been built for."""
+
+    # a vLLM server (OpenAI-compatible, `gold vllm-serve TEACHER` or `vllm serve --max-logprobs K`) that serves the
+    # teacher: rows come from its prompt_logprobs (gold.teacher.served)
+    server_url: str | None = None
+    # K: log-probabilities per position from the server or the cache build (plus the actual token's); -1: every id
+    top_k: int = 20
+    # seconds to wait for the server, and for each answer
+    timeout: float = 120.0
+    # requests in flight at once (per process)
+    max_concurrency: int = 8
+    # further attempts after a connection error or a 5xx / 429 answer
+    retries: int = 3
+    # a teacher cache folder (gold.teacher.cache): rows are read from it instead of running the teacher
+    cache: str | None = None
+    # on a cache miss: "teacher" (ask the model or server above) or "error"
+    cache_miss: str = "teacher"
+
+    def __post_init__(self) -> None:
+        if not self.model and (self.server_url or self.cache):
+            if not self.tokenizer:
+                raise ValueError("a served or cached teacher without teacher.model needs teacher.tokenizer (a zoo "
+                                 "name or the teacher's folder)")  # fmt: skip
+            if self.chat_template is not None and not self.chat_template:
+                raise ValueError(
+                    "TeacherConfig.chat_template is empty; give a built-in name or a Jinja file, or omit it"
+                )
+            self._check_served()
+            return
+        super().__post_init__()
+        self._check_served()
+
+    def _check_served(self) -> None:
+        if self.top_k == 0 or self.top_k < -1 or isinstance(self.top_k, bool):
+            raise ValueError(f"TeacherConfig.top_k must be -1 (every id) or at least 1, got {self.top_k!r}")
+        if self.timeout <= 0 or self.max_concurrency < 1 or self.retries < 0:
+            raise ValueError(f"TeacherConfig needs timeout > 0, max_concurrency ≥ 1 and retries ≥ 0, got "
+                             f"{self.timeout}, {self.max_concurrency}, {self.retries}")  # fmt: skip
+        if self.cache_miss not in ("teacher", "error"):
+            raise ValueError(f"TeacherConfig.cache_miss must be 'teacher' or 'error', got {self.cache_miss!r}")
+        if self.server_url is not None and not self.server_url.startswith(("http://", "https://")):
+            raise ValueError(f"TeacherConfig.server_url must start with http:// or https://, got {self.server_url!r}")
+        if self.model in ("self", "self-dynamic") and (self.server_url or self.cache):
+            raise ValueError(f"teacher.model {self.model!r} is the student itself: it cannot be served or cached")

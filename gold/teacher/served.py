@@ -1,0 +1,195 @@
+"""A teacher behind an OpenAI-compatible vLLM server: sparse rows from ``prompt_logprobs`` across tokenizers.
+
+The trainer tokenizes the completion bytes with the teacher's tokenizer exactly as for a local teacher and sends the
+teacher's token ids (prompt + completion) to ``{url}/v1/completions`` with ``max_tokens: 1`` and
+``prompt_logprobs: K``. vLLM answers, for each position, the top-K next-token log-probabilities and always the actual
+next token's; :class:`ServedTeacher` writes them as sparse rows with a tail bucket (:mod:`gold.teacher.sparse`).
+TRL's and ms-swift's server teachers gather the student's log-probs at the teacher's ids, so they need one tokenizer;
+here the rows stay in the teacher's vocabulary and the loss aligns them.
+
+Temperature: vLLM returns raw log-probabilities for prompt positions (``gold vllm-serve`` runs with
+``--logprobs-mode raw_logprobs``; checked: the answer at temperature 2 equals the one at 1), so the client always
+asks at temperature 1 and the loss applies ``loss.teacher_temperature`` as it does to a local teacher's logits.
+
+Any server works that was started with ``--max-logprobs`` ≥ K (``gold vllm-serve`` sets -1: no cap). Requests go one
+per sequence, ``max_concurrency`` at a time; connection errors and 5xx/429 answers are retried with backoff, other
+refusals raise :class:`ServerError` naming the URL and the server's answer. Under ``accelerate launch`` every
+process asks for its own micro-batch (benchmarks/RESULTS.md compares this with one process asking for all).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from gold.config import RolloutConfig
+from gold.data import SideInputs
+from gold.rollout import Generator
+from gold.rollout.vllm_server import ServerError, wait_for_server
+from gold.stops import StopRule, stop_rule
+from gold.teacher.sparse import SparseRows, dense_rows
+
+RETRY_CODES = (429, 500, 502, 503, 504)
+HINTS = {
+    "max_logprobs": "start the server with --max-logprobs ≥ teacher.top_k (gold vllm-serve sets -1: no cap) or lower "
+    "teacher.top_k",
+    "does not exist": "the server serves another model: check teacher.server_url",
+    "maximum context length": "prompt + completion exceed the server's --max-model-len: raise it or shorten "
+    "rollout.max_prompt_length / max_completion_length",
+}
+
+
+class ServedTeacher:
+    """Teacher rows from a vLLM server.
+
+    Args:
+        url: the server's base URL (``http://host:port``).
+        tokenizer: the teacher's fast tokenizer (the server's model must use the same ids).
+        top_k: K, the log-probabilities asked per position (plus the actual token's); -1: every id (exact, K = V).
+        timeout: seconds to wait for the server to come up and for each answer.
+        max_concurrency: requests in flight at once.
+        retries: further attempts after a connection error or a 5xx / 429 answer (backoff 0.5 s, doubling).
+        vocab_rows: V, the teacher's logit rows (default: the tokenizer's length); ids at or above it stay in the tail.
+        stop: the teacher's stop rule (default: from the tokenizer).
+    """
+
+    def __init__(self, url: str, tokenizer: Any, *, top_k: int = 20, timeout: float = 60.0, max_concurrency: int = 8,
+                 retries: int = 3, vocab_rows: int | None = None, stop: StopRule | None = None) -> None:  # fmt: skip
+        if top_k == 0 or top_k < -1:
+            raise ValueError(f"teacher.top_k must be -1 (every id) or at least 1, got {top_k}")
+        if max_concurrency < 1 or retries < 0 or timeout <= 0:
+            raise ValueError(f"need max_concurrency ≥ 1, retries ≥ 0 and timeout > 0; got {max_concurrency}, "
+                             f"{retries}, {timeout}")  # fmt: skip
+        self.url = url.rstrip("/")
+        self.tokenizer = tokenizer
+        self.top_k, self.timeout, self.retries = top_k, timeout, retries
+        self.max_concurrency = max_concurrency
+        self.vocab_rows = int(vocab_rows or len(tokenizer))
+        self._stop = stop or stop_rule(tokenizer)
+        wait_for_server(self.url, timeout, hint="start the teacher's server with `gold vllm-serve TEACHER_DIR --port "
+                        "PORT` (or any `vllm serve` with --max-logprobs ≥ K) and set teacher.server_url")  # fmt: skip
+        self.model = self._post("/v1/models", None)["data"][0]["id"]
+        self.requests, self.request_seconds = 0, 0.0
+
+    @property
+    def num_rows(self) -> int:
+        return self.vocab_rows + 1
+
+    @property
+    def tail_column(self) -> int:
+        return self.vocab_rows
+
+    @property
+    def stop(self) -> StopRule:
+        return self._stop
+
+    @property
+    def identity(self) -> str:
+        """What a teacher cache records as this teacher: the served model and its vocabulary size."""
+        return f"served:{self.model}|rows={self.vocab_rows}"
+
+    def logits(self, inputs: SideInputs) -> torch.Tensor:
+        """(B, L, V + 1) sparse rows of the loss view (:func:`gold.teacher.sparse.dense_rows`)."""
+        return dense_rows(self.rows(inputs), self.vocab_rows).to(inputs.input_ids.device)
+
+    def rows(self, inputs: SideInputs) -> SparseRows:
+        """The known entries of the loss-view columns of every row of ``inputs``."""
+        sequences, starts = real_sequences(inputs)
+        return self.sequence_rows(sequences, starts, inputs.logits_to_keep)
+
+    def sequence_rows(self, sequences: Sequence[Sequence[int]], starts: Sequence[int], width: int) -> SparseRows:
+        """Rows for token sequences: column c of sequence i is the position predicting token ``starts[i] + c``."""
+        began = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(1, len(sequences)))) as pool:
+            answers = list(pool.map(self._ask, sequences))
+        self.requests += len(sequences)
+        self.request_seconds += time.perf_counter() - began
+        columns = [position_entries(a, seq, start, width, self.url) for a, seq, start in zip(answers, sequences, starts,
+                                                                                            strict=True)]  # fmt: skip
+        return pack(columns, width)
+
+    def generator(self, config: RolloutConfig) -> Generator:
+        raise ValueError(
+            f"rollout.seq_kd samples from the teacher, and the teacher at {self.url} is served for its log-probs only; "
+            "sample teacher completions once into a teacher cache (gold teacher-cache build --seq-kd-samples N) or "
+            "use a local teacher"
+        )
+
+    def _ask(self, sequence: Sequence[int]) -> dict[str, Any]:
+        body = {"model": self.model, "prompt": [int(i) for i in sequence], "max_tokens": 1, "temperature": 1.0,
+                "prompt_logprobs": self.top_k}  # fmt: skip
+        return self._post("/v1/completions", body)
+
+    def _post(self, path: str, body: dict[str, Any] | None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method="GET" if body is None else "POST",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read().decode())
+            except urllib.error.HTTPError as err:
+                detail = err.read().decode(errors="replace")[:500]
+                if err.code not in RETRY_CODES or attempt == self.retries:
+                    hint = next((h for key, h in HINTS.items() if key in detail), "")
+                    raise ServerError(f"teacher server {self.url}{path} answered {err.code}: {detail}"
+                                      + (f" ({hint})" if hint else "")) from None  # fmt: skip
+            except (urllib.error.URLError, OSError) as err:
+                if attempt == self.retries:
+                    raise ServerError(f"teacher server {self.url}{path} could not be reached after {attempt + 1} "
+                                      f"attempts: {err}") from None  # fmt: skip
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+def real_sequences(inputs: SideInputs) -> tuple[list[list[int]], list[int]]:
+    """Each row's tokens without padding, and where its completion starts in them."""
+    mask = inputs.attention_mask.bool().cpu()
+    ids = inputs.input_ids.cpu()
+    sequences = [ids[b][mask[b]].tolist() for b in range(ids.shape[0])]
+    starts = mask[:, : inputs.prompt_width].sum(dim=1).tolist()
+    return sequences, [int(s) for s in starts]
+
+
+def position_entries(answer: dict[str, Any], sequence: Sequence[int], start: int, width: int,
+                     url: str) -> list[dict[int, float]]:  # fmt: skip
+    """Per loss-view column, ``{id: log-prob}`` from one answer (empty past the sequence's end). Column c is the
+    position predicting token ``start + c``; the actual token must be among the entries."""
+    choice = answer["choices"][0]
+    found = choice.get("prompt_logprobs")
+    if found is None or len(found) != len(sequence):
+        count = 0 if found is None else len(found)
+        raise ServerError(f"teacher server {url} answered {count} prompt positions for a sequence of "
+                          f"{len(sequence)} tokens; is it a vLLM server with prompt_logprobs?")  # fmt: skip
+    columns: list[dict[int, float]] = []
+    for c in range(width):
+        position = start + c
+        if position >= len(sequence):
+            columns.append({})
+            continue
+        entry = {int(i): float(v["logprob"]) for i, v in found[position].items()}
+        if int(sequence[position]) not in entry:
+            raise ServerError(f"teacher server {url} left out the actual token {sequence[position]} at position "
+                              f"{position}; a vLLM server always includes it: is this vLLM?")  # fmt: skip
+        columns.append(entry)
+    return columns
+
+
+def pack(rows: Sequence[Sequence[dict[int, float]]], width: int) -> SparseRows:
+    """Per-column ``{id: log-prob}`` dicts of B rows as (B, width, K) padded tensors."""
+    k = max((len(column) for row in rows for column in row), default=1) or 1
+    ids = torch.full((len(rows), width, k), -1, dtype=torch.int64)
+    logprobs = torch.full((len(rows), width, k), float("-inf"), dtype=torch.float32)
+    for b, row in enumerate(rows):
+        for c, column in enumerate(row):
+            if column:
+                ids[b, c, : len(column)] = torch.tensor(list(column.keys()), dtype=torch.int64)
+                logprobs[b, c, : len(column)] = torch.tensor(list(column.values()), dtype=torch.float32)
+    return SparseRows(ids, logprobs)
