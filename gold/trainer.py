@@ -282,7 +282,12 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
     ) -> Any:  # fmt: skip
         batch: TrainBatch = inputs["batch"].to(self.args.device)
         student_logits = batch.student.logits(model)
+        began, hits = time.perf_counter(), getattr(self.teacher, "hits", None)
         teacher_logits = self.teacher.logits(batch.teacher)
+        self._sums["teacher_s"] += time.perf_counter() - began
+        if hits is not None:  # a teacher cache: the rows it had (the others came from the teacher)
+            self._sums["teacher_cache_hits"] += self.teacher.hits - hits  # type: ignore[attr-defined]
+            self._sums["teacher_cache_rows"] += batch.teacher.input_ids.shape[0]
         loss, metrics = self.objective(student_logits, teacher_logits, batch, inputs, num_items_in_batch)
         self._note_loss_terms(loss, metrics)
         self._maybe_log_completions(batch, student_logits, teacher_logits)

@@ -54,6 +54,10 @@ class StepMetrics:
             out["loss/sft"] = sums["sft_ce"] / sums["sft_tokens"]  # mean cross-entropy per token (SFT mixing)
         if sums.get("engine_gap_tokens"):
             out["rollout/engine_logprob_gap"] = sums["engine_gap"] / sums["engine_gap_tokens"]
+        if "teacher_s" in sums:
+            out["time/teacher_s"] = sums["teacher_s"]  # the teacher's rows (a forward, a server, a cache)
+        if sums.get("teacher_cache_rows"):
+            out["teacher/cache_hit_fraction"] = sums["teacher_cache_hits"] / sums["teacher_cache_rows"]
         if sums["rows"]:
             out["rollout/on_policy_row_fraction"] = sums["rows_on_policy"] / sums["rows"]
         for source in ("dataset", "student", "teacher"):

@@ -37,10 +37,12 @@ from gold.stops import StopRule, stop_rule
 from gold.teacher.sparse import SparseRows, dense_rows
 
 RETRY_CODES = (429, 500, 502, 503, 504)
-HINTS = {
-    "max_logprobs": "start the server with --max-logprobs ≥ teacher.top_k (gold vllm-serve sets -1: no cap) or lower "
-    "teacher.top_k",
+HINTS = {  # a phrase of vLLM's refusal → what to do
+    "greater than max allowed": "start the server with --max-logprobs ≥ teacher.top_k (gold vllm-serve sets -1: no "
+    "cap) or lower teacher.top_k",
     "does not exist": "the server serves another model: check teacher.server_url",
+    "maximum model length": "prompt + completion exceed the server's --max-model-len: raise it or shorten "
+    "rollout.max_prompt_length / max_completion_length",
     "maximum context length": "prompt + completion exceed the server's --max-model-len: raise it or shorten "
     "rollout.max_prompt_length / max_completion_length",
 }

@@ -33,12 +33,24 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 def recipe(folders, out: Path, *, student: str = "smollm2", **teacher) -> dict:
     return {
         "student": {"model": "tiny", "tokenizer": student, "tiny": {"hidden_size": 16, "layers": 1}},
-        "teacher": {"model": "tiny", "tokenizer": str(folders["tokenizer"]), "tiny": {"hidden_size": 16, "layers": 1},
-                    **teacher},  # fmt: skip
+        "teacher": {
+            "model": "tiny",
+            "tokenizer": str(folders["tokenizer"]),
+            "tiny": {"hidden_size": 16, "layers": 1},
+            **teacher,
+        },
         "data": {"path": str(folders["rows"])},
         "rollout": {"lmbda": 0.0, "max_completion_length": 64},
-        "training": {"output_dir": str(out), "max_steps": 3, "per_device_train_batch_size": 4, "use_cpu": True,
-                     "disable_tqdm": True, "report_to": [], "logging_steps": 1, "learning_rate": 1e-2},  # fmt: skip
+        "training": {
+            "output_dir": str(out),
+            "max_steps": 3,
+            "per_device_train_batch_size": 4,
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "report_to": [],
+            "logging_steps": 1,
+            "learning_rate": 1e-2,
+        },
     }
 
 
@@ -106,7 +118,7 @@ def test_a_cache_for_another_teacher_k_or_tokenizer_is_refused(folders, full_cac
     other["teacher"]["tokenizer"] = "mistral-v1"
     with pytest.raises(CacheError, match="another teacher tokenizer"):
         build_trainer(config_from_dict(other))
-    with pytest.raises(CacheError, match="no info.json"):
+    with pytest.raises(CacheError, match=r"no info\.json"):
         TeacherCache(tmp_path)
 
 
