@@ -54,8 +54,9 @@ def start_server(folder: Path) -> tuple[str, subprocess.Popen]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = open(folder / "server.log", "w")  # noqa: SIM115 - the process holds it
-    process = subprocess.Popen([sys.executable, "-m", "gold.cli", "vllm-serve", str(folder), "--host", "127.0.0.1",
-                                "--port", str(port), "--dtype", "float32"], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    command = [sys.executable, "-m", "gold.cli", "vllm-serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
+               "--dtype", "float32"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_for_server(url, 600)
     return url, process
@@ -65,7 +66,8 @@ def trainer_for(teacher, student_tokenizer, examples: list[Example], steps: int,
     from transformers import TrainingArguments
 
     args = TrainingArguments(output_dir=str(out), max_steps=steps, per_device_train_batch_size=rows, use_cpu=True,
-                             report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=steps, seed=0)  # fmt: skip
+                             report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=steps,
+                             seed=0)  # fmt: skip
     student = tiny_model(student_tokenizer, seed=0, hidden_size=64, layers=1, heads=2)
     return GoldTrainer(student, teacher, args=args, train_dataset=examples, student_tokenizer=student_tokenizer)
 
@@ -109,8 +111,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     student_tokenizer, teacher_tokenizer = load_tokenizer("smollm2"), load_tokenizer("mistral-v1")
-    examples = examples_from_rows(read_rows(DATA), config_from_dict({"student": {"model": "x"}, "teacher": {"model": "x"},
-                                                                      "data": {"path": str(DATA)}}).data)  # fmt: skip
+    data = config_from_dict({"student": {"model": "x"}, "teacher": {"model": "x"}, "data": {"path": str(DATA)}}).data
+    examples = examples_from_rows(read_rows(DATA), data)
     examples = examples[: args.rows * args.steps]
     work = Path(tempfile.mkdtemp(prefix="gold-bench-teacher-"))
     folder = work / "teacher"
@@ -124,9 +126,8 @@ def main() -> None:
         served = ServedTeacher(url, teacher_tokenizer, top_k=args.top_k)
         results["served"] = time_source("served", served, student_tokenizer, examples, args, work)
         results["served"]["requests_per_s"] = served.requests / served.request_seconds
-        results["served"].update(split_callers(served, trainer_for(served, student_tokenizer, examples, 1, args.rows,
-                                                                   work / "split").build_batch(examples[: args.rows],
-                                                                                                "dataset")))  # fmt: skip
+        splitter = trainer_for(served, student_tokenizer, examples, 1, args.rows, work / "split")
+        results["served"].update(split_callers(served, splitter.build_batch(examples[: args.rows], "dataset")))
         recipe = {"student": {"model": "tiny", "tokenizer": "smollm2"},
                   "teacher": {"tokenizer": str(folder), "server_url": url, "top_k": args.top_k},
                   "data": {"path": str(DATA)}}  # fmt: skip
