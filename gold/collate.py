@@ -18,6 +18,7 @@ Where a completion ends matters as much as its bytes (DESIGN §3):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ from gold.data import (
     check_same_bytes,
     decode_completion,
     pad_id,
+    read_sample,
     side_inputs,
 )
 from gold.losses import AlignedBatch, GroupShifts, PairTables
@@ -174,6 +176,16 @@ class Collator:
         if len(student_ids) <= self.max_completion_length:
             return Completion(tuple(student_ids), ended, None, teacher_end_id, tuple(teacher_ids))
         return self._cut_at_shared_boundary(student_ids, list(teacher_ids), student_text)
+
+    def from_teacher_sample(self, ids: Sequence[int], *, index: int) -> Completion:
+        """A teacher sample (``seq_kd``) as a completion: the teacher keeps its own tokens and stop id (unless its
+        bytes were replaced on decoding: then it re-encodes the text)."""
+        sample = read_sample(self.teacher_tokenizer, self.teacher_rule, ids)
+        decoded = sample.decoded
+        own = decoded.ids if not decoded.invalid_bytes else None
+        completion = self.from_text(decoded.text, index=index, ended=sample.ended, teacher_ids=own,
+                                    teacher_end_id=sample.stop_id)  # fmt: skip
+        return dataclasses.replace(completion, source_invalid_bytes=decoded.invalid_bytes)
 
     def _cut_at_shared_boundary(self, student_ids: list[int], teacher_ids: list[int], text: str) -> Completion:
         """A too-long completion cut at the last group boundary of its whole text within the limit that

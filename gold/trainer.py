@@ -33,7 +33,6 @@ from gold.data import (
     TrainBatch,
     logit_rows,
     prompt_ids,
-    read_sample,
 )
 from gold.data_files import check_prompt_lengths, examples_from_rows
 from gold.eval_callback import HeldOutEvalCallback
@@ -264,15 +263,10 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
 
     def _teacher_sample(self, ids: Sequence[int], index: int) -> Completion:
         """A teacher sample (``seq_kd``) as a completion: the teacher keeps its own tokens and stop id."""
-        sample = read_sample(self.teacher.tokenizer, self.teacher.stop, ids)
-        decoded = sample.decoded
-        own = decoded.ids if not decoded.invalid_bytes else None  # replaced bytes: the teacher re-encodes the text
         try:
-            completion = self.collator.from_text(decoded.text, index=index, ended=sample.ended, teacher_ids=own,
-                                                 teacher_end_id=sample.stop_id)  # fmt: skip
+            return self.collator.from_teacher_sample(ids, index=index)
         except DataError as err:
             raise DataError(f"teacher sample {index} at step {self.state.global_step}: {err}") from None
-        return dataclasses.replace(completion, source_invalid_bytes=decoded.invalid_bytes)
 
     # ---- loss ----
 

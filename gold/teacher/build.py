@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from gold.teacher.cache import (
     CacheWriter,
     TeacherCache,
     completion_columns,
+    prompt_key,
     sequence_key,
     tokenizer_fingerprint,
 )
@@ -92,8 +94,10 @@ def sparse_rows(teacher: Any, inputs: Any, top_k: int) -> SparseRows:
 
 
 def build_cache(config: GoldConfig, out: Path, *, top_k: int | None = None, batch_size: int = 8,
-                progress: bool = True) -> TeacherCache:  # fmt: skip
-    """Teacher rows for every dataset completion of a recipe into ``out`` (resumable: stored rows are skipped).
+                seq_kd_samples: int = 0, progress: bool = True) -> TeacherCache:  # fmt: skip
+    """Teacher rows for every dataset completion of a recipe into ``out`` (resumable: stored rows are skipped), and
+    with ``seq_kd_samples`` N, N teacher samples per prompt (drawn once, with the recipe's rollout temperature and
+    ``max_completion_length``; a local teacher samples) and their rows.
 
     The teacher sequences are the training run's: the recipe's prompts and completions through the same collator (the
     teacher's chat template, its tokenization of the completion bytes, its end token). A row that
@@ -133,11 +137,23 @@ def build_cache(config: GoldConfig, out: Path, *, top_k: int | None = None, batc
                         student_stop=stop_rule(student_tokenizer), teacher_stop=teacher.stop)  # fmt: skip
     vocab_rows = teacher.num_rows - 1 if teacher.tail_column is not None else teacher.num_rows
     info = CacheInfo(identity, tokenizer_fingerprint(teacher_tokenizer), k, vocab_rows)
+    if seq_kd_samples:
+        if isinstance(teacher, ServedTeacher):
+            raise ValueError("--seq-kd-samples draws teacher samples with a local teacher: set teacher.model to its "
+                             "folder (the served teacher gives log-probs only)")  # fmt: skip
+        info = dataclasses.replace(info, samples_per_prompt=seq_kd_samples, sample_temperature=rollout.temperature,
+                                   sample_max_tokens=rollout.max_completion_length)  # fmt: skip
+        torch.manual_seed(int(config.training.get("seed", 42)))
     writer = CacheWriter(out, info)
+    sampler = (
+        teacher.generator(dataclasses.replace(rollout, num_generations=seq_kd_samples)) if seq_kd_samples else None
+    )
     for chunk in tqdm(list(_chunks(list(examples), batch_size)), desc="teacher cache", unit="batch",
                       disable=not progress):  # fmt: skip
         _cache_chunk(chunk, collator, teacher, writer, identity, k)
-    writer.flush()
+        if sampler is not None:
+            _cache_samples(chunk, collator, teacher, sampler, writer, identity, k, seq_kd_samples)
+        writer.flush()
     return TeacherCache(out)
 
 
@@ -152,6 +168,10 @@ def _cache_chunk(chunk: Sequence[Example], collator: Any, teacher: Any, writer: 
     teacher_prompts = [prompt_ids(collator.teacher_tokenizer, e.prompt_for_teacher) for e in chunk]
     completions = [collator.from_text(e.completion, index=i, ended=e.ended) for i, e in enumerate(chunk)]
     inputs = collator(student_prompts, teacher_prompts, completions, source="dataset").teacher
+    _add_rows(teacher, inputs, writer, identity, k)
+
+
+def _add_rows(teacher: Any, inputs: Any, writer: CacheWriter, identity: str, k: int) -> None:
     sequences, starts = real_sequences(inputs)
     keys = [sequence_key(identity, k, s, p) for s, p in zip(sequences, starts, strict=True)]
     if all(key in writer.done for key in keys):
@@ -159,3 +179,20 @@ def _cache_chunk(chunk: Sequence[Example], collator: Any, teacher: Any, writer: 
     rows = sparse_rows(teacher, inputs, k)
     for b, key in enumerate(keys):
         writer.add(key, *completion_columns(rows, b, len(sequences[b]) - starts[b]))
+
+
+def _cache_samples(chunk: Sequence[Example], collator: Any, teacher: Any, sampler: Any, writer: CacheWriter,
+                   identity: str, k: int, copies: int) -> None:  # fmt: skip
+    """Draws ``copies`` teacher samples per prompt of ``chunk`` and stores them with their rows."""
+    teacher_prompts = [prompt_ids(collator.teacher_tokenizer, e.prompt_for_teacher) for e in chunk]
+    keys = [prompt_key(identity, p) for p in teacher_prompts]
+    if all(key in writer.sampled for key in keys):
+        return
+    sampled = sampler.rollout(teacher_prompts)
+    for i, key in enumerate(keys):
+        writer.add_samples(key, [r.ids for r in sampled[i * copies : (i + 1) * copies]])
+    student_prompts = [prompt_ids(collator.student_tokenizer, e.prompt) for e in chunk]
+    completions = [collator.from_teacher_sample(r.ids, index=j) for j, r in enumerate(sampled)]
+    batch = collator([p for p in student_prompts for _ in range(copies)], [p for p in teacher_prompts
+                     for _ in range(copies)], completions, source="teacher")  # fmt: skip
+    _add_rows(teacher, batch.teacher, writer, identity, k)

@@ -27,7 +27,7 @@ import torch
 
 from gold.config import RolloutConfig
 from gold.data import SideInputs
-from gold.rollout import Generator
+from gold.rollout import Generator, Rollout
 from gold.stops import StopRule, stop_rule
 from gold.teacher.served import real_sequences
 from gold.teacher.sparse import SparseRows, dense_rows
@@ -35,6 +35,9 @@ from gold.teacher.sparse import SparseRows, dense_rows
 CACHE_VERSION = 1
 SCHEMA = pa.schema([("key", pa.string()), ("width", pa.int32()), ("known", pa.int32()), ("ids", pa.list_(pa.int32())),
                     ("logprobs", pa.list_(pa.float32()))])  # fmt: skip
+
+
+SAMPLE_SCHEMA = pa.schema([("key", pa.string()), ("ids", pa.list_(pa.int32()))])
 
 
 class CacheError(ValueError):
@@ -50,6 +53,10 @@ class CacheInfo:
     top_k: int
     vocab_rows: int
     version: int = CACHE_VERSION
+    # teacher samples (seq_kd) drawn once per prompt, and how they were drawn
+    samples_per_prompt: int = 0
+    sample_temperature: float | None = None
+    sample_max_tokens: int | None = None
 
     def check(self, other: CacheInfo, folder: Path) -> None:
         """Raise :class:`CacheError` naming the first field where ``other`` (this run's teacher) differs."""
@@ -67,6 +74,13 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A short hash of a tokenizer's vocabulary (piece → id)."""
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
     return hashlib.sha256(vocab.encode()).hexdigest()[:16]
+
+
+def prompt_key(identity: str, prompt: Sequence[int]) -> str:
+    """The cache key of the teacher samples of one prompt (the teacher's prompt ids)."""
+    digest = hashlib.sha256(f"{identity}|samples|".encode())
+    digest.update(np.asarray(prompt, dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def sequence_key(identity: str, top_k: int, sequence: Sequence[int], start: int) -> str:
@@ -91,6 +105,11 @@ class TeacherCache:
         for shard, table in enumerate(self.tables):
             for row, key in enumerate(table.column("key").to_pylist()):
                 self.index[key] = (shard, row)
+        self.samples: dict[str, list[list[int]]] = {}
+        for path in sorted(self.folder.glob("samples-*.arrow")):
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            for key, ids in zip(table.column("key").to_pylist(), table.column("ids").to_pylist(), strict=True):
+                self.samples.setdefault(key, []).append(ids)
 
     def shards(self) -> list[Path]:
         return sorted(self.folder.glob("shard-*.arrow"))
@@ -114,6 +133,7 @@ class TeacherCache:
         return ids, logprobs
 
     def size_bytes(self) -> int:
+        """Bytes of the rows' files (samples not counted)."""
         return sum(path.stat().st_size for path in self.shards())
 
     def tokens(self) -> int:
@@ -129,13 +149,32 @@ class CacheWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         info_path = self.folder / "info.json"
         if info_path.is_file():
-            CacheInfo(**json.loads(info_path.read_text())).check(info, self.folder)
+            stored = CacheInfo(**json.loads(info_path.read_text()))
+            stored.check(info, self.folder)
+            if info.samples_per_prompt and (stored.samples_per_prompt, stored.sample_temperature,
+                                            stored.sample_max_tokens) not in ((0, None, None), (
+                                                info.samples_per_prompt, info.sample_temperature,
+                                                info.sample_max_tokens)):  # fmt: skip
+                raise CacheError(f"teacher cache {self.folder} holds {stored.samples_per_prompt} samples per prompt "
+                                 f"at temperature {stored.sample_temperature}, up to {stored.sample_max_tokens} "
+                                 "tokens; build the new samples into another folder")  # fmt: skip
+            if info.samples_per_prompt:
+                info_path.write_text(json.dumps(asdict(info), indent=1))
         else:
             info_path.write_text(json.dumps(asdict(info), indent=1))
         for partial in self.folder.glob("*.partial"):
             partial.unlink()  # a shard an interrupted build did not finish
-        self.done = set(TeacherCache(self.folder).index) if info_path.is_file() else set()
+        existing = TeacherCache(self.folder)
+        self.done, self.sampled = set(existing.index), set(existing.samples)
         self._buffer: list[dict[str, Any]] = []
+        self._samples: list[dict[str, Any]] = []
+
+    def add_samples(self, key: str, samples: Sequence[Sequence[int]]) -> None:
+        """One prompt's teacher samples (token ids, as the sampler returned them)."""
+        if key in self.sampled:
+            return
+        self._samples.extend({"key": key, "ids": np.asarray(ids, dtype=np.int32)} for ids in samples)
+        self.sampled.add(key)
 
     def add(self, key: str, ids: np.ndarray, logprobs: np.ndarray) -> None:
         """One sequence's (width, known) completion rows."""
@@ -149,15 +188,19 @@ class CacheWriter:
             self.flush()
 
     def flush(self) -> None:
-        if not self._buffer:
-            return
-        number = len(list(self.folder.glob("shard-*.arrow")))
-        path = self.folder / f"shard-{number:05d}.arrow"
-        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
-        with pa.OSFile(str(path) + ".partial", "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-            writer.write_table(table)
-        Path(str(path) + ".partial").replace(path)
-        self._buffer = []
+        """Samples first, then rows: a sample file is never left without the rows it needs."""
+        for prefix, rows, schema in (("samples", self._samples, SAMPLE_SCHEMA), ("shard", self._buffer, SCHEMA)):
+            if rows:
+                number = len(list(self.folder.glob(f"{prefix}-*.arrow")))
+                _write(self.folder / f"{prefix}-{number:05d}.arrow", pa.Table.from_pylist(rows, schema=schema))
+        self._buffer, self._samples = [], []
+
+
+def _write(path: Path, table: pa.Table) -> None:
+    """An Arrow IPC file, written whole or not at all (a ``.partial`` renamed into place)."""
+    with pa.OSFile(str(path) + ".partial", "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    Path(str(path) + ".partial").replace(path)
 
 
 def completion_columns(rows: SparseRows, b: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,10 +296,43 @@ class CachedTeacher:
         return self._fallback
 
     def generator(self, config: RolloutConfig) -> Generator:
+        """The cache's teacher samples (``seq_kd``, drawn once at build time) when it holds them, else the teacher's
+        sampler."""
+        info = self.cache.info
+        if info.samples_per_prompt:
+            drawn = {"temperature": (info.sample_temperature, config.temperature),
+                     "max_completion_length": (info.sample_max_tokens, config.max_completion_length),
+                     "num_generations": (info.samples_per_prompt, config.num_generations)}  # fmt: skip
+            for name, (cached, wanted) in drawn.items():
+                if (cached < wanted) if name == "num_generations" else (cached != wanted):
+                    raise CacheError(f"teacher cache {self.cache.folder} holds samples drawn with {name} {cached}, "
+                                     f"and this run asks rollout.{name}={wanted}; rebuild with "
+                                     "--seq-kd-samples under this rollout section")  # fmt: skip
+            return CachedSamples(self, config)
         if self._fallback_factory is None:
-            raise CacheError("rollout.seq_kd samples from the teacher, and this run has only a teacher cache: set "
-                             "teacher.model so that a teacher can sample")  # fmt: skip
+            raise CacheError("rollout.seq_kd samples from the teacher, and this cache holds no samples and no "
+                             "teacher is given: build it with --seq-kd-samples N, or set teacher.model")  # fmt: skip
         return self.fallback().generator(config)
+
+
+class CachedSamples:
+    """Replays a cache's teacher samples: the first ``num_generations`` of each prompt's, the same every epoch."""
+
+    def __init__(self, teacher: CachedTeacher, config: RolloutConfig) -> None:
+        self.teacher, self.config = teacher, config
+
+    def rollout(self, prompts: Sequence[Sequence[int]], *, seeds: Sequence[int] | None = None) -> list[Rollout]:
+        cache, out = self.teacher.cache, []
+        for prompt in prompts:
+            stored = cache.samples.get(prompt_key(cache.info.teacher, prompt))
+            if stored is None:
+                if self.teacher.on_miss == "error" or self.teacher._fallback_factory is None:
+                    raise CacheError(f"a prompt of this batch has no teacher samples in {cache.folder} "
+                                     "(teacher.cache_miss: error, or no teacher to sample)")  # fmt: skip
+                out.extend(self.teacher.fallback().generator(self.config).rollout([prompt]))
+                continue
+            out.extend(Rollout(list(ids)) for ids in stored[: self.config.num_generations])
+        return out
 
 
 def _select(inputs: SideInputs, rows: list[int]) -> SideInputs:

@@ -23,6 +23,13 @@ def add_teacher_cache(commands: Any) -> None:
     build.add_argument("--out", type=Path, required=True, help="the cache folder (a rerun resumes it)")
     build.add_argument("--top-k", type=int, help="K per position (-1: every id; default: teacher.top_k)")
     build.add_argument("--batch-size", type=at_least(1), default=8, help="sequences per teacher call")
+    build.add_argument(
+        "--seq-kd-samples",
+        type=at_least(0),
+        default=0,
+        metavar="N",
+        help="also draw N teacher samples per prompt, once (rollout.seq_kd reads them), with their rows",
+    )
     info = actions.add_parser("info", help="what a cache holds: teacher, K, sequences, bytes per token")
     info.add_argument("folder", type=Path)
 
@@ -32,7 +39,7 @@ def run_teacher_cache(args: argparse.Namespace) -> int:
         if args.action == "build":
             writable_dir(args.out, "--out")
             cache = build_cache(load_recipe(args.recipe, args.overrides), args.out, top_k=args.top_k,
-                                batch_size=args.batch_size)  # fmt: skip
+                                batch_size=args.batch_size, seq_kd_samples=args.seq_kd_samples)  # fmt: skip
         else:
             cache = TeacherCache(args.folder)
     except (RecipeError, DataError, ZooPackageMissing, ValueError, ImportError, OSError, RuntimeError) as err:

@@ -120,8 +120,8 @@ class ServedTeacher:
     def generator(self, config: RolloutConfig) -> Generator:
         raise ValueError(
             f"rollout.seq_kd samples from the teacher, and the teacher at {self.url} is served for its log-probs only; "
-            "sample teacher completions once into a teacher cache (gold teacher-cache build --seq-kd-samples N) or "
-            "use a local teacher"
+            "draw teacher samples once into a teacher cache (gold teacher-cache build --seq-kd-samples N, with the "
+            "teacher's folder as teacher.model) or use a local teacher"
         )
 
     def _ask(self, sequence: Sequence[int]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from gold.cli import main
 from gold.recipe import config_from_dict
 from gold.run import build_trainer
 from gold.teacher.build import build_cache
-from gold.teacher.cache import CachedTeacher, CacheError, TeacherCache
+from gold.teacher.cache import CachedTeacher, CacheError, TeacherCache, prompt_key
 from tests.gold.conftest import ROWS
 from tests.gold.small_vocab import small_vocab_tokenizer
 
@@ -145,3 +145,28 @@ def test_the_build_command_names_a_bad_k(folders, tmp_path, capsys) -> None:
 
     with pytest.raises(CommandError, match="--top-k must be -1"):
         main(["teacher-cache", "build", str(path), "--out", str(tmp_path / "c"), "--top-k", "0"])
+
+
+def test_teacher_samples_drawn_once_feed_seq_kd(folders, tmp_path) -> None:
+    out = tmp_path / "cache-samples"
+    sampling = {"lmbda": 0.0, "seq_kd": True, "temperature": 1.0, "max_completion_length": 12, "num_generations": 2}
+    config = recipe(folders, tmp_path / "unused", top_k=-1)
+    config["rollout"] = sampling
+    built = build_cache(config_from_dict(config), out, seq_kd_samples=2, progress=False)
+    assert len(built.samples) == len(ROWS) and all(len(s) == 2 for s in built.samples.values())
+    assert built.info.samples_per_prompt == 2 and built.info.sample_temperature == 1.0
+    run = recipe(folders, tmp_path / "run", top_k=-1, cache=str(out), cache_miss="error")
+    run["rollout"] = sampling
+    trainer = build_trainer(config_from_dict(run))
+    trainer.train()  # no teacher model: every sample and every row from the cache
+    assert trainer.teacher.misses == 0 and trainer.teacher.hits == len(ROWS) * 2  # one epoch, 2 samples a prompt
+    prompts = [trainer._prompt("teacher", trainer.teacher.tokenizer, e.prompt_for_teacher)
+               for e in list(trainer.train_dataset)[:2]]  # fmt: skip
+    rollouts = trainer.teacher.generator(trainer.rollout_config).rollout(prompts)
+    for i, prompt in enumerate(prompts):  # the same samples every time: those drawn at build time
+        assert [r.ids for r in rollouts[2 * i : 2 * i + 2]] == built.samples[prompt_key(built.info.teacher, prompt)]
+    for name, value in (("temperature", 0.7), ("max_completion_length", 16), ("num_generations", 3)):
+        other = {**sampling, name: value}
+        run["rollout"] = other
+        with pytest.raises(CacheError, match=f"drawn with {name}"):
+            build_trainer(config_from_dict(run)).train()
