@@ -3,11 +3,14 @@ a teacher cache built from the server. Runs in ``.venv-vllm`` (it starts ``gold 
 
     .venv-vllm/bin/python benchmarks/bench_teacher.py [--rows 8] [--steps 6] [--top-k 20] [--json OUT]
 
-Teacher: a random Llama (hidden 256, 4 layers, 8 heads) on the Mistral-v1 tokenizer (32,000 ids); student: a tiny
-Llama on SmolLM2's; data: ``examples/data/real_pair_train.jsonl``. Per source:
+Teacher: a random Llama (hidden 256, 4 layers, 8 heads) on the Mistral-v1 tokenizer (32,000 ids), its final norm
+scaled by ``--sharpen`` so that its rows are peaked like a trained model's (a random one is near-uniform, where top-K
+holds little mass); student: a tiny Llama on SmolLM2's; data: ``examples/data/real_pair_train.jsonl``. Per source:
 
 * ``teacher_s``: the teacher's rows for one batch of ``--rows`` sequences (median over the batches);
-* ``step_s``: one optimizer step of ``gold``'s trainer with that teacher (``train_runtime / steps``);
+* ``step_s``: one optimizer step of ``gold``'s trainer with that teacher (``train_runtime / steps``), on the
+  dataset's completions (``lmbda`` 0), with ``train_loss`` and the last logged ``teacher_matched_mass`` (top-K vs the
+  dense teacher);
 * for the cache: ``bytes_per_token`` (its Arrow files over the completion tokens stored);
 * for the server: ``requests_per_s`` of the client (one request per sequence, ``max_concurrency`` 8), and one batch
   asked by one caller vs two callers asking half each at once (``accelerate launch`` with two processes, each asking
@@ -34,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gold.config import RolloutConfig  # noqa: E402
 from gold.data import Example  # noqa: E402
 from gold.data_files import examples_from_rows, read_rows  # noqa: E402
 from gold.models import tiny_model  # noqa: E402
@@ -69,7 +73,15 @@ def trainer_for(teacher, student_tokenizer, examples: list[Example], steps: int,
                              report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=steps,
                              seed=0)  # fmt: skip
     student = tiny_model(student_tokenizer, seed=0, hidden_size=64, layers=1, heads=2)
-    return GoldTrainer(student, teacher, args=args, train_dataset=examples, student_tokenizer=student_tokenizer)
+    # dataset completions only (lmbda 0): every source scores the same sequences, and the cache holds them all
+    return GoldTrainer(
+        student,
+        teacher,
+        args=args,
+        train_dataset=examples,
+        student_tokenizer=student_tokenizer,
+        rollout=RolloutConfig(lmbda=0.0),
+    )
 
 
 def time_source(name: str, teacher, student_tokenizer, examples, args, out: Path) -> dict:
@@ -83,7 +95,9 @@ def time_source(name: str, teacher, student_tokenizer, examples, args, out: Path
         teacher.logits(batch.teacher)
         times.append(time.perf_counter() - began)
     result = trainer.train()
-    return {"teacher_s": statistics.median(times), "step_s": result.metrics["train_runtime"] / args.steps}
+    mass = [e["hybrid/teacher_matched_mass"] for e in trainer.state.log_history if "hybrid/teacher_matched_mass" in e]
+    return {"teacher_s": statistics.median(times), "step_s": result.metrics["train_runtime"] / args.steps,
+            "train_loss": result.metrics["train_loss"], "teacher_matched_mass": mass[-1]}  # fmt: skip
 
 
 def split_callers(served: ServedTeacher, batch) -> dict:
@@ -108,6 +122,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument("--sharpen", type=float, default=40.0, help="scale of the teacher's final norm (peaked rows)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     student_tokenizer, teacher_tokenizer = load_tokenizer("smollm2"), load_tokenizer("mistral-v1")
@@ -117,8 +132,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gold-bench-teacher-"))
     folder = work / "teacher"
     teacher_model = tiny_model(teacher_tokenizer, seed=1, hidden_size=256, layers=4, heads=8)
+    teacher_model.config.max_position_embeddings = 1024  # the server's context (rotary positions need no table)
+    with torch.no_grad():  # a random model is near-uniform over 32k ids; a trained one is peaked: sharpen its logits
+        teacher_model.model.norm.weight.mul_(args.sharpen)
     teacher_model.save_pretrained(folder)
     teacher_tokenizer.save_pretrained(folder)
+    teacher_tokenizer = load_tokenizer(str(folder))  # the folder's, as the cache build reads it
     url, process = start_server(folder)
     try:
         results = {"local": time_source("local", LocalTeacher(teacher_model, teacher_tokenizer), student_tokenizer,
@@ -144,7 +163,7 @@ def main() -> None:
         process.wait(timeout=60)
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
               "command": " ".join(sys.argv), "rows": args.rows, "steps": args.steps, "top_k": args.top_k,
-              "results": results}  # fmt: skip
+              "sharpen": args.sharpen, "results": results}  # fmt: skip
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -153,7 +153,7 @@ def build_cache(config: GoldConfig, out: Path, *, top_k: int | None = None, batc
         _cache_chunk(chunk, collator, teacher, writer, identity, k)
         if sampler is not None:
             _cache_samples(chunk, collator, teacher, sampler, writer, identity, k, seq_kd_samples)
-        writer.flush()
+    writer.flush()
     return TeacherCache(out)
 
 

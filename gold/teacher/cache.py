@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from gold.config import RolloutConfig
@@ -137,15 +139,18 @@ class TeacherCache:
         return sum(path.stat().st_size for path in self.shards())
 
     def tokens(self) -> int:
-        return int(sum(pa.compute.sum(table.column("width")).as_py() or 0 for table in self.tables))
+        return int(sum(pc.sum(table.column("width")).as_py() or 0 for table in self.tables))
 
 
 class CacheWriter:
-    """Build side: appends rows in shards of ``shard_rows`` sequences; a rerun resumes (keys already stored are
-    skipped) and refuses a folder built for another teacher, tokenizer or K."""
+    """Build side: appends rows in shards of up to ``shard_rows`` sequences, written at least every
+    ``flush_seconds``; a rerun resumes (keys already stored are skipped) and refuses a folder built for another
+    teacher, tokenizer or K."""
 
-    def __init__(self, folder: str | Path, info: CacheInfo, *, shard_rows: int = 512) -> None:
-        self.folder, self.info, self.shard_rows = Path(folder), info, shard_rows
+    def __init__(self, folder: str | Path, info: CacheInfo, *, shard_rows: int = 512, flush_seconds: float = 120.0,
+                 ) -> None:  # fmt: skip
+        self.folder, self.info, self.shard_rows, self.flush_seconds = Path(folder), info, shard_rows, flush_seconds
+        self._flushed = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
         info_path = self.folder / "info.json"
         if info_path.is_file():
@@ -184,7 +189,7 @@ class CacheWriter:
         self._buffer.append({"key": key, "width": width, "known": known, "ids": ids.astype(np.int32).ravel(),
                              "logprobs": logprobs.astype(np.float32).ravel()})  # fmt: skip
         self.done.add(key)
-        if len(self._buffer) >= self.shard_rows:
+        if len(self._buffer) >= self.shard_rows or time.monotonic() - self._flushed > self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -194,6 +199,7 @@ class CacheWriter:
                 number = len(list(self.folder.glob(f"{prefix}-*.arrow")))
                 _write(self.folder / f"{prefix}-{number:05d}.arrow", pa.Table.from_pylist(rows, schema=schema))
         self._buffer, self._samples = [], []
+        self._flushed = time.monotonic()
 
 
 def _write(path: Path, table: pa.Table) -> None:
