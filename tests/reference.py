@@ -147,25 +147,29 @@ def reference_sparse_hybrid(
     student: torch.Tensor, teacher: torch.Tensor, s_matched: list[int], t_matched: list[int], tail: int, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`reference_hybrid` for sparse teacher rows (``teacher[:, tail]`` the tail bucket, unknown entries
-    ``-inf``), one row at a time with explicit buckets: the JSD's outcomes are the pairs whose teacher entry is
-    known, the tail (teacher: its tail; student: its matched columns whose partner is unknown) and "other"
-    (everything else); the ULD compares the student's unmatched columns with the teacher's known unmatched ones."""
+    ``-inf``), one row at a time with explicit buckets. The JSD's outcomes: the pairs whose teacher entry is known;
+    for β in (0, 1) a tail outcome (teacher: its tail; student: its matched columns whose partner is unknown); and
+    "other" (everything else on each side; at β = 0 or 1 the tail outcome's masses too). The ULD compares the
+    student's unmatched columns with the teacher's known unmatched ones."""
     matched, unmatched, masses = [], [], []
+    own_tail = 0.0 < beta < 1.0
     for s_row, t_row in zip(student, teacher, strict=True):
-        s_known, t_known, s_tail = [], [], []
+        s_known, t_known, s_moved = [], [], []
         for s_id, t_id in zip(s_matched, t_matched, strict=True):
             if torch.isinf(t_row[t_id]):
-                s_tail.append(s_row[s_id])
+                s_moved.append(s_row[s_id])
             else:
                 s_known.append(s_row[s_id])
                 t_known.append(t_row[t_id])
-        s_tail_lp = torch.logsumexp(torch.stack(s_tail), 0) if s_tail else s_row.new_tensor(float("-inf"))
-        s_dist = torch.stack([*s_known, s_tail_lp])
-        t_dist = torch.stack([*t_known, t_row[tail]])
+        if own_tail:
+            s_known.append(torch.logsumexp(torch.stack(s_moved), 0) if s_moved else s_row.new_tensor(float("-inf")))
+            t_known.append(t_row[tail])
+        s_dist = torch.stack(s_known) if s_known else s_row.new_zeros(0)
+        t_dist = torch.stack(t_known) if t_known else t_row.new_zeros(0)
         s_other = torch.log((1 - s_dist.exp().sum()).clamp(min=0)).reshape(1)
         t_other = torch.log((1 - t_dist.exp().sum()).clamp(min=0)).reshape(1)
-        pair = torch.cat([s_dist, s_other])[None], torch.cat([t_dist, t_other])[None]
-        matched.append(reference_jsd(pair[0].clamp(min=-1e30), pair[1].clamp(min=-1e30), beta)[0])
+        pair = torch.cat([s_dist, s_other])[None].clamp(min=-1e30), torch.cat([t_dist, t_other])[None].clamp(min=-1e30)
+        matched.append(reference_jsd(*pair, beta)[0])
         s_rest = torch.stack([s_row[i] for i in range(len(s_row)) if i not in s_matched])
         t_rest = torch.stack([t_row[i] for i in range(len(t_row)) if i not in t_matched and i != tail])
         unmatched.append(reference_uld(s_rest[None], t_rest[None])[0])

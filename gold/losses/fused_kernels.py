@@ -95,9 +95,8 @@ def _hybrid(
     mass = teacher_matched_probs(
         teacher_row, teacher_matched, inv[1], teacher_off, teacher_logprobs, teacher_probs_matched
     )
-    teacher_tail = float(teacher_row[tail] * inv[1] - teacher_off) if tail >= 0 else -np.inf
-    if tail >= 0:
-        mass = min(mass + math.exp(teacher_tail), 1.0)
+    if tail >= 0 and 0.0 < beta < 1.0:  # the tail outcome is part of the JSD's share
+        mass = min(mass + math.exp(float(teacher_row[tail] * inv[1] - teacher_off)), 1.0)
     w_matched, w_unmatched = (
         (mass, 1.0 - mass)
         if settings[MASS_WEIGHTING] > 0
@@ -118,14 +117,8 @@ def _hybrid(
         tail >= 0,
         saved,
     )
-    if tail >= 0:
-        tail_value, d_tail = jsd_scalar(student_tail, teacher_tail, beta)
-        matched += tail_value
-        if want and np.isfinite(student_tail):
-            tail_gradient(teacher_logprobs, saved, student_tail, d_tail, grads, student_matched.shape[0])
-    if want:
-        scatter_add(student_matched, grads, c_hybrid * w_matched, q)
-    # "other": the unmatched columns plus the mass the chain-rule row leaves to other continuations
+    # "other": the unmatched columns plus the mass the chain-rule row leaves to other continuations (and, with sparse
+    # teacher rows, the teacher's tail and the student's mass on matched columns whose partner the teacher left out)
     student_count, teacher_count = student_unmatched.shape[0], teacher_unmatched.shape[0]
     gather_scaled(student_row, student_unmatched, inv[0], student_scaled)
     gather_scaled(teacher_row, teacher_unmatched, inv[1], teacher_scaled)
@@ -134,7 +127,20 @@ def _hybrid(
     teacher_other = log_add(
         lse_of(teacher_scaled, teacher_count, np.float32(1.0)) - teacher_off, log1mexp(min(prefixes[g, 1], 0.0))
     )
+    own_outcome = 0.0 < beta < 1.0  # the tail as an outcome of its own; at a plain KL it joins "other" (exact merge)
+    if tail >= 0 and not own_outcome:
+        student_other = log_add(student_other, student_tail)
+        teacher_other = log_add(teacher_other, float(teacher_row[tail] * inv[1] - teacher_off))
     other, d_other = jsd_scalar(student_other, teacher_other, beta)
+    if tail >= 0 and own_outcome:
+        tail_value, d_tail = jsd_scalar(student_tail, float(teacher_row[tail] * inv[1] - teacher_off), beta)
+        matched += tail_value
+        if want and np.isfinite(student_tail):
+            tail_gradient(teacher_logprobs, saved, student_tail, d_tail, grads, student_matched.shape[0])
+    elif want and tail >= 0 and np.isfinite(student_tail):
+        tail_gradient(teacher_logprobs, saved, student_other, d_other, grads, student_matched.shape[0])
+    if want:
+        scatter_add(student_matched, grads, c_hybrid * w_matched, q)
     probs_of(student_scaled, student_count, student_off, student_probs)
     probs_of(teacher_scaled, teacher_count, teacher_off, teacher_probs)
     valid = count_levels(student_probs, student_count, student_counts)

@@ -91,12 +91,12 @@ def matched_jsd(
     tail: bool,
     saved: np.ndarray,
 ) -> tuple[float, float]:
-    """Generalized JSD over the matched columns; ∂JSD/∂s per matched pair into ``grads``; returns it and the log-mass
-    of the student's side of the tail outcome (``-inf`` without ``tail``).
+    """Generalized JSD over the matched columns; ∂JSD/∂s per matched pair into ``grads``; returns it and the log of the
+    student's mass moved out (``-inf`` without ``tail``).
 
     With ``tail`` (sparse teacher rows), a pair whose teacher entry is unknown (at the floor) leaves the sum: the
-    student's log-probability moves to ``saved`` and its mass to the tail outcome, which :func:`tail_gradient`
-    finishes.
+    student's log-probability moves to ``saved`` and its mass to the tail outcome (or "other"), whose gradient
+    :func:`tail_gradient` writes back.
 
     β = 0 is KL(T‖S) and β = 1 KL(S‖T), exactly (:func:`gold.losses.divergences.generalized_jsd`).
     Where both probabilities are below float32's normal range the mixture's log is taken at that
@@ -148,13 +148,14 @@ def _split_unknown(teacher_logprobs: np.ndarray, student_logprobs: np.ndarray, s
 
 
 @njit(inline="always")
-def tail_gradient(teacher_logprobs: np.ndarray, saved: np.ndarray, student_tail: float, d_tail: float,
+def tail_gradient(teacher_logprobs: np.ndarray, saved: np.ndarray, student_other: float, d_other: float,
                   grads: np.ndarray, count: int) -> None:  # fmt: skip
-    """``grads[m] = d_tail · exp(s_m - student_tail)`` for the pairs :func:`_split_unknown` moved into the tail."""
+    """``grads[m] = d_other · exp(s_m - student_other)`` for the pairs :func:`_split_unknown` moved out, into the
+    outcome of log-mass ``student_other`` (the tail outcome, or "other")."""
     floor = np.float32(FLOOR)
     for m in range(count):
         if teacher_logprobs[m] <= floor:
-            grads[m] = d_tail * math.exp(float(saved[m]) - student_tail)
+            grads[m] = d_other * math.exp(float(saved[m]) - student_other)
 
 
 @njit(inline="always", fastmath=FASTMATH)

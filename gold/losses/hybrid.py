@@ -98,9 +98,12 @@ def hybrid(
         student_log_totals / teacher_log_totals: (R,) log of each row's total mass when known exactly
             (a chain-rule row's group prefix, :attr:`GroupIndex.prefix`; 0 for one-token groups); by
             default summed from the row.
-        teacher_tail: the teacher's tail column when its rows are sparse (:mod:`gold.teacher.sparse`): the JSD gets
-            one more outcome, the teacher's tail against the student's mass on matched columns whose teacher partner
-            is unknown (``-inf``) in that row; the ULD leaves the tail out; the matched weight counts it.
+        teacher_tail: the teacher's tail column when its rows are sparse (:mod:`gold.teacher.sparse`). For β in
+            (0, 1) the JSD gets one more outcome, the teacher's tail against the student's mass on matched columns
+            whose teacher partner is unknown (``-inf``) in that row, and the matched weight counts it; at β = 0 or 1
+            both join "other" instead (an exact merge of the same two distributions: a KL would be infinite where a
+            tail of the teacher's unmatched mass faced a student with no moved mass). The ULD leaves the tail out.
+            Error bound: :func:`sparse_error_bound`.
     """
     if student_matched.shape != teacher_matched.shape:
         raise ValueError(f"matched id lists differ in length: {student_matched.shape} vs {teacher_matched.shape}")
@@ -114,11 +117,15 @@ def hybrid(
     if teacher_tail is None:
         matched = generalized_jsd_of_finite(student_part, teacher_part, beta=beta)
     else:
-        student_part, student_tail = _tail_split(student_part, teacher_part)
-        teacher_tail_logprobs = teacher_logprobs[:, teacher_tail]
+        student_part, student_moved = _tail_split(student_part, teacher_part)
+        teacher_tail_logprobs = teacher_logprobs[:, teacher_tail : teacher_tail + 1]
         matched = generalized_jsd(student_part, teacher_part, beta=beta)
-        matched = matched + generalized_jsd(student_tail[:, None], teacher_tail_logprobs[:, None], beta=beta)
-        teacher_total = _log_add(teacher_total, teacher_tail_logprobs)
+        if 0.0 < beta < 1.0:  # the tail: an outcome of its own (the student's moved mass against the teacher's tail)
+            matched = matched + generalized_jsd(student_moved[:, None], teacher_tail_logprobs, beta=beta)
+            teacher_total = _log_add(teacher_total, teacher_tail_logprobs[:, 0])
+        else:  # a plain KL: both join "other" (an exact merge), which never faces zero mass
+            student_other = _log_add(student_other, student_moved[:, None])
+            teacher_other = _log_add(teacher_other, teacher_tail_logprobs)
     matched = matched + generalized_jsd(student_other, teacher_other, beta=beta)
     unmatched = distance(student_rest, teacher_rest)
     teacher_mass = teacher_total.exp().detach()
@@ -151,35 +158,37 @@ def _with_tail(teacher_matched: torch.Tensor, teacher_tail: int | None) -> torch
 
 def _tail_split(student_part: torch.Tensor, teacher_part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The student's matched log-probabilities with the columns whose teacher partner is unknown (``-inf``) moved out,
-    and (R,) their log-mass: the student's side of the tail outcome."""
+    and (R,) their log-mass."""
     unknown = torch.isneginf(teacher_part)
-    # FLOOR, not -inf: a row with no unknown partner gets a tail of ~0 probability and a finite (zero) gradient
-    student_tail = torch.logsumexp(student_part.masked_fill(~unknown, FLOOR), dim=-1)
-    return student_part.masked_fill(unknown, float("-inf")), student_tail
+    # FLOOR, not -inf: a row with no unknown partner moves ~0 probability, with a finite (zero) gradient
+    student_moved = torch.logsumexp(student_part.masked_fill(~unknown, FLOOR), dim=-1)
+    return student_part.masked_fill(unknown, float("-inf")), student_moved
 
 
-def sparse_error_bound(teacher_tail_mass: torch.Tensor, student_tail_mass: torch.Tensor, *, beta: float,
+def sparse_error_bound(teacher_tail_mass: torch.Tensor, student_moved_mass: torch.Tensor, *, beta: float,
                        weights: str | tuple[float, float] = "mass") -> torch.Tensor:  # fmt: skip
     """(R,) a bound on |hybrid from sparse teacher rows - hybrid from the dense rows| per row, for β in (0, 1).
 
-    ``teacher_tail_mass`` τ: the row's tail probability (what the teacher's known entries leave); ``student_tail_mass``
-    σ: the student's probability on matched columns whose teacher partner is unknown. The sparse loss differs from the
-    dense one in three ways, each bounded (g(p, q) = β p ln(p/m) + (1-β) q ln(q/m) is one outcome's JSD term,
-    convex and 1-homogeneous, with ∂g/∂p = β ln(p/m) ≤ β ln(1/β) and ∂g/∂q ≤ (1-β) ln(1/(1-β))):
+    ``teacher_tail_mass`` τ: the row's tail probability (what the teacher's known entries leave); ``student_moved_mass``
+    σ: the student's probability on matched columns whose teacher partner is unknown. Write g(p, q) =
+    β p ln(p/m) + (1-β) q ln(q/m), m = βp + (1-β)q, for one outcome's JSD term (teacher p, student q): convex,
+    1-homogeneous (so sub-additive), g ≥ 0, g(p, q) ≤ β p ln(1/β) + (1-β) q ln(1/(1-β)), ∂g/∂p = β ln(p/m) with
+    β ln p ≤ β ln(p/m) ≤ β ln(1/β) (m ≤ 1).
 
-    1. the unknown matched columns are merged into one outcome (sub-additivity of g): the JSD drops by at most
-       ``β τ ln(1/β) + (1-β) σ ln(1/(1-β))``;
-    2. the teacher's unknown *unmatched* mass ν ≤ τ sits in the tail instead of "other": moving mass ν between two
-       outcomes changes the JSD by at most ``2 β ν (1 + ln(1/β) + ln(1/ν))``, increasing in ν, so evaluated at τ;
-    3. the ULD part misses ν (sorted L1 is 1-Lipschitz) and the matched weight counts it: |ΔULD| ≤ τ, |Δm| ≤ τ.
+    1. The matched columns the teacher left out (teacher mass P ≤ τ, student σ) are merged into the tail outcome:
+       the JSD drops by at most Σ g(u) ≤ β τ ln(1/β) + (1-β) σ ln(1/(1-β)).
+    2. The teacher's unknown *unmatched* mass ν ≤ τ sits in the tail instead of "other": moving mass ν between two
+       outcomes changes each of their g by at most β ∫₀^ν (ln(1/β) + ln(1/x)) dx, so the JSD by at most
+       2 β ν (1 + ln(1/β) + ln(1/ν)), which grows with ν: evaluated at τ.
+    3. The ULD part misses ν (sorted L1 is 1-Lipschitz) and the matched weight counts it: |ΔU| ≤ τ, |Δm| ≤ τ.
 
     With mass weights the row loss m·J + (1-m)·U then moves by at most ``max(ΔJ, τ) + 2τ`` (|J - U| ≤ 2); with fixed
-    weights by ``w_m·ΔJ + w_u·τ``. At β = 0 or 1 (a plain KL) no such bound exists: a KL grows without limit as the
-    compared mass goes to zero.
+    weights by ``w_m·ΔJ + w_u·τ``. At β = 0 or 1 (a plain KL, where the tail joins "other") no such bound exists: a KL
+    term p ln(p/q) is unbounded as q → 0.
     """
     if not 0.0 < beta < 1.0:
         raise ValueError(f"the sparse-row error bound holds for beta in (0, 1), got {beta}")
-    tau, sigma = teacher_tail_mass.clamp(0.0, 1.0), student_tail_mass.clamp(0.0, 1.0)
+    tau, sigma = teacher_tail_mass.clamp(0.0, 1.0), student_moved_mass.clamp(0.0, 1.0)
     log_inv_tau = torch.where(tau > 0, -torch.log(tau.clamp(min=1e-45)), torch.zeros_like(tau))
     merge = beta * tau * math.log(1 / beta) + (1 - beta) * sigma * math.log(1 / (1 - beta))
     move = 2 * beta * tau * (1 + math.log(1 / beta) + log_inv_tau)

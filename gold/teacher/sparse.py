@@ -11,8 +11,9 @@ column sums to one. A dense local teacher is the case K = V (its tail is empty).
 What the loss makes of it (:func:`gold.losses.hybrid.hybrid` with ``teacher_tail``): a group row's prefix comes from
 the actual tokens' log-probabilities (exact), its last column from the top-K; the hybrid's JSD runs over the matched
 columns the teacher knows plus one *tail outcome* on both sides (the teacher's tail mass; the student's mass on
-matched columns whose teacher partner is unknown), its ULD over the unmatched columns the teacher knows. For
-β ∈ (0, 1) the error per group is bounded in terms of the tail masses (:func:`gold.losses.hybrid.sparse_error_bound`).
+matched columns whose teacher partner is unknown; at β = 0 or 1 both join "other"), its ULD over the unmatched
+columns the teacher knows. For β ∈ (0, 1) the error per group is bounded in terms of the tail masses
+(:func:`gold.losses.hybrid.sparse_error_bound`).
 Temperature: the rows are the teacher's at temperature 1; a loss temperature T ≠ 1 divides them and renormalizes
 with the tail as one outcome, which is exact only when K = V.
 """

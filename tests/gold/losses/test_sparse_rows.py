@@ -190,3 +190,17 @@ def test_small_k_stays_within_the_bound_and_the_error_shrinks_as_k_grows(beta: f
 def test_the_bound_is_refused_for_a_plain_kl() -> None:
     with pytest.raises(ValueError, match="beta in \\(0, 1\\)"):
         sparse_error_bound(torch.zeros(1), torch.zeros(1), beta=0.0)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "torch"])
+def test_forward_kl_stays_finite_when_the_tail_is_all_unmatched(implementation: str) -> None:
+    """Every matched teacher column known, some unmatched mass in the tail: the tail belongs to "other" on the
+    teacher's side, which the student's unmatched mass faces (a tail outcome of its own would face nothing: KL = ∞)."""
+    batch = sparse_batch(random_batch(4))
+    student, teacher = logits_pair(batch, 5)
+    teacher = teacher.clone()
+    teacher[..., batch.tables.teacher_matched] += 6.0  # the matched columns are the teacher's top ones
+    sparse = dense_rows(top_k_of_logits(teacher, len(set(batch.tables.teacher_matched.tolist())) + 2), TEACHER_VOCAB)
+    assert (sparse[..., TEACHER_VOCAB].exp() > 1e-6).float().mean() > 0.9  # unmatched mass in nearly every tail
+    loss, _, grad = loss_and_grad(student, sparse, batch, implementation, beta=0.0)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all() and 0 < float(loss.detach()) < 10
