@@ -95,3 +95,14 @@ def stop_rule(tokenizer: Any, generation_config: Any | None = None) -> StopRule:
 def model_stop_rule(model: Any, tokenizer: Any) -> StopRule:
     """:func:`stop_rule` of a causal LM with its tokenizer."""
     return stop_rule(tokenizer, model.generation_config)
+
+
+def folder_stop_rule(folder: Any, tokenizer: Any) -> StopRule:
+    """:func:`stop_rule` of a model folder's tokenizer and its ``generation_config.json`` (when the folder has one):
+    a served teacher's stop ids, read without loading its weights."""
+    from pathlib import Path
+
+    from transformers import GenerationConfig
+
+    config = GenerationConfig.from_pretrained(folder) if (Path(folder) / "generation_config.json").is_file() else None
+    return stop_rule(tokenizer, config)

@@ -48,13 +48,16 @@ def _row_terms(
     if "hybrid" in terms:
         parts = _hybrid_rows(config, batch, student_rows, teacher_rows, student_index, teacher_index, select)
         hybrid_rows, mass, matched, unmatched, mass_before = parts
+    # sparse teacher rows: the tail is no token, so the sorted ULD and the next-byte marginal leave it out (ULD moves
+    # by at most the tail mass; the byte marginal renormalizes the known mass over the shared bins)
+    known = slice(None, batch.tables.teacher_tail)
     if "uld" in terms:
-        uld_rows = uld_distance(config, student_rows.device)(student_rows, teacher_rows)
+        uld_rows = uld_distance(config, student_rows.device)(student_rows, teacher_rows[:, known])
     if "byte_marginal" in terms:
         byte_rows = byte_marginal(
             start_rows(student_logits, student_index, select),
-            start_rows(teacher_logits, teacher_index, select).detach(),
-            student_bins=batch.tables.student_bins, teacher_bins=batch.tables.teacher_bins,
+            start_rows(teacher_logits, teacher_index, select).detach()[:, known],
+            student_bins=batch.tables.student_bins, teacher_bins=batch.tables.teacher_bins[known],
             shared=batch.tables.shared_bins,
             beta=config.beta,
         )  # fmt: skip

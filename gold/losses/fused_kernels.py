@@ -186,6 +186,9 @@ def _uld(
     student_counts, teacher_counts, signs, student_probs, teacher_probs = scratch[:5]
     probs_all(student_row, inv[0], offsets[g, 0], student_probs)
     probs_all(teacher_row, inv[1], offsets[g, 1], teacher_probs)
+    tail = int(settings[TAIL])
+    if tail >= 0:
+        teacher_probs[tail] = 0.0  # sparse teacher rows: the tail is no token
     valid = count_levels(student_probs, student_row.shape[0], student_counts)
     valid &= count_levels(teacher_probs, teacher_row.shape[0], teacher_counts)
     values[ULD, g] = compare_counts(student_counts, teacher_counts, levels, signs) if valid else np.nan
@@ -221,7 +224,7 @@ def group_terms(
         shift_sets: the column pairs of shifted groups: (G,) int64 pair set of each group (-1: the global map),
             (S + 1,) int64 offsets of each set in the next two, (P,) int64 student and teacher ids, pairwise.
         prefixes: (G, 2) float64 log-probability of each group's earlier tokens, per side.
-        inv: (2,) float32 inverse temperatures; settings: (9,) float64, entries named by the constants
+        inv: (2,) float32 inverse temperatures; settings: (10,) float64, entries named by the constants
             above (β, which terms, the hybrid's weighting, coefficients, whether to write the gradient).
         values: (6, G) float64 out; grad: (Rs, Vs) float32 out (rows of last tokens only);
         row_grad: (G, 2) float64 out, Σ_v ∂loss/∂r(v) and the explicit ∂loss/∂prefix per group;

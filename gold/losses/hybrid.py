@@ -109,6 +109,8 @@ def hybrid(
         raise ValueError(f"matched id lists differ in length: {student_matched.shape} vs {teacher_matched.shape}")
     student_part = student_logprobs.index_select(-1, student_matched)  # (R, M)
     teacher_part = teacher_logprobs.index_select(-1, teacher_matched)  # (R, M)
+    if teacher_tail is not None and teacher_log_totals is None:  # the row's total counts the tail too
+        teacher_log_totals = torch.logsumexp(teacher_logprobs, dim=-1)
     student_rest = _unmatched_columns(student_logprobs, student_matched)
     teacher_rest = _unmatched_columns(teacher_logprobs, _with_tail(teacher_matched, teacher_tail))
     _, student_other = _other(student_part, student_rest, student_log_totals)
@@ -184,7 +186,8 @@ def sparse_error_bound(teacher_tail_mass: torch.Tensor, student_moved_mass: torc
 
     With mass weights the row loss m·J + (1-m)·U then moves by at most ``max(ΔJ, τ) + 2τ`` (|J - U| ≤ 2); with fixed
     weights by ``w_m·ΔJ + w_u·τ``. At β = 0 or 1 (a plain KL, where the tail joins "other") no such bound exists: a KL
-    term p ln(p/q) is unbounded as q → 0.
+    term p ln(p/q) is unbounded as q → 0. Assumed: teacher temperature 1 (at T ≠ 1 the known entries are renormalized
+    with the tail as one outcome) and the exact ULD (the quantized one adds its own resolution, ≤ 2^-7 per row).
     """
     if not 0.0 < beta < 1.0:
         raise ValueError(f"the sparse-row error bound holds for beta in (0, 1), got {beta}")

@@ -136,7 +136,9 @@ def build_cache(config: GoldConfig, out: Path, *, top_k: int | None = None, batc
                         max_prompt_length=rollout.max_prompt_length, end_group=config.alignment.end_group,
                         student_stop=stop_rule(student_tokenizer), teacher_stop=teacher.stop)  # fmt: skip
     vocab_rows = teacher.num_rows - 1 if teacher.tail_column is not None else teacher.num_rows
-    info = CacheInfo(identity, tokenizer_fingerprint(teacher_tokenizer), k, vocab_rows)
+    stop = teacher.stop
+    info = CacheInfo(identity, tokenizer_fingerprint(teacher_tokenizer), k, vocab_rows,
+                     stop_ids=tuple(sorted(stop.stop_ids)), end_id=stop.end_id)  # fmt: skip
     if seq_kd_samples:
         if isinstance(teacher, ServedTeacher):
             raise ValueError("--seq-kd-samples draws teacher samples with a local teacher: set teacher.model to its "

@@ -55,6 +55,10 @@ class CacheInfo:
     top_k: int
     vocab_rows: int
     version: int = CACHE_VERSION
+    # the teacher's stop ids and end id (its generation config's included): a cached teacher ends sequences as the
+    # teacher did when the cache was built
+    stop_ids: tuple[int, ...] = ()
+    end_id: int | None = None
     # teacher samples (seq_kd) drawn once per prompt, and how they were drawn
     samples_per_prompt: int = 0
     sample_temperature: float | None = None
@@ -70,6 +74,16 @@ class CacheInfo:
                 raise CacheError(f"teacher cache {folder} was built for {why} ({name} {mine!r}, this run has "
                                  f"{theirs!r}); rebuild it with `gold teacher-cache build` or point teacher.cache "
                                  "at the right folder")  # fmt: skip
+
+
+def read_info(path: Path) -> CacheInfo:
+    """A cache's ``info.json``, or :class:`CacheError` naming the file when it is not one."""
+    try:
+        raw = json.loads(path.read_text())
+        raw["stop_ids"] = tuple(raw.get("stop_ids", ()))
+        return CacheInfo(**raw)
+    except (ValueError, TypeError) as err:
+        raise CacheError(f"{path} is not a gold teacher cache's info.json ({err}); rebuild the cache") from None
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -101,7 +115,7 @@ class TeacherCache:
         if not info_path.is_file():
             raise CacheError(f"teacher cache {self.folder} has no info.json: build one with "
                              f"`gold teacher-cache build RECIPE.yaml --out {self.folder}`")  # fmt: skip
-        self.info = CacheInfo(**json.loads(info_path.read_text()))
+        self.info = read_info(info_path)
         self.tables = [pa.ipc.open_file(pa.memory_map(str(path))).read_all() for path in self.shards()]
         self.index: dict[str, tuple[int, int]] = {}
         for shard, table in enumerate(self.tables):
@@ -154,7 +168,7 @@ class CacheWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         info_path = self.folder / "info.json"
         if info_path.is_file():
-            stored = CacheInfo(**json.loads(info_path.read_text()))
+            stored = read_info(info_path)
             stored.check(info, self.folder)
             if info.samples_per_prompt and (stored.samples_per_prompt, stored.sample_temperature,
                                             stored.sample_max_tokens) not in ((0, None, None), (
@@ -242,6 +256,8 @@ class CachedTeacher:
         info.check(wanted, cache.folder)
         self.cache, self.tokenizer, self.on_miss = cache, tokenizer, on_miss
         self._fallback_factory, self._fallback = fallback, None
+        if stop is None and info.stop_ids:
+            stop = StopRule(frozenset(info.stop_ids), info.end_id)
         self._stop = stop or stop_rule(tokenizer)
         self.hits, self.misses = 0, 0
 

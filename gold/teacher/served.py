@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from gold.config import RolloutConfig
 from gold.data import SideInputs
 from gold.rollout import Generator
 from gold.rollout.vllm_server import ServerError, wait_for_server
-from gold.stops import StopRule, stop_rule
+from gold.stops import StopRule, folder_stop_rule, stop_rule
 from gold.teacher.sparse import SparseRows, dense_rows
 
 RETRY_CODES = (429, 500, 502, 503, 504)
@@ -74,10 +75,12 @@ class ServedTeacher:
         self.top_k, self.timeout, self.retries = top_k, timeout, retries
         self.max_concurrency = max_concurrency
         self.vocab_rows = int(vocab_rows or len(tokenizer))
-        self._stop = stop or stop_rule(tokenizer)
         wait_for_server(self.url, timeout, hint="start the teacher's server with `gold vllm-serve TEACHER_DIR --port "
                         "PORT` (or any `vllm serve` with --max-logprobs ≥ K) and set teacher.server_url")  # fmt: skip
         self.model = self._post("/v1/models", None)["data"][0]["id"]
+        # the served folder's generation config adds stop ids, as a local teacher's does (when this machine sees it)
+        self._stop = stop or (folder_stop_rule(self.model, tokenizer) if Path(self.model).is_dir() else
+                              stop_rule(tokenizer))  # fmt: skip
         self.requests, self.request_seconds = 0, 0.0
 
     @property

@@ -80,12 +80,14 @@ def test_a_cache_fed_run_equals_the_teacher_fed_run_step_for_step(folders, full_
 
 def test_one_cache_serves_a_byte_level_and_a_sentencepiece_student(folders, full_cache, tmp_path) -> None:
     cache = TeacherCache(full_cache)
+    live = build_trainer(config_from_dict(recipe(folders, tmp_path / "live")))
+    assert (frozenset(cache.info.stop_ids), cache.info.end_id) == (live.teacher.stop.stop_ids, live.teacher.stop.end_id)
     for student in ("smollm2", "mistral-v1"):  # byte-level BPE, SentencePiece with byte fallback
         config = recipe(folders, tmp_path / student, student=student, top_k=-1, cache=str(full_cache),
                         cache_miss="error")  # fmt: skip
         trainer = build_trainer(config_from_dict(config))
         trainer.train()
-        assert isinstance(trainer.teacher, CachedTeacher)
+        assert isinstance(trainer.teacher, CachedTeacher) and trainer.teacher.stop == live.teacher.stop
         assert trainer.teacher.hits == len(ROWS) and trainer.teacher.misses == 0  # one epoch: 4 + 4 + 2 rows
     assert len(cache) == len(ROWS)
 
@@ -158,7 +160,8 @@ def test_teacher_samples_drawn_once_feed_seq_kd(folders, tmp_path) -> None:
     run = recipe(folders, tmp_path / "run", top_k=-1, cache=str(out), cache_miss="error")
     run["rollout"] = sampling
     trainer = build_trainer(config_from_dict(run))
-    trainer.train()  # no teacher model: every sample and every row from the cache
+    trainer.train()  # every sample and every row from the cache: the teacher model is never loaded
+    assert trainer.teacher._fallback is None
     assert trainer.teacher.misses == 0 and trainer.teacher.hits == len(ROWS) * 2  # one epoch, 2 samples a prompt
     prompts = [trainer._prompt("teacher", trainer.teacher.tokenizer, e.prompt_for_teacher)
                for e in list(trainer.train_dataset)[:2]]  # fmt: skip

@@ -204,3 +204,51 @@ def test_forward_kl_stays_finite_when_the_tail_is_all_unmatched(implementation: 
     assert (sparse[..., TEACHER_VOCAB].exp() > 1e-6).float().mean() > 0.9  # unmatched mass in nearly every tail
     loss, _, grad = loss_and_grad(student, sparse, batch, implementation, beta=0.0)
     assert torch.isfinite(loss) and torch.isfinite(grad).all() and 0 < float(loss.detach()) < 10
+
+
+@pytest.mark.parametrize("k", [2, 6])
+def test_fused_path_equals_torch_path_on_sparse_rows_with_shifted_groups(k: int) -> None:
+    from tests.gold.losses.test_shifted import _shifted_batch
+
+    batch = sparse_batch(_shifted_batch(6))
+    student, teacher = logits_pair(batch, 7)
+    sparse = dense_rows(top_k_of_logits(teacher, k, next_ids(batch)), TEACHER_VOCAB)
+    for beta in (0.0, 0.5):
+        fused_loss, _, fused_grad = loss_and_grad(student, sparse, batch, "fused", beta=beta, uld_weight=0.5)
+        torch_loss, _, torch_grad = loss_and_grad(student, sparse, batch, "torch", beta=beta, uld_weight=0.5)
+        torch.testing.assert_close(fused_loss, torch_loss, rtol=2e-4, atol=1e-5)
+        torch.testing.assert_close(fused_grad, torch_grad, rtol=2e-3, atol=2e-5)
+
+
+def test_without_totals_the_tail_is_counted_once() -> None:
+    student = chain_rule_rows(8, STUDENT_VOCAB, 3)
+    teacher = sparse_of(chain_rule_rows(8, TEACHER_VOCAB, 4), 3)
+    s_ids, t_ids = (torch.tensor(m) for m in MATCHED)
+    options = dict(student_matched=s_ids, teacher_matched=t_ids, beta=0.5, distance=uld, teacher_tail=TEACHER_VOCAB,
+                   student_log_totals=torch.logsumexp(student, -1))  # fmt: skip
+    given = hybrid(student, teacher, teacher_log_totals=torch.logsumexp(teacher, -1), **options)
+    default = hybrid(student, teacher, **options)
+    torch.testing.assert_close(default.loss, given.loss)
+
+
+@pytest.mark.parametrize("k", [1, 4, 12])
+def test_uld_alone_leaves_the_tail_out_and_moves_by_at_most_the_tail(k: int) -> None:
+    teacher_rows = chain_rule_rows(32, TEACHER_VOCAB, 8)
+    student_rows = chain_rule_rows(32, STUDENT_VOCAB, 9)
+    sparse = sparse_of(teacher_rows, k)
+    exact = uld(student_rows, teacher_rows)
+    approx = uld(student_rows, sparse[:, :TEACHER_VOCAB])
+    tail = sparse[:, TEACHER_VOCAB].exp()
+    assert ((approx - exact).abs() <= tail + 1e-6).all()
+    batch = sparse_batch(random_batch(8))
+    student, teacher = logits_pair(batch, 9)
+    rows = dense_rows(top_k_of_logits(teacher, k, next_ids(batch)), TEACHER_VOCAB)
+    config = {"hybrid_weight": 0.0, "uld_weight": 1.0, "uld_method": "exact"}
+    sparse_loss, _, _ = loss_and_grad(student, rows, batch, "torch", **config)
+    dense_loss, _, _ = loss_and_grad(student, teacher, random_batch(8), "torch", **config)
+    assert abs(float(sparse_loss - dense_loss)) <= float(rows[..., TEACHER_VOCAB].exp().max()) + 1e-6
+    fused_loss, _, fused_grad = loss_and_grad(student, rows, batch, "fused", hybrid_weight=0.0, uld_weight=1.0)
+    quantized, _, quantized_grad = loss_and_grad(student, rows, batch, "torch", hybrid_weight=0.0, uld_weight=1.0,
+                                                 uld_method="quantized")  # fmt: skip
+    torch.testing.assert_close(fused_loss, quantized, rtol=2e-4, atol=1e-5)
+    torch.testing.assert_close(fused_grad, quantized_grad, rtol=2e-3, atol=2e-5)
