@@ -95,8 +95,12 @@ def _hybrid(
     mass = teacher_matched_probs(
         teacher_row, teacher_matched, inv[1], teacher_off, teacher_logprobs, teacher_probs_matched
     )
-    if tail >= 0 and 0.0 < beta < 1.0:  # the tail outcome is part of the JSD's share
-        mass = min(mass + math.exp(float(teacher_row[tail] * inv[1] - teacher_off)), 1.0)
+    # sparse teacher rows: the tail is an outcome of its own for β in (0, 1) (part of the JSD's share); at a plain KL
+    # it joins "other" (an exact merge)
+    own_outcome = 0.0 < beta < 1.0
+    teacher_tail = float(teacher_row[tail] * inv[1] - teacher_off) if tail >= 0 else -np.inf
+    if tail >= 0 and own_outcome:
+        mass = min(mass + math.exp(teacher_tail), 1.0)
     w_matched, w_unmatched = (
         (mass, 1.0 - mass)
         if settings[MASS_WEIGHTING] > 0
@@ -127,13 +131,12 @@ def _hybrid(
     teacher_other = log_add(
         lse_of(teacher_scaled, teacher_count, np.float32(1.0)) - teacher_off, log1mexp(min(prefixes[g, 1], 0.0))
     )
-    own_outcome = 0.0 < beta < 1.0  # the tail as an outcome of its own; at a plain KL it joins "other" (exact merge)
     if tail >= 0 and not own_outcome:
         student_other = log_add(student_other, student_tail)
-        teacher_other = log_add(teacher_other, float(teacher_row[tail] * inv[1] - teacher_off))
+        teacher_other = log_add(teacher_other, teacher_tail)
     other, d_other = jsd_scalar(student_other, teacher_other, beta)
     if tail >= 0 and own_outcome:
-        tail_value, d_tail = jsd_scalar(student_tail, float(teacher_row[tail] * inv[1] - teacher_off), beta)
+        tail_value, d_tail = jsd_scalar(student_tail, teacher_tail, beta)
         matched += tail_value
         if want and np.isfinite(student_tail):
             tail_gradient(teacher_logprobs, saved, student_tail, d_tail, grads, student_matched.shape[0])

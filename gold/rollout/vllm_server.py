@@ -17,7 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -48,18 +48,7 @@ class ServerEngine:
         self.weights_dir = Path(config.vllm_weights_dir or self._scratch.name)  # type: ignore[union-attr]
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                text = response.read().decode()
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode(errors="replace")[:500]
-            raise ServerError(f"vLLM server {self.url}{path} answered {err.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as err:
-            raise ServerError(f"vLLM server {self.url}{path} could not be reached: {err}") from None
-        return json.loads(text) if text.strip() else None
+        return request_json(self.url, path, body, method=method, timeout=self.timeout)
 
     def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int | None],
                args: dict[str, Any]) -> list[list[EngineSample]]:  # fmt: skip
@@ -99,6 +88,36 @@ class ServerEngine:
     def close(self) -> None:
         if self._scratch is not None:
             self._scratch.cleanup()
+
+
+RETRY_CODES = (429, 500, 502, 503, 504)
+
+
+def request_json(url: str, path: str, body: dict[str, Any] | None = None, *, method: str = "POST", timeout: float,
+                 retries: int = 0, name: str = "vLLM server",
+                 hints: Mapping[str, str] | None = None) -> Any:  # fmt: skip
+    """One JSON request to a server, its answer parsed (None when empty). Connection errors and 5xx / 429 answers are
+    tried ``retries`` more times (backoff 0.5 s, doubling); then, or on any other refusal, :class:`ServerError` names
+    the server, the URL and its answer, with the first of ``hints`` (phrase of the answer → what to do) that applies."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    for attempt in range(retries + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                text = response.read().decode()
+            return json.loads(text) if text.strip() else None
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")[:500]
+            if err.code not in RETRY_CODES or attempt == retries:
+                hint = next((f" ({h})" for phrase, h in (hints or {}).items() if phrase in detail), "")
+                raise ServerError(f"{name} {url}{path} answered {err.code}: {detail}{hint}") from None
+        except (urllib.error.URLError, OSError) as err:
+            if attempt == retries:
+                tries = f" after {attempt + 1} attempts" if retries else ""
+                raise ServerError(f"{name} {url}{path} could not be reached{tries}: {err}") from None
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _sample_of(choice: dict[str, Any]) -> EngineSample:

@@ -3,7 +3,7 @@
 :mod:`gold.teacher.sparse`."""
 
 from gold.teacher.local import SELF_TEACHERS, DynamicSelfTeacher, LocalTeacher, Teacher, self_teacher
-from gold.teacher.sparse import SparseRows, dense_rows, next_token_ids, tail_mass, top_k_rows
+from gold.teacher.sparse import SparseRows, dense_rows, next_token_ids, stack_rows, top_k_rows
 
 __all__ = ["SELF_TEACHERS", "DynamicSelfTeacher", "LocalTeacher", "SparseRows", "Teacher", "dense_rows",
-           "next_token_ids", "self_teacher", "tail_mass", "top_k_rows"]  # fmt: skip
+           "next_token_ids", "self_teacher", "stack_rows", "top_k_rows"]  # fmt: skip

@@ -106,7 +106,7 @@ def build_cache(config: GoldConfig, out: Path, *, top_k: int | None = None, batc
     """
     from gold.collate import Collator
     from gold.losses import PairTables
-    from gold.run import training_examples
+    from gold.run import training_arguments, training_examples
     from gold.stops import stop_rule
 
     spec = config.teacher
@@ -120,13 +120,13 @@ def build_cache(config: GoldConfig, out: Path, *, top_k: int | None = None, batc
     examples = training_examples(config)
     if not isinstance(examples, Rows):
         raise ValueError("data.streaming: true cannot be cached (the rows are not counted); set it to false")
+    seed = training_arguments(config.training).seed  # `gold train` seeds the run with it, and a tiny teacher with +1
     teacher = _served(spec, teacher_tokenizer) if getattr(spec, "server_url", None) else None
     if teacher is not None:
         teacher.top_k, identity = k, served_identity(teacher)
     else:
-        seed = int(config.training.get("seed", 42)) + 1  # the seed `gold train` gives a tiny teacher
-        teacher = LocalTeacher(build_model(spec, teacher_tokenizer, seed=seed), teacher_tokenizer)
-        identity = model_identity(spec, seed=seed)
+        teacher = LocalTeacher(build_model(spec, teacher_tokenizer, seed=seed + 1), teacher_tokenizer)
+        identity = model_identity(spec, seed=seed + 1)
     tables = PairTables.build(student_tokenizer, teacher_tokenizer, student_rows=len(student_tokenizer),
                               teacher_rows=teacher.num_rows, teacher_stop=teacher.stop,
                               teacher_tail=teacher.tail_column)  # fmt: skip
@@ -145,7 +145,7 @@ def build_cache(config: GoldConfig, out: Path, *, top_k: int | None = None, batc
                              "folder (the served teacher gives log-probs only)")  # fmt: skip
         info = dataclasses.replace(info, samples_per_prompt=seq_kd_samples, sample_temperature=rollout.temperature,
                                    sample_max_tokens=rollout.max_completion_length)  # fmt: skip
-        torch.manual_seed(int(config.training.get("seed", 42)))
+        torch.manual_seed(seed)
     writer = CacheWriter(out, info)
     sampler = (
         teacher.generator(dataclasses.replace(rollout, num_generations=seq_kd_samples)) if seq_kd_samples else None

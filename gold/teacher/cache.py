@@ -14,6 +14,7 @@ as with a live teacher (tempering keeps the order, so the top-K set is the same 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -32,7 +33,7 @@ from gold.data import SideInputs
 from gold.rollout import Generator, Rollout
 from gold.stops import StopRule, stop_rule
 from gold.teacher.served import real_sequences
-from gold.teacher.sparse import SparseRows, dense_rows
+from gold.teacher.sparse import SparseRows, dense_rows, stack_rows
 
 CACHE_VERSION = 1
 SCHEMA = pa.schema([("key", pa.string()), ("width", pa.int32()), ("known", pa.int32()), ("ids", pa.list_(pa.int32())),
@@ -132,9 +133,6 @@ class TeacherCache:
 
     def __len__(self) -> int:
         return len(self.index)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.index
 
     def columns(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(width, known) ids and log-probabilities of a sequence's completion positions, or None on a miss."""
@@ -251,8 +249,9 @@ class CachedTeacher:
             raise CacheError("teacher.cache_miss is 'teacher' but no teacher is given to ask on a miss: set "
                              "teacher.model or teacher.server_url, or teacher.cache_miss: error")  # fmt: skip
         info = cache.info
-        wanted = CacheInfo(identity or info.teacher, tokenizer_fingerprint(tokenizer),
-                           info.top_k if top_k is None else top_k, info.vocab_rows)  # fmt: skip
+        # what this run can tell about its teacher; the rest (vocabulary rows, version) it takes from the cache
+        wanted = dataclasses.replace(info, teacher=identity or info.teacher, tokenizer=tokenizer_fingerprint(tokenizer),
+                                     top_k=info.top_k if top_k is None else top_k)  # fmt: skip
         info.check(wanted, cache.folder)
         self.cache, self.tokenizer, self.on_miss = cache, tokenizer, on_miss
         self._fallback_factory, self._fallback = fallback, None
@@ -283,20 +282,12 @@ class CachedTeacher:
         missing = [b for b, f in enumerate(found) if f is None]
         self.hits += len(found) - len(missing)
         self.misses += len(missing)
-        known = max([1] + [f[0].shape[1] for f in found if f is not None])
-        ids = torch.full((len(found), width, known), -1, dtype=torch.int64)
-        logprobs = torch.full((len(found), width, known), float("-inf"), dtype=torch.float32)
-        for b, f in enumerate(found):
-            if f is not None:
-                columns = min(width, f[0].shape[0])
-                ids[b, :columns, : f[0].shape[1]] = torch.from_numpy(f[0][:columns].astype(np.int64))
-                logprobs[b, :columns, : f[1].shape[1]] = torch.from_numpy(f[1][:columns].copy())
-        out = dense_rows(SparseRows(ids, logprobs), info.vocab_rows)
+        out = dense_rows(stack_rows(found, width), info.vocab_rows)
         if missing:
-            out[missing] = self._missed(inputs, missing, width)
+            out[missing] = self._missed(inputs, missing)
         return out.to(inputs.input_ids.device)
 
-    def _missed(self, inputs: SideInputs, missing: list[int], width: int) -> torch.Tensor:
+    def _missed(self, inputs: SideInputs, missing: list[int]) -> torch.Tensor:
         if self.on_miss == "error":
             raise CacheError(f"{len(missing)} of {inputs.input_ids.shape[0]} sequences of this batch are not in the "
                              f"teacher cache {self.cache.folder} (teacher.cache_miss: error); build the cache from "

@@ -12,40 +12,40 @@ Temperature: vLLM returns raw log-probabilities for prompt positions (``gold vll
 asks at temperature 1 and the loss applies ``loss.teacher_temperature`` as it does to a local teacher's logits.
 
 Any server works that was started with ``--max-logprobs`` ≥ K (``gold vllm-serve`` sets -1: no cap). Requests go one
-per sequence, ``max_concurrency`` at a time; connection errors and 5xx/429 answers are retried with backoff, other
-refusals raise :class:`ServerError` naming the URL and the server's answer. Under ``accelerate launch`` every
+per sequence, ``max_concurrency`` at a time, through :func:`gold.rollout.vllm_server.request_json`: connection errors
+and 5xx/429 answers are retried with backoff, other refusals raise :class:`ServerError` naming the URL, the server's
+answer and what to do. Under ``accelerate launch`` every
 process asks for its own micro-batch (benchmarks/RESULTS.md compares this with one process asking for all).
 """
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gold.config import RolloutConfig
 from gold.data import SideInputs
 from gold.rollout import Generator
-from gold.rollout.vllm_server import ServerError, wait_for_server
+from gold.rollout.vllm_server import ServerError, request_json, wait_for_server
 from gold.stops import StopRule, folder_stop_rule, stop_rule
-from gold.teacher.sparse import SparseRows, dense_rows
+from gold.teacher.sparse import SparseRows, dense_rows, stack_rows
 
-RETRY_CODES = (429, 500, 502, 503, 504)
+TOO_LONG = (
+    "prompt + completion exceed the server's --max-model-len: raise it or shorten rollout.max_prompt_length / "
+    "max_completion_length"
+)
 HINTS = {  # a phrase of vLLM's refusal → what to do
     "greater than max allowed": "start the server with --max-logprobs ≥ teacher.top_k (gold vllm-serve sets -1: no "
     "cap) or lower teacher.top_k",
     "does not exist": "the server serves another model: check teacher.server_url",
-    "maximum model length": "prompt + completion exceed the server's --max-model-len: raise it or shorten "
-    "rollout.max_prompt_length / max_completion_length",
-    "maximum context length": "prompt + completion exceed the server's --max-model-len: raise it or shorten "
-    "rollout.max_prompt_length / max_completion_length",
+    "maximum model length": TOO_LONG,
+    "maximum context length": TOO_LONG,
 }
 
 
@@ -95,11 +95,6 @@ class ServedTeacher:
     def stop(self) -> StopRule:
         return self._stop
 
-    @property
-    def identity(self) -> str:
-        """What a teacher cache records as this teacher: the served model and its vocabulary size."""
-        return f"served:{self.model}|rows={self.vocab_rows}"
-
     def logits(self, inputs: SideInputs) -> torch.Tensor:
         """(B, L, V + 1) sparse rows of the loss view (:func:`gold.teacher.sparse.dense_rows`)."""
         return dense_rows(self.rows(inputs), self.vocab_rows).to(inputs.input_ids.device)
@@ -116,9 +111,9 @@ class ServedTeacher:
             answers = list(pool.map(self._ask, sequences))
         self.requests += len(sequences)
         self.request_seconds += time.perf_counter() - began
-        columns = [position_entries(a, seq, start, width, self.url) for a, seq, start in zip(answers, sequences, starts,
-                                                                                            strict=True)]  # fmt: skip
-        return pack(columns, width)
+        entries = [position_entries(answer, sequence, start, width, self.url)
+                   for answer, sequence, start in zip(answers, sequences, starts, strict=True)]  # fmt: skip
+        return stack_rows(entries, width)
 
     def generator(self, config: RolloutConfig) -> Generator:
         raise ValueError(
@@ -133,25 +128,8 @@ class ServedTeacher:
         return self._post("/v1/completions", body)
 
     def _post(self, path: str, body: dict[str, Any] | None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method="GET" if body is None else "POST",
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        for attempt in range(self.retries + 1):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode())
-            except urllib.error.HTTPError as err:
-                detail = err.read().decode(errors="replace")[:500]
-                if err.code not in RETRY_CODES or attempt == self.retries:
-                    hint = next((h for key, h in HINTS.items() if key in detail), "")
-                    raise ServerError(f"teacher server {self.url}{path} answered {err.code}: {detail}"
-                                      + (f" ({hint})" if hint else "")) from None  # fmt: skip
-            except (urllib.error.URLError, OSError) as err:
-                if attempt == self.retries:
-                    raise ServerError(f"teacher server {self.url}{path} could not be reached after {attempt + 1} "
-                                      f"attempts: {err}") from None  # fmt: skip
-            time.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+        return request_json(self.url, path, body, method="GET" if body is None else "POST", timeout=self.timeout,
+                            retries=self.retries, name="teacher server", hints=HINTS)  # fmt: skip
 
 
 def real_sequences(inputs: SideInputs) -> tuple[list[list[int]], list[int]]:
@@ -164,37 +142,25 @@ def real_sequences(inputs: SideInputs) -> tuple[list[list[int]], list[int]]:
 
 
 def position_entries(answer: dict[str, Any], sequence: Sequence[int], start: int, width: int,
-                     url: str) -> list[dict[int, float]]:  # fmt: skip
-    """Per loss-view column, ``{id: log-prob}`` from one answer (empty past the sequence's end). Column c is the
-    position predicting token ``start + c``; the actual token must be among the entries."""
+                     url: str) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(columns, known) ids and log-probabilities of one answer's loss-view columns (those inside the sequence; the
+    rest are left to :func:`gold.teacher.sparse.stack_rows`). Column c is the position predicting token
+    ``start + c``; the actual token must be among its entries."""
     choice = answer["choices"][0]
     found = choice.get("prompt_logprobs")
     if found is None or len(found) != len(sequence):
         count = 0 if found is None else len(found)
         raise ServerError(f"teacher server {url} answered {count} prompt positions for a sequence of "
                           f"{len(sequence)} tokens; is it a vLLM server with prompt_logprobs?")  # fmt: skip
-    columns: list[dict[int, float]] = []
-    for c in range(width):
-        position = start + c
-        if position >= len(sequence):
-            columns.append({})
-            continue
-        entry = {int(i): float(v["logprob"]) for i, v in found[position].items()}
-        if int(sequence[position]) not in entry:
+    positions = range(start, min(start + width, len(sequence)))
+    known = max([1] + [len(found[p]) for p in positions])
+    ids = np.full((len(positions), known), -1, dtype=np.int64)
+    logprobs = np.full((len(positions), known), -np.inf, dtype=np.float32)
+    for c, position in enumerate(positions):
+        entry = found[position]
+        if str(sequence[position]) not in entry:
             raise ServerError(f"teacher server {url} left out the actual token {sequence[position]} at position "
                               f"{position}; a vLLM server always includes it: is this vLLM?")  # fmt: skip
-        columns.append(entry)
-    return columns
-
-
-def pack(rows: Sequence[Sequence[dict[int, float]]], width: int) -> SparseRows:
-    """Per-column ``{id: log-prob}`` dicts of B rows as (B, width, K) padded tensors."""
-    k = max((len(column) for row in rows for column in row), default=1) or 1
-    ids = torch.full((len(rows), width, k), -1, dtype=torch.int64)
-    logprobs = torch.full((len(rows), width, k), float("-inf"), dtype=torch.float32)
-    for b, row in enumerate(rows):
-        for c, column in enumerate(row):
-            if column:
-                ids[b, c, : len(column)] = torch.tensor(list(column.keys()), dtype=torch.int64)
-                logprobs[b, c, : len(column)] = torch.tensor(list(column.values()), dtype=torch.float32)
-    return SparseRows(ids, logprobs)
+        ids[c, : len(entry)] = [int(i) for i in entry]
+        logprobs[c, : len(entry)] = [float(v["logprob"]) for v in entry.values()]
+    return ids, logprobs

@@ -20,8 +20,10 @@ with the tail as one outcome, which is exact only when K = V.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gold.losses.merge import log1mexp
@@ -62,9 +64,18 @@ def dense_rows(rows: SparseRows, vocab_rows: int) -> torch.Tensor:
     return out
 
 
-def tail_mass(dense: torch.Tensor) -> torch.Tensor:
-    """(B, L) the tail bucket's probability of each column of :func:`dense_rows`' output."""
-    return dense[..., -1].exp()
+def stack_rows(rows: Sequence[tuple[np.ndarray, np.ndarray] | None], width: int) -> SparseRows:
+    """B sequences' known entries — each (columns, known) ids and log-probabilities (padded with -1 / ``-inf``), or
+    None for a sequence that knows nothing — as (B, width, K) :class:`SparseRows` (columns past ``width`` dropped)."""
+    k = max([1] + [r[0].shape[1] for r in rows if r is not None])
+    ids = np.full((len(rows), width, k), -1, dtype=np.int64)
+    logprobs = np.full((len(rows), width, k), -np.inf, dtype=np.float32)
+    for b, row in enumerate(rows):
+        if row is not None:
+            columns, known = min(width, row[0].shape[0]), row[0].shape[1]
+            ids[b, :columns, :known] = row[0][:columns]
+            logprobs[b, :columns, :known] = row[1][:columns]
+    return SparseRows(torch.from_numpy(ids), torch.from_numpy(logprobs))
 
 
 def top_k_rows(logprobs: torch.Tensor, k: int, actual: torch.Tensor | None = None) -> SparseRows:
