@@ -46,6 +46,9 @@ def completion_views(batch: TrainBatch, student_logits: torch.Tensor, teacher_lo
                      max_groups: int = 16) -> list[CompletionView]:  # fmt: skip
     """The first ``rows`` rows of ``batch``; logits are the loss view's (column c − 1 predicts ``*_ids[:, c]``)."""
     aligned, views = batch.aligned, []
+    # hidden states (gold.losses.hidden): the logits of the rows shown only
+    student_logits, teacher_logits = (x if isinstance(x, torch.Tensor) else x.dense(rows)  # type: ignore[attr-defined]
+                                      for x in (student_logits, teacher_logits))  # fmt: skip
     if aligned.tables.teacher_tail is not None:  # sparse teacher rows: the tail bucket is no token
         teacher_logits = teacher_logits[..., : aligned.tables.teacher_tail]
     for b in range(min(rows, len(batch.completions))):

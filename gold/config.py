@@ -82,6 +82,11 @@ class LossConfig:
     # rows) for the hybrid and ULD terms when the logits are float32 on the CPU and ULD is quantized;
     # the composed torch path otherwise. "fused" insists (and says why it cannot), "torch" never fuses.
     implementation: Literal["auto", "fused", "torch"] = "auto"
+    # the GPU path (gold.losses.hidden): run each model without its output layer and apply the layer to the rows a
+    # chunk of groups needs, recomputed in backward, so no (B, T, V) logits exist. "auto": on CUDA; "on": wherever it
+    # can (CPU too); "off": never. A side it cannot serve (an architecture gold.losses.head does not reproduce, a
+    # sharded output layer, a served or cached teacher) takes its logits, and the trainer logs why once
+    hidden_states: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
         weights = ("hybrid_weight", "uld_weight", "span_weight", "byte_marginal_weight")
@@ -113,6 +118,8 @@ class LossConfig:
             raise ValueError(f"LossConfig.uld_top_k must be >= 1, got {self.uld_top_k}")
         if self.implementation not in ("auto", "fused", "torch"):
             raise ValueError(f"LossConfig.implementation must be auto, fused or torch, got {self.implementation!r}")
+        if self.hidden_states not in ("auto", "on", "off"):
+            raise ValueError(f"LossConfig.hidden_states must be auto, on or off, got {self.hidden_states!r}")
         if self.vocab_match not in ("bytes", "raw"):
             raise ValueError(f"LossConfig.vocab_match must be 'bytes' or 'raw', got {self.vocab_match!r}")
         if self.vocab_match == "raw" and self.shifted_matching:

@@ -14,8 +14,10 @@ from gold.data import TrainBatch
 
 def completion_cross_entropy(student_logits: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, int]:
     """``(sum, tokens)``: the student's summed cross-entropy over the completion tokens of ``batch`` (float32)."""
-    logits = student_logits[:, :-1]  # (B, Ls - 1, Vs): column c predicts input c + 1
     targets = batch.student.completion_targets()
+    if not isinstance(student_logits, torch.Tensor):  # hidden states (gold.losses.hidden): a block at a time
+        return -student_logits.completion_logprobs(targets).sum(), int((targets != -100).sum())
+    logits = student_logits[:, :-1]  # (B, Ls - 1, Vs): column c predicts input c + 1
     total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                               reduction="sum")  # fmt: skip
     return total, int((targets != -100).sum())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import random
 import time
 import warnings
@@ -36,6 +37,7 @@ from gold.data import (
 )
 from gold.data_files import check_prompt_lengths, examples_from_rows
 from gold.eval_callback import HeldOutEvalCallback
+from gold.hidden_path import HiddenPlan, hidden_logits, hidden_plan, teacher_hidden_logits
 from gold.losses import PairTables
 from gold.rewards import load_reward_funcs
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap
@@ -46,6 +48,8 @@ from gold.trainer_guard import RunGuard
 from gold.trainer_metrics import StepMetrics
 from gold.trainer_objectives import Objectives, check_objectives
 from gold.trainer_steps import StepBatches
+
+logger = logging.getLogger(__name__)
 
 
 class UnequalRenderingWarning(UserWarning):
@@ -147,6 +151,7 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         self._student_generator, self._given_generator = student_generator, student_generator
         self._init_metrics()
         self._completions_logged = -1
+        self._hidden_plan: HiddenPlan | None = None
         super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
                          data_collator=list, processing_class=student_tokenizer, **kwargs)  # fmt: skip
         if held_out is not None:
@@ -275,9 +280,17 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:  # fmt: skip
         batch: TrainBatch = inputs["batch"].to(self.args.device)
-        student_logits = batch.student.logits(model)
+        plan = self.hidden_plan()
+        if plan.student is None:
+            student_logits: Any = batch.student.logits(model)
+        else:  # the GPU path: hidden states and the output layer, no (B, T, V) logits (gold.losses.hidden)
+            student_logits = hidden_logits(model, batch.student, plan.student,
+                                           module=self.accelerator.unwrap_model(model))  # fmt: skip
         began, hits = time.perf_counter(), getattr(self.teacher, "hits", None)
-        teacher_logits = self.teacher.logits(batch.teacher)
+        if plan.teacher is None:
+            teacher_logits: Any = self.teacher.logits(batch.teacher)
+        else:
+            teacher_logits = teacher_hidden_logits(self.teacher, batch.teacher, plan.teacher)  # type: ignore[arg-type]
         self._sums["teacher_s"] += time.perf_counter() - began
         if hits is not None:  # a teacher cache: the rows it had (the others came from the teacher)
             self._sums["teacher_cache_hits"] += self.teacher.hits - hits  # type: ignore[attr-defined]
@@ -293,6 +306,20 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         # each process holds its share of the global mean; DDP averages gradients over processes
         loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
+
+    def hidden_plan(self) -> HiddenPlan:
+        """Which side's loss runs from hidden states (``loss.hidden_states``), decided at the first step (when the
+        model is placed and wrapped); a side asked for that cannot is logged once, with the reason."""
+        if self._hidden_plan is None:
+            zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+            sharded = "FSDP" if self.is_fsdp_enabled else ("DeepSpeed ZeRO-3" if zero3 else None)
+            self._hidden_plan = hidden_plan(self.loss_config.hidden_states, device=self.args.device, sharded=sharded,
+                                            student_model=self.accelerator.unwrap_model(self.model),
+                                            teacher=self.teacher)  # fmt: skip
+            for note in self._hidden_plan.notes:
+                logger.warning("loss.hidden_states=%s: the %s; that side takes its logits",
+                               self.loss_config.hidden_states, note)  # fmt: skip
+        return self._hidden_plan
 
     def _maybe_log_completions(self, batch: TrainBatch, student_logits: torch.Tensor,
                                teacher_logits: torch.Tensor) -> None:  # fmt: skip

@@ -8,6 +8,10 @@ never as full ``[B, T, V]`` probabilities. With ``chunk_groups`` set, each chunk
 wrapped in activation checkpointing, so its (g, V) rows are recomputed in backward instead of being
 kept: peak memory grows with the chunk, not with G. Rows, terms and the loss are float32 for bf16 /
 fp16 logits (:func:`gold.losses.merge.reduction_dtype`); only each chunk's rows are upcast.
+
+Either side's logits may instead be :class:`gold.losses.hidden.HiddenLogits` (the GPU path: hidden states and the
+output layer); then each chunk computes its rows from the hidden states and recomputes them in backward, so
+no (B, T, V) logits exist at all.
 """
 
 from __future__ import annotations
@@ -202,16 +206,19 @@ def _chunked(
     if total == 0:
         # no groups anywhere in this slice (e.g. every rollout stopped at once): empty rows that are
         # still views of the student logits, so the (zero) loss has a graph to call backward on
-        return torch.stack([student_logits.flatten()[:0].to(dtype)] * 7)
+        empty = student_logits.flatten()[:0].to(dtype) if isinstance(student_logits, torch.Tensor) else (
+            student_logits.empty_view(dtype))  # fmt: skip
+        return torch.stack([empty] * 7)
     if not terms & {"hybrid", "uld", "byte_marginal"}:
         return torch.zeros(7, total, dtype=dtype, device=device)
-    size = config.chunk_groups or total
+    hidden = not isinstance(student_logits, torch.Tensor)  # gold.losses.hidden: never all rows at once
+    size = config.chunk_groups or (student_logits.rows_per_block if hidden else total)  # type: ignore[union-attr,attr-defined]
     parts = []
     for start in range(0, total, size):
         select = torch.arange(start, min(start + size, total), device=device)
         fn: Callable[..., torch.Tensor] = _row_terms
         args = (config, terms, batch, student_logits, teacher_logits, student_index, teacher_index, select)
-        if config.chunk_groups is not None and student_logits.requires_grad:
+        if (config.chunk_groups is not None or hidden) and student_logits.requires_grad:
             parts.append(checkpoint(fn, *args, use_reentrant=False))
         else:
             parts.append(fn(*args))

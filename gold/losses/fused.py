@@ -85,6 +85,8 @@ def fused_applies(config: LossConfig, student_logits: torch.Tensor, teacher_logi
         return False
     reasons = []
     for name, logits in (("student", student_logits), ("teacher", teacher_logits)):
+        if not isinstance(logits, torch.Tensor):
+            reasons.append(f"{name} logits come as hidden states (the GPU path, gold.losses.hidden)")
         if logits.device.type != "cpu":
             reasons.append(f"{name} logits are on {logits.device}")
         if logits.dtype != torch.float32:

@@ -73,8 +73,11 @@ def logprob_gap(
             completion ids are a prefix of what the engine sampled.
     """
     with torch.no_grad():
-        logits = student_logits[:, : targets.shape[1]].float()
-        picked = logits.gather(-1, targets.clamp(min=0)[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+        if isinstance(student_logits, torch.Tensor):
+            logits = student_logits[:, : targets.shape[1]].float()
+            picked = logits.gather(-1, targets.clamp(min=0)[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+        else:  # hidden states (gold.losses.hidden)
+            picked = student_logits.completion_logprobs(targets)
         total, count = 0.0, 0
         for row, engine in enumerate(engine_logprobs):
             width = min(len(engine), int((targets[row] >= 0).sum()))

@@ -1,0 +1,104 @@
+"""Which side of a training step takes its loss from hidden states (the GPU path, :mod:`gold.losses.hidden`), and
+running a model for them.
+
+A model runs as usual (through its DDP wrapper, so gradient hooks stay in place) but with ``logits_to_keep=1``: its
+output layer makes one (B, 1, V) column that nobody reads, and a forward hook on its decoder takes the last hidden
+states, exactly what the output layer would have read. The loss then applies the layer
+(:func:`gold.losses.head.output_head`) to the rows each chunk of groups needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gold.data import SideInputs
+from gold.losses.head import OutputHead, output_head
+from gold.losses.hidden import HiddenLogits
+from gold.teacher.local import DynamicSelfTeacher, LocalTeacher
+
+
+@dataclass(frozen=True)
+class HiddenPlan:
+    """The output layers the loss applies itself (None: that side takes its model's logits), and why a side that was
+    asked to cannot."""
+
+    student: OutputHead | None
+    teacher: OutputHead | None
+    notes: tuple[str, ...] = ()
+
+
+def hidden_plan(mode: str, *, student_model: Any, teacher: Any, device: torch.device,
+                sharded: str | None = None) -> HiddenPlan:  # fmt: skip
+    """The plan for ``LossConfig.hidden_states`` = ``mode`` ("auto": on CUDA only).
+
+    Args:
+        student_model: the student, unwrapped (its parameters are the ones being trained).
+        teacher: the run's teacher (:class:`LocalTeacher` on the student's device, or anything else: logits).
+        device: where the student runs.
+        sharded: how the student's parameters are sharded (e.g. "FSDP"), if they are: the output layer's weight is
+            then not whole outside the model's forward.
+    """
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return HiddenPlan(None, None)
+    notes = []
+    if sharded is not None:
+        student_head, why = None, f"its output layer is sharded ({sharded})"
+    else:
+        student_head, why = output_head(student_model)
+    if student_head is None:
+        notes.append(f"student: {why}")
+    teacher_head, why = _teacher_head(teacher, device, sharded)
+    if teacher_head is None:
+        notes.append(f"teacher: {why}")
+    return HiddenPlan(student_head, teacher_head, tuple(notes))
+
+
+def _teacher_head(teacher: Any, device: torch.device, sharded: str | None) -> tuple[OutputHead | None, str]:
+    if not isinstance(teacher, LocalTeacher):
+        return None, f"it is a {type(teacher).__name__}: its rows are not a model's hidden states"
+    if isinstance(teacher, DynamicSelfTeacher) and sharded is not None:
+        return None, f"it is the student, whose output layer is sharded ({sharded})"
+    if teacher.device != device:
+        return None, f"it runs on {teacher.device} and the student on {device}"
+    head, why = output_head(teacher.model)
+    if head is None:
+        return None, why
+    detached = OutputHead(head.weight.detach(), None if head.bias is None else head.bias.detach(), head.scale,
+                          head.softcap)  # fmt: skip
+    return detached, ""
+
+
+def hidden_logits(model: Any, inputs: SideInputs, head: OutputHead, *, module: Any = None) -> HiddenLogits:
+    """The loss view's :class:`HiddenLogits` of ``model`` (called as it is, e.g. DDP-wrapped; ``module``: the
+    unwrapped model whose decoder is hooked, default ``model``)."""
+    decoder = (module if module is not None else model).get_decoder()
+    captured: list[torch.Tensor] = []
+
+    def keep(_module: Any, _args: Any, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+    handle = decoder.register_forward_hook(keep)
+    try:
+        model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
+              logits_to_keep=1)  # fmt: skip
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"the decoder ({type(decoder).__name__}) ran {len(captured)} times in one forward; gold "
+                           "expects once: set loss.hidden_states: off")  # fmt: skip
+    return HiddenLogits(captured[0][:, -inputs.logits_to_keep :], head)
+
+
+def teacher_hidden_logits(teacher: LocalTeacher, inputs: SideInputs, head: OutputHead) -> HiddenLogits:
+    """:func:`hidden_logits` of a local teacher, without gradients and in eval mode (the student itself when
+    ``self-dynamic``, put back in its own mode after)."""
+    training = teacher.model.training
+    teacher.model.eval()
+    try:
+        with torch.no_grad():
+            return hidden_logits(teacher.model, inputs.to(teacher.device), head)
+    finally:
+        teacher.model.train(training)
