@@ -80,7 +80,8 @@ def common(out: Path, steps: int, batch: int, device: str) -> dict[str, Any]:
 
 
 def time_gold(models: tuple[Any, Any], tokenizers: tuple[Any, Any], data: list[dict], lmbda: float,
-              settings: dict[str, Any], completion: int, use_vllm: bool = False) -> float:  # fmt: skip
+              settings: dict[str, Any], completion: int, use_vllm: bool = False, **loss: Any) -> float:  # fmt: skip
+    """Median seconds per step of GoldTrainer (``loss``: LossConfig fields besides beta 0.5)."""
     from transformers import TrainingArguments
 
     from gold.config import LossConfig, RolloutConfig
@@ -96,13 +97,14 @@ def time_gold(models: tuple[Any, Any], tokenizers: tuple[Any, Any], data: list[d
     )  # CUDA: leave the rest of the GPU to training
     trainer = GoldTrainer(models[0], models[1], args=TrainingArguments(**settings), train_dataset=data,
                           student_tokenizer=tokenizers[0], teacher_tokenizer=tokenizers[1], callbacks=[clock],
-                          loss=LossConfig(beta=0.5), rollout=rollout)  # fmt: skip
+                          loss=LossConfig(beta=0.5, **loss), rollout=rollout)  # fmt: skip
     trainer.train()
     return clock.median_step()
 
 
 def time_trl(models: tuple[Any, Any], tokenizers: tuple[Any, Any], data: list[dict], lmbda: float,
-             settings: dict[str, Any], completion: int, folder: Path) -> float:  # fmt: skip
+             settings: dict[str, Any], completion: int, folder: Path, hybrid: bool = True) -> float:  # fmt: skip
+    """Median seconds per step of TRL's GOLDTrainer, ULD with the hybrid (``hybrid``) or alone."""
     from datasets import Dataset
     from trl.experimental.gold import GOLDConfig, GOLDTrainer
 
@@ -111,7 +113,7 @@ def time_trl(models: tuple[Any, Any], tokenizers: tuple[Any, Any], data: list[di
         model.config.save_pretrained(folder / name)
         model.config._name_or_path = str(folder / name)
     clock = StepClock()
-    args = GOLDConfig(**settings, use_uld_loss=True, uld_use_hybrid_loss=True, beta=0.5, lmbda=lmbda,
+    args = GOLDConfig(**settings, use_uld_loss=True, uld_use_hybrid_loss=hybrid, beta=0.5, lmbda=lmbda,
                       teacher_tokenizer_name_or_path=str(folder / "teacher"), max_completion_length=completion,
                       temperature=0.9)  # fmt: skip
     trainer = GOLDTrainer(model=models[0], teacher_model=models[1], args=args, train_dataset=Dataset.from_list(data),

@@ -151,3 +151,18 @@ class HiddenLogits:
         _, picked = self.token_logprobs(flat, targets[batch_index, position], temperature)
         out = torch.zeros(targets.shape[0], width, dtype=torch.float32, device=self.device)
         return out.index_put((batch_index, position), picked)
+
+
+# (g, V) float32 buffers the loss from hidden states holds at its peak, forward or backward, measured on CPU with every
+# term on (tests/gold/losses/test_memory.py): the chunk's rows of both sides, their softmaxes and the terms'
+# intermediates, kept through the chunk's recomputed backward
+HIDDEN_PATH_BUFFERS = 16
+
+
+def hidden_path_bound(chunk: int, student_vocab: int, teacher_vocab: int, *, hidden: int, tokens: int) -> int:
+    """Bytes the loss from hidden states may add at its peak over its inputs: ``HIDDEN_PATH_BUFFERS`` (g, V) float32
+    buffers of the larger vocabulary, the student output layer's gradient twice (a chunk's and the sum), and
+    64 bytes per token and hidden unit (the rows read from the hidden states and their gradient, and per-token
+    scalars). It does not grow with the sequence: ``tokens`` enters only through the hidden states."""
+    return HIDDEN_PATH_BUFFERS * chunk * max(student_vocab, teacher_vocab) * 4 + 2 * student_vocab * hidden * 4 + (
+        64 * tokens * hidden)  # fmt: skip

@@ -105,6 +105,6 @@ def test_auto_is_the_logits_path_on_cpu_and_on_says_why_a_side_cannot(tmp_path, 
 
 
 def test_hidden_states_value_is_checked() -> None:
-    with pytest.raises(ValueError, match="LossConfig.hidden_states must be auto, on or off, got 'yes'"):
+    with pytest.raises(ValueError, match=r"LossConfig.hidden_states must be auto, on or off, got 'yes'"):
         LossConfig(hidden_states="yes")  # type: ignore[arg-type]
     assert dataclasses.replace(LossConfig(), hidden_states="on").hidden_states == "on"

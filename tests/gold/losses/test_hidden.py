@@ -137,3 +137,27 @@ def test_bad_hidden_states_are_refused() -> None:
         HiddenLogits(torch.zeros(2, 5, 8), head)
     with pytest.raises(ValueError, match="rows_per_block must be >= 1, got 0"):
         HiddenLogits(torch.zeros(2, 5, HIDDEN), head, rows_per_block=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_on_cuda_in_bf16_hidden_states_equal_their_logits(name: str) -> None:
+    batch = random_batch(3).to("cuda")
+    student_hidden, teacher_hidden, student_head, teacher_head = sides(batch, torch.bfloat16, seed=5)
+    moved = [t.detach().cuda().requires_grad_(t.requires_grad) for t in (student_hidden, teacher_hidden)]
+    student_hidden, teacher_hidden = moved
+    student_head, teacher_head = (
+        OutputHead(h.weight.detach().cuda().requires_grad_(), h.bias.detach().cuda().requires_grad_(), h.scale,
+                   h.softcap)
+        for h in (student_head, teacher_head)
+    )  # fmt: skip
+    leaves = (student_hidden, student_head.weight)
+    config = LossConfig(chunk_groups=2, **CONFIGS[name])  # "auto" on CUDA: the torch path, exact ULD
+    expected, _, expected_grads = run(student_head.logits(student_hidden), teacher_head.logits(teacher_hidden), batch,
+                                      config, leaves)  # fmt: skip
+    student = HiddenLogits(student_hidden, student_head, rows_per_block=3)
+    loss, _, grads = run(student, HiddenLogits(teacher_hidden, teacher_head, rows_per_block=2), batch, config, leaves)
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    for grad, reference in zip(grads, expected_grads, strict=True):
+        scale = float(reference.abs().max())
+        torch.testing.assert_close(grad.float() / scale, reference.float() / scale, rtol=2**-6, atol=2**-6)
