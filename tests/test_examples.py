@@ -53,12 +53,16 @@ def test_hub_recipe_training_section_is_valid(name: str) -> None:
     assert args.max_steps == 2000 and args.gradient_accumulation_steps == 4
 
 
-@pytest.mark.parametrize("name", ["ddp.yaml", "fsdp.yaml"])
+@pytest.mark.parametrize("name", ["ddp.yaml", "fsdp.yaml", "deepspeed_zero3.yaml"])
 def test_accelerate_configs_load(name: str) -> None:
     from accelerate.commands.config.config_args import ClusterConfig
 
     config = ClusterConfig.from_yaml_file(str(EXAMPLES / "accelerate" / name))
     assert config.num_processes == 2 and config.mixed_precision == "bf16"
+    if name == "deepspeed_zero3.yaml":
+        assert config.distributed_type == "DEEPSPEED" and config.deepspeed_config["zero_stage"] == 3
+    if name == "fsdp.yaml":
+        assert config.fsdp_config["fsdp_version"] == 2
 
 
 def test_example_reward_functions_load_by_name_and_score() -> None:

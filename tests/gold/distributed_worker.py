@@ -7,6 +7,7 @@
 fixed generator), each over the same 4 rows; the weights must equal one process's over all 4 rows, which holds
 only when every term is normalised by the global counts.
 ``reward_fails``: the reward function raises on rank 1 only; both processes must stop (no hang in a collective).
+``sgd``: three SGD steps; launched plain (DDP) and with FSDP2, the gathered weights must agree.
 """
 
 from __future__ import annotations
@@ -91,6 +92,23 @@ def default_run(out: Path) -> dict[str, Any]:
     return {"state": _state(trainer), "groups": groups, "completions": trainer.completions}
 
 
+def sgd_run(out: Path) -> dict[str, Any]:
+    """Three SGD steps on dataset completions (no clipping: a wrong gradient shows in the weights), the student's
+    whole weights gathered at the end (FSDP shards included); run under DDP and under FSDP for ``fsdp``."""
+    student_tokenizer, teacher_tokenizer = tokenizers()
+    args = TrainingArguments(output_dir=str(out / "run"), max_steps=3, per_device_train_batch_size=2,
+                             learning_rate=0.5, optim="sgd", max_grad_norm=0.0, report_to=[], save_strategy="no",
+                             use_cpu=True, seed=0, disable_tqdm=True, logging_steps=1)  # fmt: skip
+    trainer = GoldTrainer(tiny(student_tokenizer, seed=0), tiny(teacher_tokenizer, seed=1), args=args,
+                          train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+                          loss=LossConfig(uld_weight=0.5),
+                          rollout=RolloutConfig(lmbda=0.0, max_completion_length=12))  # fmt: skip
+    trainer.train()
+    state = {k: v.detach().cpu().clone() for k, v in trainer.student_state_dict().items()}
+    return {"state": state, "fsdp": trainer.is_fsdp_enabled, "losses": [e["loss"] for e in trainer.state.log_history
+                                                                          if "loss" in e]}  # fmt: skip
+
+
 def objective_run(out: Path, name: str, batch_size: int, reward: Any = ends_with_a_full_stop) -> GoldTrainer:
     """One SGD step (no clipping, so that a wrong scale shows) of SFT mixing (``sft``) or OPD-RL (``opd``)."""
     student_tokenizer, teacher_tokenizer = tokenizers()
@@ -128,6 +146,8 @@ def main(out: Path, mode: str) -> None:
         return
     if mode == "default":
         result = default_run(out)
+    elif mode == "sgd":
+        result = sgd_run(out)
     else:
         result = {name: _state(objective_run(out, name, batch_size=2)) for name in ("sft", "opd")}
     torch.save({**result, "world": state.num_processes}, out / f"rank{state.process_index}.pt")

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,16 @@ from tests.gold.distributed_worker import objective_run
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def launch(out: Path, mode: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """``tests.gold.distributed_worker OUT MODE`` in two CPU processes (gloo) through ``accelerate launch``."""
+FSDP2 = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+         "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer", "--fsdp_state_dict_type", "FULL_STATE_DICT",
+         "--fsdp_reshard_after_forward", "true"]  # fmt: skip
+
+
+def launch(out: Path, mode: str, timeout: int = 600, extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """``tests.gold.distributed_worker OUT MODE`` in two CPU processes (gloo) through ``accelerate launch``
+    (``extra``: more launcher options, e.g. :data:`FSDP2`)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *extra,
                "-m", "tests.gold.distributed_worker", str(out), mode]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -76,3 +83,23 @@ def test_an_error_on_one_process_stops_every_process(tmp_path) -> None:
     errors = {rank: (tmp_path / f"rank{rank}.error").read_text(encoding="utf-8") for rank in (0, 1)}
     assert "fails on rank 1 only" in errors[1]
     assert errors[0].startswith("PeerFailure: another process failed while building the batches of step 1"), errors
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_processes_ends_with_the_weights_ddp_ends_with(tmp_path) -> None:
+    """FSDP2 (gloo, CPU) shards the student over 2 processes; three SGD steps on the same data end with the weights
+    the same steps under DDP end with (gathered to one full state dict)."""
+    runs = {}
+    for name, extra in (("ddp", []), ("fsdp", FSDP2)):
+        (tmp_path / name).mkdir()
+        result = launch(tmp_path / name, "sgd", extra=extra)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        runs[name] = torch.load(tmp_path / name / "rank0.pt")
+    assert (runs["ddp"]["fsdp"], runs["fsdp"]["fsdp"]) == (False, True)
+    assert runs["fsdp"]["losses"] == pytest.approx(runs["ddp"]["losses"], rel=1e-5)
+    ddp, fsdp = runs["ddp"]["state"], runs["fsdp"]["state"]
+    assert fsdp.keys() == ddp.keys()
+    for key, value in ddp.items():
+        torch.testing.assert_close(fsdp[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    initial = tiny(zoo("smollm2"), seed=0).state_dict()
+    assert any(not torch.equal(initial[k], v) for k, v in ddp.items())  # the steps moved the weights
