@@ -17,6 +17,7 @@ import torch
 from gold.data import SideInputs
 from gold.losses.head import OutputHead, output_head
 from gold.losses.hidden import HiddenLogits
+from gold.sharding import is_sharded
 from gold.teacher.local import DynamicSelfTeacher, LocalTeacher
 
 
@@ -44,6 +45,8 @@ def hidden_plan(mode: str, *, student_model: Any, teacher: Any, device: torch.de
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return HiddenPlan(None, None)
     notes = []
+    if sharded is None and is_sharded(student_model):  # sharded by hand (fully_shard), not by the launcher
+        sharded = "FSDP2"
     if sharded is not None:
         student_head, why = None, f"its output layer is sharded ({sharded})"
     else:
@@ -61,7 +64,9 @@ def _teacher_head(teacher: Any, device: torch.device, sharded: str | None) -> tu
         return None, f"it is a {type(teacher).__name__}: its rows are not a model's hidden states"
     if isinstance(teacher, DynamicSelfTeacher) and sharded is not None:
         return None, f"it is the student, whose output layer is sharded ({sharded})"
-    if teacher.device != device:
+    if teacher.sharded is not None:
+        return None, f"its output layer is sharded ({teacher.sharded}, teacher.shard)"
+    if not _same_device(teacher.device, device):
         return None, f"it runs on {teacher.device} and the student on {device}"
     head, why = output_head(teacher.model)
     if head is None:
@@ -69,6 +74,16 @@ def _teacher_head(teacher: Any, device: torch.device, sharded: str | None) -> tu
     detached = OutputHead(head.weight.detach(), None if head.bias is None else head.bias.detach(), head.scale,
                           head.softcap)  # fmt: skip
     return detached, ""
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cpu`` is ``cpu:0``, and ``cuda`` the current CUDA device."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
 
 
 def hidden_logits(model: Any, inputs: SideInputs, head: OutputHead, *, module: Any = None) -> HiddenLogits:

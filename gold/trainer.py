@@ -181,9 +181,10 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
             raise ValueError("held-out evaluation during training needs a local teacher model (LocalTeacher)")
         if self.args.eval_steps is None:
             raise ValueError("held_out needs args.eval_steps (training.eval_steps in a recipe): how often to score")
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or self.teacher.sharded is not None:
             raise ValueError("held-out evaluation runs on the main process alone and cannot run a sharded student "
-                             "(FSDP / DeepSpeed); evaluate checkpoints with `gold eval` instead")  # fmt: skip
+                             "or teacher (FSDP / DeepSpeed / teacher.shard); evaluate checkpoints with `gold eval` "
+                             "instead")  # fmt: skip
         self.add_callback(HeldOutEvalCallback(self, examples, every=int(self.args.eval_steps),
                                               samples_per_prompt=samples_per_prompt, seed=self.args.seed,
                                               max_new_tokens=self.rollout_config.max_completion_length))  # fmt: skip

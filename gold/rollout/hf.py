@@ -11,6 +11,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from gold.config import RolloutConfig
 from gold.data import logit_rows, pad_id
 from gold.rollout.base import Rollout, spellable_ids
+from gold.sharding import is_sharded
 from gold.stops import StopRule, model_stop_rule
 
 
@@ -85,6 +86,8 @@ class HFGenerator:
                 logits_processor=self.processors,
                 pad_token_id=self.pad_id,
                 eos_token_id=sorted(self.stop.stop_ids) or None,
+                # a sharded model gathers its layers in every forward: every process steps until all are done
+                synced_gpus=is_sharded(self.model) and torch.distributed.is_initialized(),
                 **self._sampling(),
             )
         finally:

@@ -69,7 +69,8 @@ def build_teacher(spec: ModelConfig, tokenizer: Any, *, device: str | None, seed
     server_url, cache = getattr(spec, "server_url", None), getattr(spec, "cache", None)
 
     def local() -> LocalTeacher:
-        return LocalTeacher(build_model(spec, tokenizer, seed=seed), tokenizer, device=device)
+        return LocalTeacher(build_model(spec, tokenizer, seed=seed), tokenizer, device=device,
+                            shard=getattr(spec, "shard", False))  # fmt: skip
 
     served = _served(spec, tokenizer) if server_url else None
     if cache is None:

@@ -28,6 +28,9 @@ class TeacherConfig(ModelConfig):
     cache: str | None = None
     # on a cache miss: "teacher" (ask the model or server above) or "error"
     cache_miss: str = "teacher"
+    # shard the local teacher's weights over the run's processes (FSDP2, gold.sharding), for a teacher too big for one
+    # GPU: each process keeps 1/N and a forward gathers one layer at a time; needs a multi-process launch
+    shard: bool = False
 
     def __post_init__(self) -> None:
         if not self.model and (self.server_url or self.cache):
@@ -53,5 +56,8 @@ class TeacherConfig(ModelConfig):
             raise ValueError(f"TeacherConfig.cache_miss must be 'teacher' or 'error', got {self.cache_miss!r}")
         if self.server_url is not None and not self.server_url.startswith(("http://", "https://")):
             raise ValueError(f"TeacherConfig.server_url must start with http:// or https://, got {self.server_url!r}")
+        if self.shard and (self.server_url or self.cache or self.model in ("self", "self-dynamic")):
+            raise ValueError("teacher.shard shards a local teacher model; a served, cached or self teacher has none "
+                             "to shard (a cache's misses would reach the processes at different steps)")  # fmt: skip
         if self.model in ("self", "self-dynamic") and (self.server_url or self.cache):
             raise ValueError(f"teacher.model {self.model!r} is the student itself: it cannot be served or cached")

@@ -15,6 +15,7 @@ import torch
 from gold.config import RolloutConfig
 from gold.data import SideInputs, logit_rows
 from gold.rollout import Generator, HFGenerator
+from gold.sharding import shard_frozen
 from gold.stops import StopRule, model_stop_rule
 
 
@@ -57,17 +58,21 @@ class LocalTeacher:
         tokenizer: the teacher's fast tokenizer.
         device: where the teacher runs (default: where it is); logits come back on the caller's device.
         dtype: cast the teacher to this dtype (default: leave it).
+        shard: shard its weights over the run's processes (FSDP2, :func:`gold.sharding.shard_frozen`; a teacher too
+            big for one device); every process must then ask it for rows at the same steps, as the trainer does.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None) -> None:  # fmt: skip
+                 dtype: torch.dtype | None = None, shard: bool = False) -> None:  # fmt: skip
         if device is not None:
             model = model.to(device)
         if dtype is not None:
             model = model.to(dtype)
         model.eval()
         model.requires_grad_(False)
-        self.model = model
+        # FSDP2 over every process of the run (gold.sharding): each keeps 1/N of the weights
+        self.sharded = "FSDP2" if shard else None
+        self.model = shard_frozen(model) if shard else model
         self.tokenizer = tokenizer
         self._stop = model_stop_rule(model, tokenizer)
 
@@ -107,6 +112,7 @@ class DynamicSelfTeacher(LocalTeacher):
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model = model
+        self.sharded = None  # sharded as the student is, if it is (the trainer knows)
         self.tokenizer = tokenizer
         self._stop = model_stop_rule(model, tokenizer)
 

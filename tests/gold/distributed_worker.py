@@ -8,6 +8,8 @@ fixed generator), each over the same 4 rows; the weights must equal one process'
 only when every term is normalised by the global counts.
 ``reward_fails``: the reward function raises on rank 1 only; both processes must stop (no hang in a collective).
 ``sgd``: three SGD steps; launched plain (DDP) and with FSDP2, the gathered weights must agree.
+``sgd_sharded_teacher``: the same steps with the teacher sharded over the processes (``LocalTeacher(shard=True)``).
+``manual_ddp`` / ``manual_fsdp2``: GoldTrainer's batches and loss on a student wrapped by hand in DDP or FSDP2.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from transformers import TrainingArguments
 from alignment import encode_continuation
 from gold.config import LossConfig, RolloutConfig
 from gold.rollout import Rollout
+from gold.sharding import local_parameter_count
+from gold.teacher import LocalTeacher
 from gold.trainer import GoldTrainer
 from gold.zoo import load_tokenizer
 from tests.gold.conftest import ROWS, tiny
@@ -92,21 +96,86 @@ def default_run(out: Path) -> dict[str, Any]:
     return {"state": _state(trainer), "groups": groups, "completions": trainer.completions}
 
 
-def sgd_run(out: Path) -> dict[str, Any]:
+def sgd_run(out: Path, shard_teacher: bool = False) -> dict[str, Any]:
     """Three SGD steps on dataset completions (no clipping: a wrong gradient shows in the weights), the student's
-    whole weights gathered at the end (FSDP shards included); run under DDP and under FSDP for ``fsdp``."""
+    whole weights gathered at the end (FSDP shards included); the teacher whole or sharded (``shard_teacher``)."""
     student_tokenizer, teacher_tokenizer = tokenizers()
     args = TrainingArguments(output_dir=str(out / "run"), max_steps=3, per_device_train_batch_size=2,
                              learning_rate=0.5, optim="sgd", max_grad_norm=0.0, report_to=[], save_strategy="no",
-                             use_cpu=True, seed=0, disable_tqdm=True, logging_steps=1)  # fmt: skip
-    trainer = GoldTrainer(tiny(student_tokenizer, seed=0), tiny(teacher_tokenizer, seed=1), args=args,
+                             lr_scheduler_type="constant", use_cpu=not torch.cuda.is_available(), seed=0,
+                             disable_tqdm=True, logging_steps=1)  # fmt: skip
+    teacher = LocalTeacher(tiny(teacher_tokenizer, seed=1), teacher_tokenizer, device=args.device,
+                           shard=shard_teacher)  # fmt: skip
+    trainer = GoldTrainer(tiny(student_tokenizer, seed=0), teacher, args=args,
                           train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
                           loss=LossConfig(uld_weight=0.5),
                           rollout=RolloutConfig(lmbda=0.0, max_completion_length=12))  # fmt: skip
     trainer.train()
     state = {k: v.detach().cpu().clone() for k, v in trainer.student_state_dict().items()}
-    return {"state": state, "fsdp": trainer.is_fsdp_enabled, "losses": [e["loss"] for e in trainer.state.log_history
-                                                                          if "loss" in e]}  # fmt: skip
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    result = {"state": state, "fsdp": trainer.is_fsdp_enabled, "losses": losses}
+    if shard_teacher:
+        result.update(_sharded_teacher_checks(teacher, teacher_tokenizer))
+    return result
+
+
+def manual_run(out: Path, wrap: str) -> dict[str, Any]:
+    """Three SGD steps of GoldTrainer's own batches and loss (``get_batch_samples``, ``compute_loss``) on a student
+    wrapped by hand: ``ddp`` (DistributedDataParallel) or ``fsdp2`` (``fully_shard`` per decoder layer and the root;
+    accelerate enables FSDP only on GPUs, torch runs FSDP2 on gloo). Each process takes its own 2 rows per step."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    from gold.hidden_path import hidden_plan
+
+    student_tokenizer, teacher_tokenizer = tokenizers()
+    args = TrainingArguments(output_dir=str(out / "run"), max_steps=3, per_device_train_batch_size=2, report_to=[],
+                             save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)  # fmt: skip
+    trainer = GoldTrainer(tiny(student_tokenizer, seed=0), tiny(teacher_tokenizer, seed=1), args=args,
+                          train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+                          loss=LossConfig(uld_weight=0.5),
+                          rollout=RolloutConfig(lmbda=0.0, max_completion_length=12))  # fmt: skip
+    student = trainer.model
+    if wrap == "fsdp2":
+        for layer in student.model.layers:
+            fully_shard(layer)
+        model = fully_shard(student)
+    else:
+        model = torch.nn.parallel.DistributedDataParallel(student)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    rank, losses = args.process_index, []
+    for step in range(3):
+        trainer.state.global_step = step
+        data = trainer.train_dataset
+        rows = [data[(4 * step + 2 * rank + i) % len(data)] for i in range(2)]
+        batches, items = trainer.get_batch_samples(iter([rows]), 1, args.device)
+        loss = trainer.compute_loss(model, batches[0], num_items_in_batch=items)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    plan = hidden_plan("on", student_model=student, teacher=trainer.teacher, device=args.device)
+    return {"state": {k.removeprefix("module."): v.detach().cpu().clone() for k, v in state.items()},
+            "losses": losses, "hidden_notes": plan.notes}  # fmt: skip
+
+
+def _sharded_teacher_checks(teacher: LocalTeacher, tokenizer: Any) -> dict[str, Any]:
+    """What a sharded teacher holds here, its logits against the same teacher whole, and teacher samples drawn on
+    every process from prompts of different lengths (a sharded ``generate`` must keep the processes in step)."""
+    from accelerate import PartialState
+
+    rank = PartialState().process_index
+    whole = tiny(tokenizer, seed=1)
+    ids = torch.tensor([encode_continuation(tokenizer, "Café ☕ 東京! It is 5.")])
+    with torch.no_grad():
+        sharded_logits = teacher.model(input_ids=ids).logits
+        whole_logits = whole(input_ids=ids).logits
+    config = RolloutConfig(max_completion_length=4 + 3 * rank, temperature=1.0)
+    samples = teacher.generator(config).rollout([ids[0, : 3 + 2 * rank].tolist()])
+    return {"teacher_local": local_parameter_count(teacher.model), "teacher_total": local_parameter_count(whole),
+            "teacher_logits_gap": float((sharded_logits - whole_logits).abs().max()),
+            "teacher_sample": samples[0].ids}  # fmt: skip
 
 
 def objective_run(out: Path, name: str, batch_size: int, reward: Any = ends_with_a_full_stop) -> GoldTrainer:
@@ -148,6 +217,10 @@ def main(out: Path, mode: str) -> None:
         result = default_run(out)
     elif mode == "sgd":
         result = sgd_run(out)
+    elif mode in ("manual_ddp", "manual_fsdp2"):
+        result = manual_run(out, mode.removeprefix("manual_"))
+    elif mode == "sgd_sharded_teacher":
+        result = sgd_run(out, shard_teacher=True)
     else:
         result = {name: _state(objective_run(out, name, batch_size=2)) for name in ("sft", "opd")}
     torch.save({**result, "world": state.num_processes}, out / f"rank{state.process_index}.pt")

@@ -27,7 +27,8 @@ FSDP2 = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSF
 def launch(out: Path, mode: str, timeout: int = 600, extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     """``tests.gold.distributed_worker OUT MODE`` in two CPU processes (gloo) through ``accelerate launch``
     (``extra``: more launcher options, e.g. :data:`FSDP2`)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    mode_flag = [] if "--use_fsdp" in extra else ["--multi_gpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *mode_flag, "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *extra,
                "-m", "tests.gold.distributed_worker", str(out), mode]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -86,9 +87,35 @@ def test_an_error_on_one_process_stops_every_process(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_fsdp2_on_two_processes_ends_with_the_weights_ddp_ends_with(tmp_path) -> None:
-    """FSDP2 (gloo, CPU) shards the student over 2 processes; three SGD steps on the same data end with the weights
-    the same steps under DDP end with (gathered to one full state dict)."""
+def test_gold_steps_on_an_fsdp2_student_end_with_the_weights_of_ddp(tmp_path) -> None:
+    """FSDP2 (gloo, CPU) shards the student over 2 processes; three SGD steps of gold's batches and loss end with the
+    weights the same steps end with under DDP (gathered to one full state dict on rank 0), and the loss from hidden
+    states knows that the output layer is sharded."""
+    runs = {}
+    for mode in ("manual_ddp", "manual_fsdp2"):
+        (tmp_path / mode).mkdir()
+        result = launch(tmp_path / mode, mode, timeout=400)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        runs[mode] = [torch.load(tmp_path / mode / f"rank{r}.pt") for r in (0, 1)]
+    ddp, fsdp = runs["manual_ddp"], runs["manual_fsdp2"]
+    assert ddp[0]["losses"] != ddp[1]["losses"]  # each process its own rows
+    for rank in (0, 1):
+        assert fsdp[rank]["losses"] == pytest.approx(ddp[rank]["losses"], rel=1e-5)
+        assert fsdp[rank]["hidden_notes"] == ("student: its output layer is sharded (FSDP2)",)
+        assert ddp[rank]["hidden_notes"] == ()
+    assert fsdp[0]["state"].keys() == ddp[0]["state"].keys()
+    for key, value in ddp[0]["state"].items():
+        torch.testing.assert_close(fsdp[0]["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    initial = tiny(zoo("smollm2"), seed=0).state_dict()
+    assert any(not torch.equal(initial[k], v) for k, v in ddp[0]["state"].items())  # the steps moved the weights
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP through accelerate needs 2 GPUs")
+def test_fsdp2_through_accelerate_ends_with_the_weights_ddp_ends_with(tmp_path) -> None:
+    """``accelerate launch --use_fsdp`` (FSDP2) shards the student over 2 GPUs; three SGD steps on the same data end
+    with the weights the same steps under DDP end with (gathered to one full state dict). accelerate enables FSDP on
+    GPU-like distributed types only, so this cannot run on CPUs."""
     runs = {}
     for name, extra in (("ddp", []), ("fsdp", FSDP2)):
         (tmp_path / name).mkdir()
@@ -103,3 +130,23 @@ def test_fsdp2_on_two_processes_ends_with_the_weights_ddp_ends_with(tmp_path) ->
         torch.testing.assert_close(fsdp[key], value, rtol=1e-5, atol=1e-6, msg=key)
     initial = tiny(zoo("smollm2"), seed=0).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in ddp.items())  # the steps moved the weights
+
+
+@pytest.mark.slow
+def test_a_teacher_sharded_over_two_processes_teaches_what_the_whole_teacher_does(tmp_path) -> None:
+    """FSDP2 on the frozen teacher (gloo, CPU, under a DDP student): each process keeps about half the teacher, its
+    logits equal the whole teacher's, three SGD steps end with the weights the whole teacher gives, and teacher
+    samples of different lengths on the two processes finish (the processes stay in step)."""
+    runs = {}
+    for name in ("sgd", "sgd_sharded_teacher"):
+        (tmp_path / name).mkdir()
+        result = launch(tmp_path / name, name, timeout=400)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        runs[name] = [torch.load(tmp_path / name / f"rank{r}.pt") for r in (0, 1)]
+    whole, sharded = runs["sgd"][0], runs["sgd_sharded_teacher"]
+    for rank in sharded:
+        assert rank["teacher_local"] < 0.6 * rank["teacher_total"], rank["teacher_local"]
+        assert rank["teacher_logits_gap"] < 1e-5 and len(rank["teacher_sample"]) > 0
+    assert sharded[0]["losses"] == pytest.approx(whole["losses"], rel=1e-5)
+    for key, value in whole["state"].items():
+        torch.testing.assert_close(sharded[0]["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
