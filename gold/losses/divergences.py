@@ -18,6 +18,19 @@ import torch
 # exp(FLOOR) is exactly 0 in float32 and float64, and FLOOR - FLOOR is 0: clamping -inf to it makes
 # zero-probability terms vanish with zero gradient, in three passes and without masks
 FLOOR = -1e30
+# the generalized JSD by the Triton kernel (gold.losses.triton_jsd): "auto" for float32 rows on a CUDA device when
+# Triton imports, "always" for float32 rows anywhere (tests: on CPU under TRITON_INTERPRET=1), "never"
+TRITON = "auto"
+
+
+def _use_triton(student_logprobs: torch.Tensor) -> bool:
+    if TRITON == "never" or student_logprobs.dtype != torch.float32 or student_logprobs.dim() != 2:
+        return False
+    if TRITON == "auto" and student_logprobs.device.type != "cuda":
+        return False
+    from gold.losses.triton_jsd import triton_available
+
+    return triton_available()
 
 
 def _kl(p_logprobs: torch.Tensor, q_logprobs: torch.Tensor) -> torch.Tensor:
@@ -57,6 +70,10 @@ def generalized_jsd(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tens
         teacher_logprobs: (R, K).
         beta: in [0, 1].
     """
+    if _use_triton(student_logprobs):  # one fused pass, values and gradient (gold.losses.triton_jsd)
+        from gold.losses.triton_jsd import triton_generalized_jsd
+
+        return triton_generalized_jsd(student_logprobs, teacher_logprobs, beta=beta)
     return _jsd(student_logprobs.clamp(min=FLOOR), teacher_logprobs.clamp(min=FLOOR), beta)
 
 
@@ -64,7 +81,10 @@ def generalized_jsd_of_finite(
     student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, *, beta: float
 ) -> torch.Tensor:
     """:func:`generalized_jsd` for rows known to hold no ``-inf`` (log-softmax of finite logits), without
-    the clamping passes; a ``-inf`` entry gives NaN, which the loss's finiteness check reports."""
+    the clamping passes; a ``-inf`` entry gives NaN, which the loss's finiteness check reports. (The Triton kernel,
+    where it runs, clamps in its single pass and counts such an entry as zero probability.)"""
+    if _use_triton(student_logprobs):
+        return generalized_jsd(student_logprobs, teacher_logprobs, beta=beta)
     return _jsd(student_logprobs, teacher_logprobs, beta)
 
 

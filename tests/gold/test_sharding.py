@@ -24,7 +24,7 @@ def test_one_process_has_nothing_to_shard_over() -> None:
 def test_only_a_local_teacher_model_can_be_sharded() -> None:
     assert TeacherConfig(model="tiny", tokenizer="smollm2", shard=True).shard
     for extra in ({"server_url": "http://localhost:8000"}, {"cache": "cache-folder"}):
-        with pytest.raises(ValueError, match="teacher.shard shards a local teacher model"):
+        with pytest.raises(ValueError, match=r"teacher\.shard shards a local teacher model"):
             TeacherConfig(model="tiny", tokenizer="smollm2", shard=True, **extra)
-    with pytest.raises(ValueError, match="teacher.shard shards a local teacher model"):
+    with pytest.raises(ValueError, match=r"teacher\.shard shards a local teacher model"):
         TeacherConfig(model="self-dynamic", shard=True)
