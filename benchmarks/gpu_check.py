@@ -73,11 +73,19 @@ def measured(run: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def gpu_tests() -> dict[str, Any]:
-    """gold's GPU-marked tests (skipped without CUDA): exit code and pytest's summary line."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    return {"exit_code": done.returncode, "summary": lines[-1] if lines else done.stderr[-300:]}
+    """gold's GPU-marked tests (skipped without CUDA), then the Triton kernel's and the hidden-state loss's tests
+    (compiled on a GPU, under the interpreter on CPU): exit code and pytest's summary line of each."""
+    runs = {
+        "gpu_marked": ["-m", "gpu", "tests"],
+        "triton_and_hidden": ["tests/gold/losses/test_triton_jsd.py", "tests/gold/losses/test_hidden.py"],
+    }
+    out = {}
+    for name, args in runs.items():
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        out[name] = {"exit_code": done.returncode, "summary": lines[-1] if lines else done.stderr[-300:]}
+    return out
 
 
 def main() -> None:
@@ -124,9 +132,9 @@ def run_check(device: str, shape: str, steps: int, batch: int, completion: int, 
             settings = common(Path(tmp) / "out", steps, batch, device)
             plan: list[tuple[str, str, dict[str, Any]]] = []
             for loss, fields in LOSSES.items():
-                plan.append(("gold", loss, {**fields, "hidden_states": "on"}))  # = "auto" on CUDA; the dry run too
+                plan.append(("gold", loss, {**fields, "hidden_states": "always"}))  # = "auto" on CUDA; the dry run too
                 if loss == "hybrid":
-                    plan.append(("gold", loss, {**fields, "hidden_states": "off"}))
+                    plan.append(("gold", loss, {**fields, "hidden_states": "never"}))
                 plan.append(("trl", loss, fields))
             for trainer, loss, fields in plan:
                 entry: dict[str, Any] = {"trainer": trainer, "loss": loss, "lmbda": lmbda,
@@ -157,8 +165,8 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     for lmbda in (0.0, 1.0):
         floor = results["floor_s"].get(f"lmbda_{lmbda:g}")
         for loss in LOSSES:
-            gold, trl, logits = (_find(runs, trainer, loss, lmbda, hidden)
-                                 for trainer, hidden in (("gold", "on"), ("trl", None), ("gold", "off")))  # fmt: skip
+            sides = (("gold", "always"), ("trl", None), ("gold", "never"))
+            gold, trl, logits = (_find(runs, trainer, loss, lmbda, hidden) for trainer, hidden in sides)
             key = f"lmbda_{lmbda:g}/{loss}"
             out[key] = {
                 "trl_over_gold": trl["step_s"] / gold["step_s"] if gold and trl else None,

@@ -90,7 +90,8 @@ def main() -> None:
     for path in ("hidden", "logits"):
         result[path] = peak(path, aligned, leaves, args.chunk)
         print(path, result[path], flush=True)
-    bound = hidden_path_bound(args.chunk, 151_936, 128_256, hidden=TEACHER_HIDDEN, tokens=args.batch * args.tokens)
+    bound = hidden_path_bound(args.chunk, 151_936, 128_256, student_hidden=STUDENT_HIDDEN,
+                              teacher_hidden=TEACHER_HIDDEN, tokens=args.batch * args.tokens)  # fmt: skip
     result["hidden_bound_gib"] = bound / 2**30
     result["logits_over_hidden"] = result["logits"]["peak_extra_gib"] / result["hidden"]["peak_extra_gib"]
     print(json.dumps(result, indent=2))

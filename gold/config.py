@@ -83,10 +83,11 @@ class LossConfig:
     # the composed torch path otherwise. "fused" insists (and says why it cannot), "torch" never fuses.
     implementation: Literal["auto", "fused", "torch"] = "auto"
     # the GPU path (gold.losses.hidden): run each model without its output layer and apply the layer to the rows a
-    # chunk of groups needs, recomputed in backward, so no (B, T, V) logits exist. "auto": on CUDA; "on": wherever it
-    # can (CPU too); "off": never. A side it cannot serve (an architecture gold.losses.head does not reproduce, a
-    # sharded output layer, a served or cached teacher) takes its logits, and the trainer logs why once
-    hidden_states: Literal["auto", "on", "off"] = "auto"
+    # chunk of groups needs, recomputed in backward, so no (B, T, V) logits exist. "auto": on CUDA; "always": wherever
+    # it can (CPU too); "never" (not on/off: YAML reads those as booleans). A side it cannot serve (an architecture
+    # gold.losses.head does not reproduce, a sharded output layer, a served or cached teacher) takes its logits, and
+    # the trainer logs why once
+    hidden_states: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self) -> None:
         weights = ("hybrid_weight", "uld_weight", "span_weight", "byte_marginal_weight")
@@ -118,8 +119,11 @@ class LossConfig:
             raise ValueError(f"LossConfig.uld_top_k must be >= 1, got {self.uld_top_k}")
         if self.implementation not in ("auto", "fused", "torch"):
             raise ValueError(f"LossConfig.implementation must be auto, fused or torch, got {self.implementation!r}")
-        if self.hidden_states not in ("auto", "on", "off"):
-            raise ValueError(f"LossConfig.hidden_states must be auto, on or off, got {self.hidden_states!r}")
+        if self.hidden_states not in ("auto", "always", "never"):
+            hint = " (YAML reads on/off/yes/no as booleans)" if isinstance(self.hidden_states, bool) else ""
+            raise ValueError(
+                f"LossConfig.hidden_states must be auto, always or never, got {self.hidden_states!r}{hint}"
+            )
         if self.vocab_match not in ("bytes", "raw"):
             raise ValueError(f"LossConfig.vocab_match must be 'bytes' or 'raw', got {self.vocab_match!r}")
         if self.vocab_match == "raw" and self.shifted_matching:

@@ -31,9 +31,9 @@ class HiddenPlan:
     notes: tuple[str, ...] = ()
 
 
-def hidden_plan(mode: str, *, student_model: Any, teacher: Any, device: torch.device,
-                sharded: str | None = None) -> HiddenPlan:  # fmt: skip
-    """The plan for ``LossConfig.hidden_states`` = ``mode`` ("auto": on CUDA only).
+def hidden_plan(mode: str, *, student_model: Any, teacher: Any, device: torch.device, sharded: str | None = None,
+                replicated: str | None = None) -> HiddenPlan:  # fmt: skip
+    """The plan for ``LossConfig.hidden_states`` = ``mode`` ("auto": on CUDA only; "always"; "never").
 
     Args:
         student_model: the student, unwrapped (its parameters are the ones being trained).
@@ -41,9 +41,13 @@ def hidden_plan(mode: str, *, student_model: Any, teacher: Any, device: torch.de
         device: where the student runs.
         sharded: how the student's parameters are sharded (e.g. "FSDP"), if they are: the output layer's weight is
             then not whole outside the model's forward.
+        replicated: why a forward hook cannot take the hidden states (``nn.DataParallel`` runs the decoder once per
+            GPU; ``torch.compile`` would recompile for each step's hook), if so: both sides take their logits.
     """
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+    if mode == "never" or (mode == "auto" and device.type != "cuda"):
         return HiddenPlan(None, None)
+    if replicated is not None:
+        return HiddenPlan(None, None, (f"student and teacher: {replicated}",))
     notes = []
     if sharded is None and is_sharded(student_model):  # sharded by hand (fully_shard), not by the launcher
         sharded = "FSDP2"
@@ -91,9 +95,13 @@ def hidden_logits(model: Any, inputs: SideInputs, head: OutputHead, *, module: A
     unwrapped model whose decoder is hooked, default ``model``)."""
     decoder = (module if module is not None else model).get_decoder()
     captured: list[torch.Tensor] = []
+    autocasts: list[torch.dtype | None] = []
 
     def keep(_module: Any, _args: Any, output: Any) -> None:
         captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+        # mixed precision: accelerate runs the model's forward under autocast; the loss applies the head outside it
+        kind = captured[-1].device.type
+        autocasts.append(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None)
 
     handle = decoder.register_forward_hook(keep)
     try:
@@ -104,7 +112,7 @@ def hidden_logits(model: Any, inputs: SideInputs, head: OutputHead, *, module: A
     if len(captured) != 1:
         raise RuntimeError(f"the decoder ({type(decoder).__name__}) ran {len(captured)} times in one forward; gold "
                            "expects once: set loss.hidden_states: off")  # fmt: skip
-    return HiddenLogits(captured[0][:, -inputs.logits_to_keep :], head)
+    return HiddenLogits(captured[0][:, -inputs.logits_to_keep :], head, autocast=autocasts[0])
 
 
 def teacher_hidden_logits(teacher: LocalTeacher, inputs: SideInputs, head: OutputHead) -> HiddenLogits:

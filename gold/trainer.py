@@ -314,9 +314,12 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         if self._hidden_plan is None:
             zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
             sharded = "FSDP" if self.is_fsdp_enabled else ("DeepSpeed ZeRO-3" if zero3 else None)
+            replicated = ("nn.DataParallel runs the decoder once per GPU (launch one process per GPU instead)"
+                          if self.args.n_gpu > 1 else "training.torch_compile would recompile for every step's hook"
+                          if self.args.torch_compile else None)  # fmt: skip
             self._hidden_plan = hidden_plan(self.loss_config.hidden_states, device=self.args.device, sharded=sharded,
                                             student_model=self.accelerator.unwrap_model(self.model),
-                                            teacher=self.teacher)  # fmt: skip
+                                            teacher=self.teacher, replicated=replicated)  # fmt: skip
             for note in self._hidden_plan.notes:
                 logger.warning("loss.hidden_states=%s: the %s; that side takes its logits",
                                self.loss_config.hidden_states, note)  # fmt: skip

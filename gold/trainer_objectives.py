@@ -51,7 +51,9 @@ class Objectives:
             loss, metrics = cross_tokenizer_loss(student_logits, teacher_logits, batch.aligned, config,
                                                  num_items_in_batch=num_items, check=False)  # fmt: skip
         else:  # OPD-RL alone: off-policy slices add nothing (a zero that keeps the graph)
-            loss, metrics = student_logits.sum() * 0.0, {}
+            graph = student_logits if isinstance(student_logits, torch.Tensor) else student_logits.empty_view(
+                torch.float32)  # fmt: skip
+            loss, metrics = graph.sum() * 0.0, {}
         if config.opd_weight > 0 and batch.source == "student":
             opd, opd_metrics = opd_loss(student_logits, teacher_logits, batch.aligned, alpha=config.opd_alpha,
                                         base_advantages=advantages, num_items_in_batch=num_items)  # fmt: skip

@@ -35,9 +35,12 @@ class HiddenLogits:
         hidden: (B, T, H) the model's last hidden states (what its output layer reads).
         head: the model's output layer (:func:`gold.losses.head.output_head`).
         rows_per_block: rows computed at once (default: 2^24 values' worth); the memory bound scales with it.
+        autocast: the dtype of the autocast the model ran under (mixed precision), or None: the output layer is applied
+            under the same autocast, so its product has the precision the model's own layer would have had.
     """
 
-    def __init__(self, hidden: torch.Tensor, head: OutputHead, *, rows_per_block: int | None = None) -> None:
+    def __init__(self, hidden: torch.Tensor, head: OutputHead, *, rows_per_block: int | None = None,
+                 autocast: torch.dtype | None = None) -> None:  # fmt: skip
         if hidden.dim() != 3 or hidden.shape[-1] != head.weight.shape[1]:
             raise ValueError(f"hidden states must be (B, T, {head.weight.shape[1]}) for this output layer, got "
                              f"{tuple(hidden.shape)}")  # fmt: skip
@@ -45,6 +48,7 @@ class HiddenLogits:
             raise ValueError(f"rows_per_block must be >= 1, got {rows_per_block}")
         self.hidden = hidden
         self.head = head
+        self.autocast = autocast
         self.rows_per_block = rows_per_block or max(1, DEFAULT_BLOCK_VALUES // head.weight.shape[0])
 
     @property
@@ -59,16 +63,26 @@ class HiddenLogits:
 
     @property
     def device(self) -> torch.device:
+        """Where the hidden states are."""
         return self.hidden.device
 
     @property
     def requires_grad(self) -> bool:
+        """Whether rows computed from it carry gradients (to the hidden states or the output layer)."""
         return self.hidden.requires_grad or self.head.weight.requires_grad
 
     def detach(self) -> HiddenLogits:
+        """The same logits outside the autograd graph (a target, like ``logits.detach()``)."""
         head = OutputHead(self.head.weight.detach(), None if self.head.bias is None else self.head.bias.detach(),
                           self.head.scale, self.head.softcap)  # fmt: skip
-        return HiddenLogits(self.hidden.detach(), head, rows_per_block=self.rows_per_block)
+        return HiddenLogits(self.hidden.detach(), head, rows_per_block=self.rows_per_block, autocast=self.autocast)
+
+    def _head(self, hidden_rows: torch.Tensor) -> torch.Tensor:
+        """(n, V) float32 logits of (n, H) hidden rows, under the model's autocast if it ran under one."""
+        if self.autocast is None:
+            return self.head.logits(hidden_rows)
+        with torch.autocast(self.hidden.device.type, dtype=self.autocast):
+            return self.head.logits(hidden_rows)
 
     def empty_view(self, dtype: torch.dtype) -> torch.Tensor:
         """A (0,) tensor in the graph of the hidden states (a zero loss that backward can run through)."""
@@ -79,14 +93,14 @@ class HiddenLogits:
         Differentiable, and materialised: callers keep n small."""
         flat = self.hidden.flatten(0, 1)
         picked = flat if rows is None else flat.index_select(0, rows)
-        logits = self.head.logits(picked)
+        logits = self._head(picked)
         return logits if temperature == 1.0 else logits / temperature
 
     @torch.no_grad()
     def dense(self, rows: int) -> torch.Tensor:
         """(rows, T, V) float32 logits of the first ``rows`` examples, detached (for logging a few completions)."""
         hidden = self.hidden[:rows]
-        return self.head.logits(hidden.flatten(0, 1)).view(*hidden.shape[:2], -1)
+        return self._head(hidden.flatten(0, 1)).view(*hidden.shape[:2], -1)
 
     def log_softmax(self, rows: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """(n, V) float32 next-token log-probabilities of the flattened positions ``rows``."""
@@ -106,7 +120,7 @@ class HiddenLogits:
     def _block(self, rows: torch.Tensor, tokens: torch.Tensor,
                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         def run(picked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = self.head.logits(picked)  # (n, V) float32
+            logits = self._head(picked)  # (n, V) float32
             logits = logits if temperature == 1.0 else logits / temperature
             normalizer = torch.logsumexp(logits, dim=-1)
             return normalizer, logits.gather(1, tokens[:, None])[:, 0] - normalizer
@@ -159,10 +173,12 @@ class HiddenLogits:
 HIDDEN_PATH_BUFFERS = 16
 
 
-def hidden_path_bound(chunk: int, student_vocab: int, teacher_vocab: int, *, hidden: int, tokens: int) -> int:
+def hidden_path_bound(chunk: int, student_vocab: int, teacher_vocab: int, *, student_hidden: int,
+                      teacher_hidden: int, tokens: int) -> int:  # fmt: skip
     """Bytes the loss from hidden states may add at its peak over its inputs: ``HIDDEN_PATH_BUFFERS`` (g, V) float32
-    buffers of the larger vocabulary, the student output layer's gradient twice (a chunk's and the sum), and
-    64 bytes per token and hidden unit (the rows read from the hidden states and their gradient, and per-token
-    scalars). It does not grow with the sequence: ``tokens`` enters only through the hidden states."""
-    return HIDDEN_PATH_BUFFERS * chunk * max(student_vocab, teacher_vocab) * 4 + 2 * student_vocab * hidden * 4 + (
-        64 * tokens * hidden)  # fmt: skip
+    buffers of the larger vocabulary, the student output layer's gradient twice in float32 (a chunk's and the sum),
+    and 64 bytes per token and unit of the larger hidden size (the rows read from the hidden states and their
+    gradient, and per-token scalars). It does not grow with the sequence length but through the hidden states'
+    own size."""
+    buffers = HIDDEN_PATH_BUFFERS * chunk * max(student_vocab, teacher_vocab) * 4
+    return buffers + 2 * student_vocab * student_hidden * 4 + 64 * tokens * max(student_hidden, teacher_hidden)

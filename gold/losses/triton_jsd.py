@@ -1,6 +1,6 @@
 """The generalized JSD of :mod:`gold.losses.divergences` as one Triton kernel: values and the student's gradient in one
-pass per row, tile by tile, with no intermediate (rows × outcomes) buffers (the torch form builds the mixture, both
-exponentials and two products per outcome, and autograd keeps them for backward).
+pass per row, tile by tile, with no intermediate (rows × outcomes) buffers besides the (R, K) gradient it returns (the
+torch form builds the mixture, both exponentials and two products per outcome, and autograd keeps them for backward).
 
 Shape legend: R rows, K outcomes.
 
@@ -55,8 +55,9 @@ if triton is not None:
             keep = cols < outcomes
             s = tl.load(student_ptr + row * student_stride + cols, mask=keep, other=0.0).to(tl.float32)
             t = tl.load(teacher_ptr + row * teacher_stride + cols, mask=keep, other=0.0).to(tl.float32)
-            s = tl.maximum(s, floor)
-            t = tl.maximum(t, floor)
+            # -inf (zero probability) to the floor; a NaN stays NaN, for the loss's finiteness check
+            s = tl.where(s < floor, floor, s)
+            t = tl.where(t < floor, floor, t)
             if MODE == 0:  # forward KL(T || S)
                 value = tl.exp(t) * (t - s)
                 grad = -tl.exp(t)
@@ -96,6 +97,8 @@ def _launch(student: torch.Tensor, teacher: torch.Tensor, beta: float,
 
 
 class _TritonJSD(torch.autograd.Function):
+    """Forward launches the kernel (with the gradient when the student needs one); backward scales that gradient."""
+
     @staticmethod
     def forward(ctx: Any, student: torch.Tensor, teacher: torch.Tensor, beta: float) -> torch.Tensor:
         values, grad = _launch(student, teacher, beta, want_grad=ctx.needs_input_grad[0])

@@ -57,7 +57,9 @@ class TeacherConfig(ModelConfig):
         if self.server_url is not None and not self.server_url.startswith(("http://", "https://")):
             raise ValueError(f"TeacherConfig.server_url must start with http:// or https://, got {self.server_url!r}")
         if self.shard and (self.server_url or self.cache or self.model in ("self", "self-dynamic")):
-            raise ValueError("teacher.shard shards a local teacher model; a served, cached or self teacher has none "
-                             "to shard (a cache's misses would reach the processes at different steps)")  # fmt: skip
+            given = "server_url" if self.server_url else "cache" if self.cache else f"model {self.model!r}"
+            raise ValueError(f"teacher.shard shards a local teacher model, but teacher.{given} is set: a served, "
+                             "cached or self teacher has none to shard (a cache's misses would reach the processes at "
+                             "different steps); drop teacher.shard")  # fmt: skip
         if self.model in ("self", "self-dynamic") and (self.server_url or self.cache):
             raise ValueError(f"teacher.model {self.model!r} is the student itself: it cannot be served or cached")

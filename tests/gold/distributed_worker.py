@@ -119,10 +119,11 @@ def sgd_run(out: Path, shard_teacher: bool = False) -> dict[str, Any]:
     return result
 
 
-def manual_run(out: Path, wrap: str) -> dict[str, Any]:
+def manual_run(out: Path, wrap: str, hidden_states: str = "auto") -> dict[str, Any]:
     """Three SGD steps of GoldTrainer's own batches and loss (``get_batch_samples``, ``compute_loss``) on a student
     wrapped by hand: ``ddp`` (DistributedDataParallel) or ``fsdp2`` (``fully_shard`` per decoder layer and the root;
-    accelerate enables FSDP only on GPUs, torch runs FSDP2 on gloo). Each process takes its own 2 rows per step."""
+    accelerate enables FSDP only on GPUs, torch runs FSDP2 on gloo). Each process takes its own 2 rows per step;
+    ``hidden_states``: ``loss.hidden_states`` ("always": the loss from hidden states through the DDP wrapper)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
 
@@ -133,7 +134,7 @@ def manual_run(out: Path, wrap: str) -> dict[str, Any]:
                              save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)  # fmt: skip
     trainer = GoldTrainer(tiny(student_tokenizer, seed=0), tiny(teacher_tokenizer, seed=1), args=args,
                           train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
-                          loss=LossConfig(uld_weight=0.5),
+                          loss=LossConfig(uld_weight=0.5, hidden_states=hidden_states),  # type: ignore[arg-type]
                           rollout=RolloutConfig(lmbda=0.0, max_completion_length=12))  # fmt: skip
     student = trainer.model
     if wrap == "fsdp2":
@@ -155,9 +156,10 @@ def manual_run(out: Path, wrap: str) -> dict[str, Any]:
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    plan = hidden_plan("on", student_model=student, teacher=trainer.teacher, device=args.device)
+    plan = hidden_plan("always", student_model=student, teacher=trainer.teacher, device=args.device)
     return {"state": {k.removeprefix("module."): v.detach().cpu().clone() for k, v in state.items()},
-            "losses": losses, "hidden_notes": plan.notes}  # fmt: skip
+            "losses": losses, "hidden_notes": plan.notes,
+            "used_hidden": trainer.hidden_plan().student is not None}  # fmt: skip
 
 
 def _sharded_teacher_checks(teacher: LocalTeacher, tokenizer: Any) -> dict[str, Any]:
@@ -219,6 +221,8 @@ def main(out: Path, mode: str) -> None:
         result = sgd_run(out)
     elif mode in ("manual_ddp", "manual_fsdp2"):
         result = manual_run(out, mode.removeprefix("manual_"))
+    elif mode == "manual_ddp_hidden":
+        result = manual_run(out, "ddp", hidden_states="always")
     elif mode == "sgd_sharded_teacher":
         result = sgd_run(out, shard_teacher=True)
     else:

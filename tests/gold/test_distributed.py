@@ -90,9 +90,9 @@ def test_an_error_on_one_process_stops_every_process(tmp_path) -> None:
 def test_gold_steps_on_an_fsdp2_student_end_with_the_weights_of_ddp(tmp_path) -> None:
     """FSDP2 (gloo, CPU) shards the student over 2 processes; three SGD steps of gold's batches and loss end with the
     weights the same steps end with under DDP (gathered to one full state dict on rank 0), and the loss from hidden
-    states knows that the output layer is sharded."""
+    states knows that the output layer is sharded; under DDP the loss from hidden states ends with the same weights."""
     runs = {}
-    for mode in ("manual_ddp", "manual_fsdp2"):
+    for mode in ("manual_ddp", "manual_fsdp2", "manual_ddp_hidden"):
         (tmp_path / mode).mkdir()
         result = launch(tmp_path / mode, mode, timeout=400)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -106,6 +106,12 @@ def test_gold_steps_on_an_fsdp2_student_end_with_the_weights_of_ddp(tmp_path) ->
     assert fsdp[0]["state"].keys() == ddp[0]["state"].keys()
     for key, value in ddp[0]["state"].items():
         torch.testing.assert_close(fsdp[0]["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    # the loss from hidden states through the DDP wrapper: the same steps
+    hidden = runs["manual_ddp_hidden"]
+    assert hidden[0]["used_hidden"] and not ddp[0]["used_hidden"]
+    assert hidden[0]["losses"] == pytest.approx(ddp[0]["losses"], rel=1e-5)
+    for key, value in ddp[0]["state"].items():
+        torch.testing.assert_close(hidden[0]["state"][key], value, rtol=1e-5, atol=1e-5, msg=key)  # lr 0.5 × sum order
     initial = tiny(zoo("smollm2"), seed=0).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in ddp[0]["state"].items())  # the steps moved the weights
 

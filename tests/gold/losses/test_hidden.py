@@ -100,7 +100,7 @@ def test_the_default_blocks_and_chunks_and_the_fused_refusal() -> None:
         cross_tokenizer_loss(student, teacher, batch, LossConfig(implementation="fused"))
 
 
-def test_a_sparse_or_logits_teacher_beside_a_hidden_student() -> None:
+def test_a_teacher_of_logits_beside_a_student_of_hidden_states() -> None:
     batch = random_batch(6)
     student_hidden, teacher_hidden, student_head, teacher_head = sides(batch, torch.float32, seed=2)
     teacher_logits = teacher_head.logits(teacher_hidden).detach()

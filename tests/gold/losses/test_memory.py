@@ -64,7 +64,7 @@ def peak_extra_bytes(length: int, chunk: int, *, hidden: bool, **loss: object) -
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_the_hidden_path_stays_within_its_bound_and_the_logits_path_does_not(name: str) -> None:
     length, chunk = 256, 32
-    bound = hidden_path_bound(chunk, VOCAB, VOCAB, hidden=HIDDEN, tokens=BATCH * length)
+    bound = hidden_path_bound(chunk, VOCAB, VOCAB, student_hidden=HIDDEN, teacher_hidden=HIDDEN, tokens=BATCH * length)
     assert bound == HIDDEN_PATH_BUFFERS * chunk * VOCAB * 4 + 2 * VOCAB * HIDDEN * 4 + 64 * BATCH * length * HIDDEN
     hidden_peak = peak_extra_bytes(length, chunk, hidden=True, **CONFIGS[name])
     logits_peak = peak_extra_bytes(length, chunk, hidden=False, **CONFIGS[name])
@@ -111,5 +111,5 @@ def test_on_cuda_the_hidden_path_stays_within_its_bound_at_a_real_vocabulary() -
         del loss, student, teacher
         weights[0].grad, states[0].grad = None, None
         peaks[path] = torch.cuda.max_memory_allocated() - before
-    bound = hidden_path_bound(chunk, vocab, vocab, hidden=hidden, tokens=2 * tokens)
+    bound = hidden_path_bound(chunk, vocab, vocab, student_hidden=hidden, teacher_hidden=hidden, tokens=2 * tokens)
     assert peaks["hidden"] <= bound and peaks["hidden"] < peaks["logits"], (peaks, bound)
