@@ -5,8 +5,9 @@ carried wheels first) or directly:
     python -m benchmarks.gpu_check [--device cuda|cpu] [--tiny] [--steps N] [--budget-s S] --json OUT
 
 Runs, each on fresh models (initialised on the device): for ``lmbda`` 0 (dataset completions) and 1 (on-policy
-rollouts), the hybrid (JSD on matched tokens + ULD on the rest, beta 0.5) and ULD alone, TRL and gold; for the hybrid,
-gold once more with ``loss.hidden_states: off`` (the logits path) to show what the GPU path changes. A step is the
+rollouts), the hybrid (JSD on matched tokens + ULD on the rest, beta 0.5) and ULD alone, TRL and gold (the loss from
+hidden states); for the hybrid, gold twice more: from logits (``gold_logits``, ``loss.hidden_states: never``) and with
+the quantized ULD's Triton kernels (``gold_quantized_uld``, ``loss.uld_method: quantized``). A step is the
 median wall time between optimizer steps after the first; peak memory is ``torch.cuda.max_memory_allocated`` over
 the run (null on CPU: ``tests/gold/losses/test_memory.py`` and ``benchmarks/memory_gpu_path.py`` measure the loss's
 memory there). A run that fails is recorded with its error (TRL's on-policy run crashed on the reference H100); runs
@@ -133,18 +134,19 @@ def run_check(device: str, shape: str, steps: int, batch: int, completion: int, 
             plan: list[tuple[str, str, dict[str, Any]]] = []
             for loss, fields in LOSSES.items():
                 plan.append(("gold", loss, {**fields, "hidden_states": "always"}))  # = "auto" on CUDA; the dry run too
-                if loss == "hybrid":
-                    plan.append(("gold", loss, {**fields, "hidden_states": "never"}))
+                if loss == "hybrid":  # the logits path, and the quantized ULD's Triton kernels
+                    plan.append(("gold_logits", loss, {**fields, "hidden_states": "never"}))
+                    plan.append(("gold_quantized_uld", loss, {**fields, "hidden_states": "always",
+                                                              "uld_method": "quantized"}))  # fmt: skip
                 plan.append(("trl", loss, fields))
             for trainer, loss, fields in plan:
-                entry: dict[str, Any] = {"trainer": trainer, "loss": loss, "lmbda": lmbda,
-                                         "hidden_states": fields.get("hidden_states")}  # fmt: skip
+                entry: dict[str, Any] = {"trainer": trainer, "loss": loss, "lmbda": lmbda, "settings": fields}
                 if time.perf_counter() - began > budget_s:
                     entry["skipped"] = f"the {budget_s:g} s budget was spent"
                 else:
                     job = dict(models=fresh_models(tokenizers, shape, device), tokenizers=tokenizers, data=data,
                                lmbda=lmbda, settings=settings, completion=completion)  # fmt: skip
-                    if trainer == "gold":
+                    if trainer.startswith("gold"):
                         entry.update(measured(time_gold, **job, **fields))
                     else:
                         entry.update(measured(time_trl, **job, folder=Path(tmp), hybrid=loss == "hybrid"))
@@ -165,23 +167,24 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     for lmbda in (0.0, 1.0):
         floor = results["floor_s"].get(f"lmbda_{lmbda:g}")
         for loss in LOSSES:
-            sides = (("gold", "always"), ("trl", None), ("gold", "never"))
-            gold, trl, logits = (_find(runs, trainer, loss, lmbda, hidden) for trainer, hidden in sides)
+            gold, trl, logits, quantized = (
+                _find(runs, name, loss, lmbda) for name in ("gold", "trl", "gold_logits", "gold_quantized_uld")
+            )
             key = f"lmbda_{lmbda:g}/{loss}"
             out[key] = {
                 "trl_over_gold": trl["step_s"] / gold["step_s"] if gold and trl else None,
                 "gold_over_floor": gold["step_s"] / floor if gold and floor else None,
                 "logits_path_over_gold": logits["step_s"] / gold["step_s"] if gold and logits else None,
+                "quantized_uld_over_gold": quantized["step_s"] / gold["step_s"] if gold and quantized else None,
                 "peak_memory_gold_over_trl": (gold["peak_memory_gib"] / trl["peak_memory_gib"]
                                               if gold and trl and gold["peak_memory_gib"] else None),
             }  # fmt: skip
     return out
 
 
-def _find(runs: list[dict[str, Any]], trainer: str, loss: str, lmbda: float, hidden: str | None) -> dict[str, Any]:
-    """The run that measured a step with these settings, or {}."""
-    key = (trainer, loss, lmbda, hidden)
-    return next((r for r in runs if (r["trainer"], r["loss"], r["lmbda"], r["hidden_states"]) == key and "step_s" in r),
+def _find(runs: list[dict[str, Any]], trainer: str, loss: str, lmbda: float) -> dict[str, Any]:
+    """The run of ``trainer`` (gold, gold_logits, gold_quantized_uld, trl) that measured a step, or {}."""
+    return next((r for r in runs if (r["trainer"], r["loss"], r["lmbda"]) == (trainer, loss, lmbda) and "step_s" in r),
                 {})  # fmt: skip
 
 

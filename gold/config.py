@@ -62,7 +62,8 @@ class LossConfig:
     hybrid_matched_weight: float = 0.5
     hybrid_unmatched_weight: float = 0.5
     # how ULD (and the hybrid's unmatched part) sorts: "auto" = "quantized" on CPU (no sort, error
-    # <= 2^-7, gold.losses.uld_quantized) and "exact" on GPUs; "topk" uses uld_top_k (gold.losses.uld)
+    # <= 2^-7, gold.losses.uld_quantized) and "exact" on GPUs; "quantized" on a GPU runs the same algorithm as
+    # Triton kernels (gold.losses.triton_uld); "topk" uses uld_top_k (gold.losses.uld)
     uld_method: Literal["auto", "exact", "quantized", "topk"] = "auto"
     uld_top_k: int = 256
     # torch path only (the fused path holds no (G, V) rows): groups per chunk; each chunk is recomputed

@@ -30,6 +30,7 @@ from gold.losses.hybrid import HybridParts, hybrid
 from gold.losses.merge import GroupIndex, check_same_groups, index_groups, reduction_dtype, rows_of, start_rows
 from gold.losses.reduce import check_finite, reduce_rows
 from gold.losses.span import span_likelihood
+from gold.losses.triton_uld import triton_uld_quantized
 from gold.losses.uld import uld, uld_topk
 from gold.losses.uld_quantized import uld_quantized
 
@@ -110,12 +111,13 @@ def _hybrid_rows(
 
 
 def uld_distance(config: LossConfig, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The ULD function ``config.uld_method`` names ("auto": quantized on CPU, exact elsewhere)."""
+    """The ULD function ``config.uld_method`` names ("auto": quantized on CPU, exact elsewhere; "quantized" off the CPU:
+    the Triton kernels of :mod:`gold.losses.triton_uld`)."""
     method = config.uld_method
     if method == "auto":
         method = "quantized" if device.type == "cpu" else "exact"
     if method == "quantized":
-        return uld_quantized
+        return uld_quantized if device.type == "cpu" else triton_uld_quantized
     if method == "topk":
         return functools.partial(uld_topk, k=config.uld_top_k)
     return uld

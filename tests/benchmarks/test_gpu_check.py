@@ -26,13 +26,14 @@ def test_the_gpu_check_dry_runs_on_cpu(tmp_path: Path) -> None:
     done = _script("--out", str(out), "--device", "cpu", "--tiny", "--steps", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["shape"] == "tiny" and len(result["runs"]) == 10
+    assert result["shape"] == "tiny" and len(result["runs"]) == 12
     for run in result["runs"]:
         assert run["step_s"] > 0 and run["peak_memory_gib"] is None, run  # no CUDA: no allocator peak
-    assert {r["hidden_states"] for r in result["runs"] if r["trainer"] == "gold"} == {"always", "never"}
+    assert {r["trainer"] for r in result["runs"]} == {"gold", "gold_logits", "gold_quantized_uld", "trl"}
     for key, ratios in result["ratios"].items():
         assert ratios["trl_over_gold"] > 0 and ratios["gold_over_floor"] > 0, key
         assert (ratios["logits_path_over_gold"] is not None) == key.endswith("hybrid"), key
+        assert (ratios["quantized_uld_over_gold"] is not None) == key.endswith("hybrid"), key
     assert "skipped" in result["gpu_tests"]["gpu_marked"]["summary"]  # GPU-marked tests exist, and skip without CUDA
     assert result["gpu_tests"]["triton_and_hidden"]["exit_code"] == 0  # under Triton's interpreter here
 
