@@ -64,3 +64,26 @@ def test_other_architectures_and_unknown_post_processing_are_refused() -> None:
     model.config.logit_scale = 2.0  # a field llama does not have: gold cannot know what it means there
     head, why = output_head(model)
     assert head is None and "llama sets logit_scale=2.0" in why
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("vocab", "hidden", "heads"), [(151_936, 896, 14), (128_256, 2048, 32)],
+                         ids=["qwen2.5-0.5b-shaped", "llama-3.2-1b-shaped"])  # fmt: skip
+def test_the_head_at_the_design_shapes(vocab: int, hidden: int, heads: int) -> None:
+    """DESIGN §7's student and teacher widths and vocabularies (one decoder layer: the head only sees its output),
+    tied embeddings as in those models, float32 and bf16."""
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=heads, num_key_value_heads=2,
+                                      tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, vocab, (2, 7), generator=torch.Generator().manual_seed(3))
+    for dtype in (torch.float32, torch.bfloat16):
+        model = model.to(dtype)
+        with torch.no_grad():
+            reference = model(ids).logits.float()
+            head, why = output_head(model)
+            assert head is not None, why
+            logits = head.logits(model.model(ids).last_hidden_state)
+        tolerance = 1e-5 if dtype == torch.float32 else 2**-7 * float(reference.abs().max())
+        torch.testing.assert_close(logits, reference, rtol=1e-5 if dtype == torch.float32 else 2**-7, atol=tolerance)
