@@ -44,14 +44,20 @@ def rows(count: int) -> list[dict[str, Any]]:
 
 
 def model_for(tokenizer: Any, shape: str, seed: int) -> Any:
-    torch.manual_seed(seed)
     sizes = {"tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                           num_key_value_heads=2),
              "design": dict(hidden_size=1536, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
                             num_key_value_heads=8)}[shape]  # fmt: skip
+    return llama_for(tokenizer, sizes, seed)
+
+
+def llama_for(tokenizer: Any, sizes: dict[str, int], seed: int, device: str = "cpu") -> Any:
+    """A random Llama of ``sizes`` with ``tokenizer``'s vocabulary (tied embeddings), initialised on ``device``."""
+    torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, tie_word_embeddings=True,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **sizes)  # fmt: skip
-    return LlamaForCausalLM(config)
+    with torch.device(device):
+        return LlamaForCausalLM(config)
 
 
 class StepClock(TrainerCallback):

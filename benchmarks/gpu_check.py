@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks.bench_trainer import common, rows, time_floor, time_gold, time_trl
+from benchmarks.bench_trainer import common, llama_for, rows, time_floor, time_gold, time_trl
 
 SHAPES = {
     # DESIGN §7: a Llama-3.2-1B-shaped teacher and a Qwen2.5-0.5B-shaped student (each on its own tokenizer)
@@ -48,15 +47,8 @@ LOSSES = {"hybrid": {}, "uld": {"hybrid_weight": 0.0, "uld_weight": 1.0}}
 
 def fresh_models(tokenizers: tuple[Any, Any], shape: str, device: str) -> tuple[Any, Any]:
     """A (student, teacher) pair of random Llamas sized to the tokenizers, initialised on ``device``."""
-    models = []
-    for seed, (tokenizer, role) in enumerate(zip(tokenizers, ("student", "teacher"), strict=True)):
-        torch.manual_seed(seed)
-        config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, tie_word_embeddings=True,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             **SHAPES[shape][role])  # fmt: skip
-        with torch.device(device):
-            models.append(LlamaForCausalLM(config))
-    return models[0], models[1]
+    return (llama_for(tokenizers[0], SHAPES[shape]["student"], 0, device),
+            llama_for(tokenizers[1], SHAPES[shape]["teacher"], 1, device))  # fmt: skip
 
 
 def measured(run: Any, **kwargs: Any) -> dict[str, Any]:

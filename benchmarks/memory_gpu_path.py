@@ -53,11 +53,15 @@ def inputs(batch: int, tokens: int) -> tuple[AlignedBatch, dict[str, torch.Tenso
     return aligned, leaves
 
 
-def peak(path: str, aligned: AlignedBatch, leaves: dict[str, torch.Tensor], chunk: int) -> dict[str, float]:
-    config = LossConfig(implementation="torch", uld_method="exact", chunk_groups=chunk)
+def peak_extra_bytes(path: str, aligned: AlignedBatch, leaves: dict[str, torch.Tensor], chunk: int,
+                     **loss: Any) -> int:  # fmt: skip
+    """Bytes allocated at the peak of the loss's forward and backward above what existed before, from ``leaves``
+    (``student_hidden``, ``student_weight``, ``teacher_hidden``, ``teacher_weight``): through :class:`HiddenLogits`
+    (``path`` "hidden") or through each side's full logits ("logits"); the torch path, ``chunk`` groups per chunk,
+    ``loss``: further LossConfig fields. Also used by ``tests/gold/losses/test_memory.py``."""
+    config = LossConfig(implementation="torch", chunk_groups=chunk, **loss)
     tracker = MemTracker()
     tracker.track_external(*leaves.values())
-    began = time.perf_counter()
     with tracker:
         before = tracker.get_tracker_snapshot("current")[torch.device("cpu")]["Total"]
         student_head = OutputHead(leaves["student_weight"], None)
@@ -65,16 +69,22 @@ def peak(path: str, aligned: AlignedBatch, leaves: dict[str, torch.Tensor], chun
         if path == "hidden":
             student: Any = HiddenLogits(leaves["student_hidden"], student_head, rows_per_block=chunk)
             teacher: Any = HiddenLogits(leaves["teacher_hidden"], teacher_head, rows_per_block=chunk)
-        else:  # what the models hand over: bf16 logits of every position
+        else:  # what the models hand over: logits of every position
             student = torch.nn.functional.linear(leaves["student_hidden"], leaves["student_weight"])
             with torch.no_grad():
                 teacher = torch.nn.functional.linear(leaves["teacher_hidden"], leaves["teacher_weight"])
-        loss, _ = cross_tokenizer_loss(student, teacher, aligned, config)
-        loss.backward()
-        del loss, student, teacher
+        loss_value, _ = cross_tokenizer_loss(student, teacher, aligned, config)
+        loss_value.backward()
+        del loss_value, student, teacher
     for leaf in leaves.values():
         leaf.grad = None
-    bytes_ = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"] - before
+    return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"] - before)
+
+
+def peak(path: str, aligned: AlignedBatch, leaves: dict[str, torch.Tensor], chunk: int) -> dict[str, float]:
+    """:func:`peak_extra_bytes` with the GPU's settings (exact ULD), in GiB, and the seconds it took."""
+    began = time.perf_counter()
+    bytes_ = peak_extra_bytes(path, aligned, leaves, chunk, uld_method="exact")
     return {"peak_extra_gib": bytes_ / 2**30, "seconds": time.perf_counter() - began}
 
 

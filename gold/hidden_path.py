@@ -73,11 +73,7 @@ def _teacher_head(teacher: Any, device: torch.device, sharded: str | None) -> tu
     if not _same_device(teacher.device, device):
         return None, f"it runs on {teacher.device} and the student on {device}"
     head, why = output_head(teacher.model)
-    if head is None:
-        return None, why
-    detached = OutputHead(head.weight.detach(), None if head.bias is None else head.bias.detach(), head.scale,
-                          head.softcap)  # fmt: skip
-    return detached, ""
+    return (None, why) if head is None else (head.detach(), "")
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

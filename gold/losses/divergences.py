@@ -84,7 +84,9 @@ def generalized_jsd_of_finite(
     the clamping passes; a ``-inf`` entry gives NaN, which the loss's finiteness check reports. (The Triton kernel,
     where it runs, clamps in its single pass and counts such an entry as zero probability.)"""
     if _use_triton(student_logprobs):
-        return generalized_jsd(student_logprobs, teacher_logprobs, beta=beta)
+        from gold.losses.triton_jsd import triton_generalized_jsd
+
+        return triton_generalized_jsd(student_logprobs, teacher_logprobs, beta=beta)
     return _jsd(student_logprobs, teacher_logprobs, beta)
 
 

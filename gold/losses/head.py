@@ -39,6 +39,11 @@ class OutputHead:
     scale: float = 1.0
     softcap: float | None = None
 
+    def detach(self) -> OutputHead:
+        """The same layer outside the autograd graph (a teacher's: no gradients)."""
+        bias = None if self.bias is None else self.bias.detach()
+        return OutputHead(self.weight.detach(), bias, self.scale, self.softcap)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., V) float32 logits of (..., H) hidden states. The product runs in the weight's dtype, as the model's
         own layer does (its kernels accumulate in float32); scaling and soft-capping run in float32."""

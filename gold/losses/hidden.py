@@ -3,10 +3,11 @@
 Shape legend: B batch, T positions, H hidden size, V vocabulary (logit) size, N grouped tokens, n rows of one block.
 
 :class:`HiddenLogits` stands where the losses take (B, T, V) logits. :func:`gold.losses.merge.index_groups`,
-:func:`~gold.losses.merge.rows_of` and :func:`~gold.losses.merge.start_rows` hand it their work, and it computes only
-the rows asked for, ``head(hidden[rows])``, in float32, a block of rows at a time. Where gradients are needed each
-block is wrapped in non-reentrant activation checkpointing, so its (n, V) logits are freed after forward and
-recomputed in backward: peak memory grows with the block (``rows_per_block × V``), never with B · T · V. The loss
+:func:`~gold.losses.merge.rows_of` and :func:`~gold.losses.merge.start_rows` ask it for the rows they need
+(:meth:`HiddenLogits.token_logprobs`, :meth:`HiddenLogits.log_softmax`), and it computes only those,
+``head(hidden[rows])``, in float32, a block of rows at a time. Where gradients are needed each block is wrapped in
+non-reentrant activation checkpointing, so its (n, V) logits are freed after forward and recomputed in backward: peak
+memory grows with the block (``rows_per_block × V``), never with B · T · V. The loss
 (:func:`gold.losses.cross_tokenizer_loss`) checkpoints each chunk of groups the same way.
 
 Values equal the logits path's: the same float32 rows from the same logits (``OutputHead.logits`` runs the product in
@@ -16,13 +17,10 @@ rows more exact. ``tests/gold/losses/test_hidden.py`` checks values and gradient
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from gold.losses.head import OutputHead
-from gold.losses.merge import GroupIndex, checked_positions
 
 # rows of one block when none is given: 2^24 float32 logits (64 MiB) per (n, V) buffer
 DEFAULT_BLOCK_VALUES = 1 << 24
@@ -73,9 +71,8 @@ class HiddenLogits:
 
     def detach(self) -> HiddenLogits:
         """The same logits outside the autograd graph (a target, like ``logits.detach()``)."""
-        head = OutputHead(self.head.weight.detach(), None if self.head.bias is None else self.head.bias.detach(),
-                          self.head.scale, self.head.softcap)  # fmt: skip
-        return HiddenLogits(self.hidden.detach(), head, rows_per_block=self.rows_per_block, autocast=self.autocast)
+        return HiddenLogits(self.hidden.detach(), self.head.detach(), rows_per_block=self.rows_per_block,
+                            autocast=self.autocast)  # fmt: skip
 
     def _head(self, hidden_rows: torch.Tensor) -> torch.Tensor:
         """(n, V) float32 logits of (n, H) hidden rows, under the model's autocast if it ran under one."""
@@ -129,32 +126,6 @@ class HiddenLogits:
         if torch.is_grad_enabled() and self.requires_grad:
             return checkpoint(run, picked, use_reentrant=False)  # type: ignore[no-any-return]
         return run(picked)
-
-    # ---- what gold.losses.merge hands over ----
-
-    def index_groups(self, ids: torch.Tensor, groups: torch.Tensor, *, temperature: float) -> GroupIndex:
-        """:func:`gold.losses.merge.index_groups` of these logits."""
-        batch_index, position, group, num_groups, is_last = checked_positions(self, ids, groups)  # type: ignore[arg-type]
-        flat = batch_index * self.shape[1] + position - 1  # (N,) positions predicting the grouped tokens
-        log_normalizer, token_logprob = self.token_logprobs(flat, ids[batch_index, position], temperature)
-        is_first = torch.ones_like(is_last)
-        is_first[1:] = group[1:] != group[:-1]
-        prefix = torch.zeros(int(num_groups.sum()), dtype=token_logprob.dtype, device=self.device)
-        prefix = prefix.index_add(0, group[~is_last], token_logprob[~is_last])  # (G,)
-        return GroupIndex(observed=token_logprob[is_last] + prefix, prefix=prefix,
-                          log_normalizer=log_normalizer[is_last], start_normalizer=log_normalizer[is_first],
-                          example=batch_index[is_last], last_position=position[is_last],
-                          first_position=position[is_first], temperature=temperature)  # fmt: skip
-
-    def rows_of(self, index: GroupIndex, select: Any) -> torch.Tensor:
-        """:func:`gold.losses.merge.rows_of`: (g, V) chain-rule rows ``log p(v | …) + prefix``."""
-        flat = index.example[select] * self.shape[1] + index.last_position[select] - 1
-        return self.log_softmax(flat, index.temperature) + index.prefix[select].unsqueeze(1)
-
-    def start_rows(self, index: GroupIndex, select: Any) -> torch.Tensor:
-        """:func:`gold.losses.merge.start_rows`: (g, V) next-token log-probabilities at each group's start."""
-        flat = index.example[select] * self.shape[1] + index.first_position[select] - 1
-        return self.log_softmax(flat, index.temperature)
 
     def completion_logprobs(self, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """(B, L - 1) log-probability of each target (``targets[:, j]`` predicted by position j; -100 is padding,

@@ -252,13 +252,14 @@ def index_groups(logits: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor, 
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    if not isinstance(logits, torch.Tensor):  # hidden states and an output layer (gold.losses.hidden)
-        return logits.index_groups(ids, groups, temperature=temperature)  # type: ignore[no-any-return]
     batch_index, position, group, num_groups, is_last = checked_positions(logits, ids, groups)
     flat = batch_index * logits.shape[1] + position - 1  # (N,) rows of (B*T, V) predicting grouped tokens
+    tokens = ids[batch_index, position]
     # log p(x_t | x_<t) of every grouped token as (N,) scalars
-    log_normalizer, token_logprob = _NextTokenLogprobs.apply(logits.flatten(0, 1), flat, ids[batch_index, position],
-                                                              temperature)  # fmt: skip
+    if isinstance(logits, torch.Tensor):
+        log_normalizer, token_logprob = _NextTokenLogprobs.apply(logits.flatten(0, 1), flat, tokens, temperature)
+    else:  # hidden states and an output layer (gold.losses.hidden): rows made a block at a time
+        log_normalizer, token_logprob = logits.token_logprobs(flat, tokens, temperature)
     is_first = torch.ones_like(is_last)
     is_first[1:] = group[1:] != group[:-1]
     prefix = torch.zeros(int(num_groups.sum()), dtype=token_logprob.dtype, device=logits.device)
@@ -283,9 +284,9 @@ def rows_of(logits: torch.Tensor, index: GroupIndex, select: torch.Tensor | slic
         index: the groups' scalars and temperature.
         select: which groups: (g,) int64 or a slice.
     """
-    if not isinstance(logits, torch.Tensor):  # gold.losses.hidden
-        return logits.rows_of(index, select)  # type: ignore[no-any-return]
     flat = index.example[select] * logits.shape[1] + index.last_position[select] - 1  # (g,) rows of (B*T, V)
+    if not isinstance(logits, torch.Tensor):  # gold.losses.hidden: the rows made from the hidden states
+        return logits.log_softmax(flat, index.temperature) + index.prefix[select].unsqueeze(1)  # type: ignore[no-any-return]
     normalizer = index.log_normalizer[select].detach()  # (g,)
     return _ChainRows.apply(logits.flatten(0, 1), flat, normalizer, index.prefix[select], index.temperature)
 
@@ -311,9 +312,9 @@ def group_logprobs(
 def start_rows(logits: torch.Tensor, index: GroupIndex, select: torch.Tensor | slice = slice(None)) -> torch.Tensor:
     """(g, V) next-token log-probabilities at each selected group's *start* (predicting its first token), in
     :func:`reduction_dtype`; ``logits`` as for :func:`rows_of`."""
-    if not isinstance(logits, torch.Tensor):  # gold.losses.hidden
-        return logits.start_rows(index, select)  # type: ignore[no-any-return]
     flat = index.example[select] * logits.shape[1] + index.first_position[select] - 1  # (g,) rows of (B*T, V)
+    if not isinstance(logits, torch.Tensor):  # gold.losses.hidden
+        return logits.log_softmax(flat, index.temperature)  # type: ignore[no-any-return]
     normalizer = index.start_normalizer[select].detach()  # (g,)
     return _ChainRows.apply(logits.flatten(0, 1), flat, normalizer, torch.zeros_like(normalizer), index.temperature)
 

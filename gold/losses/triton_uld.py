@@ -20,6 +20,7 @@ the exact ULD, values and gradients); on CUDA ``LossConfig.uld_method: quantized
 
 # no `from __future__ import annotations`: Triton reads the kernels' annotations (tl.constexpr) as objects
 
+import functools
 from typing import Any
 
 import torch
@@ -32,14 +33,20 @@ TILE = 1024
 if triton is not None:
 
     @triton.jit  # type: ignore[misc]
-    def _count(probs_ptr, counts_ptr, invalid_ptr, outcomes, probs_stride, LEVEL_COUNT: tl.constexpr,
-               SHIFT_BITS: tl.constexpr, TILE_SIZE: tl.constexpr):  # type: ignore[no-untyped-def]  # fmt: skip
+    def _tile_levels(probs_ptr, outcomes, probs_stride, SHIFT_BITS: tl.constexpr,
+                     TILE_SIZE: tl.constexpr):  # type: ignore[no-untyped-def]  # fmt: skip
+        """This program's row, its tile of probabilities (with the in-bounds mask) and their raw level keys (the top
+        bits of the float32 pattern; negative for a negative value)."""
         row = tl.program_id(0).to(tl.int64)
-        part = tl.program_id(1)
-        cols = part * TILE_SIZE + tl.arange(0, TILE_SIZE)
+        cols = tl.program_id(1) * TILE_SIZE + tl.arange(0, TILE_SIZE)
         keep = cols < outcomes
         p = tl.load(probs_ptr + row * probs_stride + cols, mask=keep, other=0.0).to(tl.float32)
-        key = p.to(tl.int32, bitcast=True) >> SHIFT_BITS  # negative values: a negative key (sign bit)
+        return row, cols, keep, p, p.to(tl.int32, bitcast=True) >> SHIFT_BITS
+
+    @triton.jit  # type: ignore[misc]
+    def _count(probs_ptr, counts_ptr, invalid_ptr, outcomes, probs_stride, LEVEL_COUNT: tl.constexpr,
+               SHIFT_BITS: tl.constexpr, TILE_SIZE: tl.constexpr):  # type: ignore[no-untyped-def]  # fmt: skip
+        row, _cols, keep, p, key = _tile_levels(probs_ptr, outcomes, probs_stride, SHIFT_BITS, TILE_SIZE)
         bad = keep & ((key >= LEVEL_COUNT) | (key < 0) | (p != p))
         key = tl.where(bad, LEVEL_COUNT - 1, key)
         tl.atomic_add(counts_ptr + row * LEVEL_COUNT + key, 1, mask=keep)
@@ -82,15 +89,17 @@ if triton is not None:
     @triton.jit  # type: ignore[misc]
     def _gradient(probs_ptr, signs_ptr, grad_out_ptr, grad_ptr, outcomes, probs_stride, LEVEL_COUNT: tl.constexpr,
                   SHIFT_BITS: tl.constexpr, TILE_SIZE: tl.constexpr):  # type: ignore[no-untyped-def]  # fmt: skip
-        row = tl.program_id(0).to(tl.int64)
-        part = tl.program_id(1)
-        cols = part * TILE_SIZE + tl.arange(0, TILE_SIZE)
-        keep = cols < outcomes
-        p = tl.load(probs_ptr + row * probs_stride + cols, mask=keep, other=0.0).to(tl.float32)
-        key = tl.minimum(tl.maximum(p.to(tl.int32, bitcast=True) >> SHIFT_BITS, 0), LEVEL_COUNT - 1)
+        row, cols, keep, _p, key = _tile_levels(probs_ptr, outcomes, probs_stride, SHIFT_BITS, TILE_SIZE)
+        key = tl.minimum(tl.maximum(key, 0), LEVEL_COUNT - 1)
         sign = tl.load(signs_ptr + row * LEVEL_COUNT + key, mask=keep, other=0.0)
         scale = tl.load(grad_out_ptr + row)
         tl.store(grad_ptr + row * outcomes + cols, sign * scale, mask=keep)
+
+
+@functools.cache
+def _levels(device: torch.device) -> torch.Tensor:
+    """(K,) the level values on ``device``, copied there once (not per chunk of every step)."""
+    return torch.as_tensor(LEVEL_VALUES, dtype=torch.float32, device=device)
 
 
 def _counts(probs: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:
@@ -111,7 +120,7 @@ class _TritonQuantizedULD(torch.autograd.Function):
         rows = student_probs.shape[0]
         invalid = torch.zeros(rows, dtype=torch.int32, device=student_probs.device)
         student_counts, teacher_counts = _counts(student_probs, invalid), _counts(teacher_probs, invalid)
-        levels = torch.as_tensor(LEVEL_VALUES, dtype=torch.float32, device=student_probs.device)
+        levels = _levels(student_probs.device)
         values = torch.empty(rows, dtype=torch.float32, device=student_probs.device)
         signs = torch.empty(rows, LEVELS, dtype=torch.float32, device=student_probs.device)
         if rows:

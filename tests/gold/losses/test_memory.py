@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.distributed._tools.mem_tracker import MemTracker
 
 from alignment import AlignmentStats
+from benchmarks.memory_gpu_path import peak_extra_bytes as measured_peak
 from gold.config import LossConfig
 from gold.losses import AlignedBatch, PairTables, cross_tokenizer_loss
 from gold.losses.byte_marginal import NUM_BINS
@@ -26,7 +26,7 @@ CONFIGS = {
 }
 
 
-def _inputs(length: int) -> tuple[AlignedBatch, tuple[torch.Tensor, ...]]:
+def _inputs(length: int) -> tuple[AlignedBatch, dict[str, torch.Tensor]]:
     gen = torch.Generator().manual_seed(length)
     ids = [torch.randint(0, VOCAB, (BATCH, length), generator=gen) for _ in range(2)]
     groups = (torch.arange(length) - 1).expand(BATCH, length).clone()  # every token but the first, its own group
@@ -35,30 +35,19 @@ def _inputs(length: int) -> tuple[AlignedBatch, tuple[torch.Tensor, ...]]:
                         teacher_bins=torch.randint(0, 256, (VOCAB,), generator=gen),
                         shared_bins=torch.ones(NUM_BINS, dtype=torch.bool))  # fmt: skip
     batch = AlignedBatch(ids[0], ids[1], groups, groups.clone(), tables, AlignmentStats.combine([]))
-    leaves = (torch.randn(BATCH, length, HIDDEN, generator=gen).requires_grad_(),
-              (torch.randn(VOCAB, HIDDEN, generator=gen) * 0.2).requires_grad_(),
-              torch.randn(BATCH, length, HIDDEN, generator=gen),
-              torch.randn(VOCAB, HIDDEN, generator=gen) * 0.2)  # fmt: skip
+    leaves = {
+        "student_hidden": torch.randn(BATCH, length, HIDDEN, generator=gen).requires_grad_(),
+        "student_weight": (torch.randn(VOCAB, HIDDEN, generator=gen) * 0.2).requires_grad_(),
+        "teacher_hidden": torch.randn(BATCH, length, HIDDEN, generator=gen),
+        "teacher_weight": torch.randn(VOCAB, HIDDEN, generator=gen) * 0.2,
+    }
     return batch, leaves
 
 
 def peak_extra_bytes(length: int, chunk: int, *, hidden: bool, **loss: object) -> int:
     """Peak bytes allocated above what existed before, over the loss's forward and backward."""
-    batch, (student_hidden, student_weight, teacher_hidden, teacher_weight) = _inputs(length)
-    config = LossConfig(implementation="torch", chunk_groups=chunk, **loss)  # type: ignore[arg-type]
-    tracker = MemTracker()
-    tracker.track_external(student_hidden, student_weight, teacher_hidden, teacher_weight)
-    with tracker:
-        before = tracker.get_tracker_snapshot("current")[torch.device("cpu")]["Total"]
-        if hidden:
-            student = HiddenLogits(student_hidden, OutputHead(student_weight, None), rows_per_block=chunk)
-            teacher = HiddenLogits(teacher_hidden, OutputHead(teacher_weight, None), rows_per_block=chunk)
-        else:
-            student, teacher = student_hidden @ student_weight.T, teacher_hidden @ teacher_weight.T
-        loss_value, _ = cross_tokenizer_loss(student, teacher, batch, config)  # type: ignore[arg-type]
-        loss_value.backward()
-        del loss_value, student, teacher
-    return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"] - before)
+    batch, leaves = _inputs(length)
+    return measured_peak("hidden" if hidden else "logits", batch, leaves, chunk, **loss)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
