@@ -17,7 +17,7 @@ VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_ENV := GOLD_REQUIRE_VLLM=1 NUMBA_CACHE_DIR=$(CURDIR)/$(VLLM_VENV)/numba-cache VLLM_CPU_KVCACHE_SPACE=1
 
-.PHONY: demo test test-vllm lint venv install install-test install-vllm kernels clean
+.PHONY: demo test test-vllm lint venv install install-test install-vllm kernels wheel-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,8 +58,9 @@ kernels: install
 	@echo "fused loss kernels: loading, or compiling once on this machine (~1 min)"
 	$(BIN)/python -c "from gold.losses.fused import warm_up; warm_up()"
 
+# DEMO_ARGS: extra `gold demo` options (none for the README's demo)
 demo: kernels
-	$(BIN)/gold demo
+	$(BIN)/gold demo $(DEMO_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check alignment gold tests benchmarks examples
@@ -74,6 +75,10 @@ test-vllm: install-vllm
 test: lint kernels
 	$(BIN)/python -m pytest -q -m "not vllm"
 	$(MAKE) test-vllm
+
+# the built wheel in a new environment, run from outside the checkout (CI runs it after `make test`)
+wheel-check: install-test
+	TORCH_PIN='$(TORCH_PIN)' ZOO_NO_DEPS='$(ZOO_NO_DEPS)' PYTHON='$(PYTHON)' bash .ci/wheel_check.sh
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from gold.version import __version__
 from gold.zoo import ZooPackageMissing, load_model, load_tokenizer, tokenizer_names
 
 _LAZY = {
@@ -27,7 +28,7 @@ _LAZY = {
     "load_recipe": "gold.recipe",
 }
 
-__all__ = ["ZooPackageMissing", "load_model", "load_tokenizer", "tokenizer_names", *_LAZY]
+__all__ = ["ZooPackageMissing", "__version__", "load_model", "load_tokenizer", "tokenizer_names", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -44,6 +44,7 @@ from gold.run_guard import clear_run, prepare_output_dir, record_run, resolve_re
 from gold.teacher.cache import CacheError
 from gold.teacher.cli import add_teacher_cache, run_teacher_cache
 from gold.trainer_guard import CheckpointError, NonFiniteError, PeerFailure, last_checkpoint
+from gold.version import __version__
 from gold.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer, tokenizer_names
 
 # A built-in sample for the demo: prose, numbers, accents, CJK, emoji with modifiers and ZWJ, code.
@@ -61,6 +62,7 @@ DEMO_TEACHER = "smollm2"  # for --alignment-only
 
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="gold", description="Cross-tokenizer knowledge distillation.")
+    parser.add_argument("--version", action="version", version=f"gold-distill {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     align = commands.add_parser("align", help="show how two tokenizers split the same bytes")

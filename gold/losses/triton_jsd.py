@@ -34,7 +34,9 @@ try:  # Triton ships with CUDA builds of torch; on CPU it is an extra, for the i
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the install
+    # both names defined either way: triton_uld imports them, and the kernels below are defined only with Triton
     triton = None
+    tl = None
 
 
 def triton_available() -> bool:

@@ -24,23 +24,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from gold.config import RolloutConfig
 from gold.data import SideInputs
+from gold.extras import require
 from gold.rollout import Generator, Rollout
 from gold.stops import StopRule, stop_rule
 from gold.teacher.served import real_sequences
 from gold.teacher.sparse import SparseRows, dense_rows, stack_rows
 
 CACHE_VERSION = 1
-SCHEMA = pa.schema([("key", pa.string()), ("width", pa.int32()), ("known", pa.int32()), ("ids", pa.list_(pa.int32())),
-                    ("logprobs", pa.list_(pa.float32()))])  # fmt: skip
 
 
-SAMPLE_SCHEMA = pa.schema([("key", pa.string()), ("ids", pa.list_(pa.int32()))])
+def arrow() -> Any:
+    """``pyarrow`` (the cache's storage), imported on first use: it is an extra, ``gold-distill[datasets]``."""
+    return require("pyarrow", feature="the teacher cache")
+
+
+def schemas() -> tuple[Any, Any]:
+    """The Arrow schemas of the rows' shards and of the samples' files."""
+    pa = arrow()
+    rows = pa.schema([("key", pa.string()), ("width", pa.int32()), ("known", pa.int32()),
+                      ("ids", pa.list_(pa.int32())), ("logprobs", pa.list_(pa.float32()))])  # fmt: skip
+    samples = pa.schema([("key", pa.string()), ("ids", pa.list_(pa.int32()))])
+    return rows, samples
 
 
 class CacheError(ValueError):
@@ -111,6 +119,7 @@ class TeacherCache:
     """Read side: memory-mapped shards of a cache folder and an index from key to row."""
 
     def __init__(self, folder: str | Path) -> None:
+        pa = arrow()
         self.folder = Path(folder)
         info_path = self.folder / "info.json"
         if not info_path.is_file():
@@ -151,7 +160,7 @@ class TeacherCache:
         return sum(path.stat().st_size for path in self.shards())
 
     def tokens(self) -> int:
-        return int(sum(pc.sum(table.column("width")).as_py() or 0 for table in self.tables))
+        return int(sum(int(np.sum(table.column("width").to_numpy())) for table in self.tables))
 
 
 class CacheWriter:
@@ -206,7 +215,9 @@ class CacheWriter:
 
     def flush(self) -> None:
         """Samples first, then rows: a sample file is never left without the rows it needs."""
-        for prefix, rows, schema in (("samples", self._samples, SAMPLE_SCHEMA), ("shard", self._buffer, SCHEMA)):
+        pa = arrow()
+        row_schema, sample_schema = schemas()
+        for prefix, rows, schema in (("samples", self._samples, sample_schema), ("shard", self._buffer, row_schema)):
             if rows:
                 number = len(list(self.folder.glob(f"{prefix}-*.arrow")))
                 _write(self.folder / f"{prefix}-{number:05d}.arrow", pa.Table.from_pylist(rows, schema=schema))
@@ -214,8 +225,10 @@ class CacheWriter:
         self._flushed = time.monotonic()
 
 
-def _write(path: Path, table: pa.Table) -> None:
-    """An Arrow IPC file, written whole or not at all (a ``.partial`` renamed into place)."""
+def _write(path: Path, table: Any) -> None:
+    """An Arrow IPC file (``table`` a ``pyarrow.Table``), written whole or not at all (a ``.partial`` renamed into
+    place)."""
+    pa = arrow()
     with pa.OSFile(str(path) + ".partial", "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     Path(str(path) + ".partial").replace(path)
