@@ -1,0 +1,373 @@
+"""The ``gold`` command line: ``gold train``, ``gold eval``, ``gold align`` and ``gold demo``.
+
+gold train recipe.yaml rollout.lmbda=1.0 training.max_steps=50
+gold eval --data held_out.jsonl --teacher gemma-3-270m --student smollm2-135m-instruct --checkpoints out/run
+gold align --student qwen2.5 --teacher llama-3 "Some text"
+gold align --student gemma-3 --teacher smollm2 --file notes.txt --html out.html
+gold demo                    # cross-family distillation on 2 CPU cores, a few minutes
+gold demo --alignment-only   # just the alignment of a built-in multilingual sample
+gold vllm-serve out/student-start --port 8001   # a vLLM server for rollout.vllm_mode: server
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from alignment import (
+    AlignmentStats,
+    VocabMap,
+    align_texts,
+    format_stats,
+    html_page,
+    raw_string_overlap,
+    render_html,
+    render_text,
+)
+from gold import eval_run
+from gold.cli.checks import CommandError, OneLineParser, at_least, read_utf8, writable_dir, writable_file
+from gold.data.examples import CompletionBytesError, DataError
+from gold.data.files import read_rows
+from gold.cli.demo import DemoSettings
+from gold.cli.demo import run_demo as demo_main
+from gold.cli.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
+from gold.training.rewards import RewardError
+from gold.rollout.vllm_server import ServerError
+from gold.cli.run import DEFAULT_OUTPUT_DIR, build_trainer, check_model_folder
+from gold.cli.guard import clear_run, prepare_output_dir, record_run, resolve_resume
+from gold.teacher.cache import CacheError
+from gold.cli.teacher_cache import add_teacher_cache, run_teacher_cache
+from gold.training.guard import CheckpointError, NonFiniteError, PeerFailure, last_checkpoint
+from gold.version import __version__
+from gold.models.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer, tokenizer_names
+
+# A built-in sample for the demo: prose, numbers, accents, CJK, emoji with modifiers and ZWJ, code.
+DEMO_TEXTS = [
+    "Distillation moves knowledge from a teacher to a student: 1234 + 5678 = 6912.",
+    "Le café était fermé, alors nous sommes allés à la bibliothèque à 9h30.",
+    "東京は日本の首都です。人口は約1400万人。",
+    "Emoji: 👍🏽 👩‍💻 🇫🇷 — and a combining mark: e\u0301.",
+    'def fib(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
+    "    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+]
+DEMO_STUDENT = "gemma-3"
+DEMO_TEACHER = "smollm2"  # for --alignment-only
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="gold", description="Cross-tokenizer knowledge distillation.")
+    parser.add_argument("--version", action="version", version=f"gold-distill {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    align = commands.add_parser("align", help="show how two tokenizers split the same bytes")
+    names = ", ".join(tokenizer_names())
+    align.add_argument("--student", required=True, help=f"zoo name ({names}) or a tokenizer directory")
+    align.add_argument("--teacher", required=True, help="zoo name or a tokenizer directory")
+    source = align.add_mutually_exclusive_group(required=True)
+    source.add_argument("text", nargs="?", help="the text to align")
+    source.add_argument("--file", type=Path, help="read the text from this UTF-8 file")
+    align.add_argument("--html", type=Path, help="also write an HTML view to this file")
+    align.add_argument("--max-groups", type=at_least(1), default=200, help="groups shown in the terminal table")
+
+    demo_help = ("the embedded demo: distil a tiny teacher into a student of another tokenizer family, "
+                 "compare with SFT, write plots and an HTML view")  # fmt: skip
+    demo = commands.add_parser("demo", help=demo_help)
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
+    demo.add_argument("--steps", type=at_least(1), default=DemoSettings.steps, help="student training steps per run")
+    demo.add_argument("--alignment-only", action="store_true", help="only align two tokenizers on a built-in sample")
+    demo.add_argument("--student", default=DEMO_STUDENT, help="zoo tokenizer of the student (--alignment-only)")
+    demo.add_argument("--teacher", default=DEMO_TEACHER, help="zoo tokenizer of the teacher (--alignment-only)")
+
+    train = commands.add_parser("train", help="distil as a YAML recipe says (runs under accelerate launch too)")
+    train.add_argument("recipe", type=Path, help="YAML recipe (see examples/)")
+    train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.beta=0.3")
+    train.add_argument("--resume", help="checkpoint directory to resume from, or 'latest' in training.output_dir")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in training.output_dir (its checkpoints are deleted)",
+    )
+    _add_eval(commands)
+    _add_vllm_serve(commands)
+    add_teacher_cache(commands)
+    return parser
+
+
+def _add_vllm_serve(commands: Any) -> None:
+    serve = commands.add_parser("vllm-serve", help="start a vLLM server for student rollouts (rollout.vllm_mode: "
+                                "server); runs until stopped")  # fmt: skip
+    serve.add_argument("model", help="the student's starting weights: a Hugging Face model folder or hub id")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 lets other machines in, including to reload its weights",
+    )
+    serve.add_argument("--port", type=at_least(1), default=8001, help="port (rollout.vllm_server_port)")
+    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    serve.add_argument("--max-model-len", type=at_least(2), help="context length (prompt + completion)")
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory (CUDA)")
+    serve.add_argument("--tensor-parallel-size", type=at_least(1), default=1)
+    serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (always eager on CPU)")
+    serve.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    serve.add_argument("--vllm-args", default="", help='more flags for vLLM\'s server, one string: "--seed 1"')
+
+
+def _add_eval(commands: Any) -> None:
+    evaluate = commands.add_parser("eval", help="bits per byte, teacher→student KL per byte and agreement")
+    evaluate.add_argument("--data", type=Path, required=True,
+                          help="held-out .jsonl/.json rows: prompt+completion, messages, or text")  # fmt: skip
+    evaluate.add_argument("--student", action="append", default=[], help="zoo model or local folder (repeatable)")
+    evaluate.add_argument("--teacher", help="zoo model or local folder; enables KL and agreement")
+    evaluate.add_argument("--checkpoints", action="append", type=Path, default=[],
+                          help="a training output_dir: score each checkpoint-N as a student (repeatable)")  # fmt: skip
+    evaluate.add_argument("--sample-teacher", type=at_least(0), default=0, metavar="N",
+                          help="score N teacher samples per prompt instead of the file's completions")  # fmt: skip
+    evaluate.add_argument("--max-new-tokens", type=at_least(1), default=64,
+                          help="length of teacher samples and answers")  # fmt: skip
+    evaluate.add_argument("--answer-field", help="row field holding the answer: also report task accuracy")
+    evaluate.add_argument("--limit", type=at_least(1), help="use only the first N rows")
+    evaluate.add_argument("--batch-size", type=at_least(1), default=8)
+    evaluate.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast models to this dtype")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of teacher sampling and stop-rate samples")
+    evaluate.add_argument(
+        "--sample-student",
+        type=at_least(0),
+        default=0,
+        metavar="N",
+        help="also score N samples per prompt of each student's own text with both models: KL(student‖teacher) per "
+        "byte, the teacher's bits per byte of it, and the stop rate on them",
+    )
+    evaluate.add_argument(
+        "--stop-samples",
+        type=at_least(0),
+        default=1,
+        metavar="N",
+        help="samples per prompt of each model for its stop rate (share that stops within --max-new-tokens); 0: skip",
+    )
+    evaluate.add_argument("--json", type=Path, help="write the scores as JSON here")
+    evaluate.add_argument("--plot", type=Path, help="with --checkpoints: plot the metrics against the step here")
+
+
+def _load(name: str, command: str) -> object:
+    try:
+        return load_tokenizer(name)
+    except (ZooPackageMissing, ValueError, OSError) as err:
+        raise CommandError(f"gold {command}: {err}") from None
+
+
+def run_align(args: argparse.Namespace) -> int:
+    try:
+        text = read_utf8(args.file, "--file") if args.file else args.text
+        if args.html:
+            writable_file(args.html, "--html")
+    except (OSError, DataError) as err:
+        raise CommandError(f"gold align: {err}") from None
+    if not text:
+        raise CommandError("gold align: the text is empty; pass a TEXT argument or --file with content")
+    student, teacher = _load(args.student, "align"), _load(args.teacher, "align")
+    alignment = align_texts(student, teacher, text)
+    print(render_text(alignment, max_groups=args.max_groups))
+    print()
+    print(format_stats(alignment.stats))
+    if args.html:
+        fragment = render_html(alignment, student_name=args.student, teacher_name=args.teacher)
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        args.html.write_text(html_page([fragment]), encoding="utf-8")
+        print(f"\nHTML view written to {args.html}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.alignment_only:
+        return run_alignment_demo(args)
+    try:
+        writable_dir(args.out, "--out")
+    except OSError as err:
+        raise CommandError(f"gold demo: {err}") from None
+    return demo_main(args.out, DemoSettings(steps=args.steps))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        config = load_recipe(args.recipe, args.overrides)
+        recipe = config_to_dict(config)
+        output_dir = Path(config.training.get("output_dir", DEFAULT_OUTPUT_DIR))
+        writable_dir(output_dir, "training.output_dir")
+        prepare_output_dir(output_dir, recipe, resume=args.resume, overwrite=args.overwrite)  # before any loading
+        resume, skipped = resolve_resume(output_dir, args.resume)
+        trainer = build_trainer(config)
+    except (RecipeError, DataError, CheckpointError, ZooPackageMissing, ValueError, ImportError, OSError) as err:
+        raise CommandError(f"gold train: {err}") from None
+    if args.overwrite:
+        clear_run(output_dir)  # only now that the new run is known to start
+    for note in skipped if trainer.is_world_process_zero() else []:
+        print(f"gold train: skipping incomplete checkpoint {note}", file=sys.stderr)
+    if trainer.is_world_process_zero():
+        record_run(output_dir, recipe)
+        _show_first_alignment(trainer)
+    _train(trainer, resume, output_dir)
+    if trainer.is_world_process_zero():
+        dump_recipe(config, Path(trainer.args.output_dir) / "recipe.yaml")
+        print(f"gold train: student saved to {trainer.args.output_dir}")
+    return 0
+
+
+def _show_first_alignment(trainer: Any) -> None:
+    """How the two tokenizers split the first training completion (the groups the loss compares)."""
+    first = next(iter(trainer.train_dataset))
+    alignment = align_texts(trainer.student_tokenizer, trainer.teacher.tokenizer, first.completion)
+    print("gold train: the first completion, as each side tokenizes it (groups end where both sides end a token):")
+    print(render_text(alignment, max_groups=24), flush=True)
+
+
+def _train(trainer: Any, resume: str | None, output_dir: Path) -> None:
+    """Trains and saves; a non-finite step, a bad checkpoint or an interruption (SIGINT, SIGTERM) ends in one line
+    that names the last whole checkpoint."""
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+    except (NonFiniteError, CheckpointError, PeerFailure) as err:
+        raise CommandError(f"gold train: {err}") from None
+    except (DataError, RewardError, CompletionBytesError, ServerError, CacheError) as err:  # met during training
+        last = last_checkpoint(output_dir)
+        where = f"; the last whole checkpoint is {last}" if last else ""
+        raise CommandError(f"gold train: at step {trainer.state.global_step + 1}: {err}{where}") from None
+    except KeyboardInterrupt as err:
+        last = last_checkpoint(output_dir)
+        where = f"the last whole checkpoint is {last}; continue with --resume latest" if last else "no checkpoint saved"
+        print(f"gold train: interrupted ({str(err) or 'SIGINT'}) at step {trainer.state.global_step}; {where}",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if not args.student and not args.checkpoints and not args.teacher:
+        raise CommandError("gold eval: name at least one model (--student, --checkpoints or --teacher)")
+    if args.sample_student and not args.teacher:
+        raise CommandError("gold eval: --sample-student scores the students' samples with the teacher: give --teacher")
+    if args.plot and not args.checkpoints:
+        raise CommandError("gold eval: --plot draws metrics against the training step: give --checkpoints")
+    try:
+        for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
+            if path is not None:
+                writable_file(path, flag)  # before the scoring, not after it
+        for run_dir in args.checkpoints:
+            eval_run.checkpoints(run_dir)  # names a folder without checkpoints before the teacher loads
+        for spec in [*args.student, *([args.teacher] if args.teacher else [])]:
+            if Path(spec).is_dir():
+                check_model_folder(Path(spec))
+                check_tokenizer_folder(Path(spec))
+        rows = read_rows(str(args.data), what="--data")[: args.limit]
+        # every row checked before a model loads (with --sample-teacher, after: its completions are the teacher's)
+        data = None if args.sample_teacher else eval_run.eval_set(rows, answer_field=args.answer_field)
+        teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
+        data = data or eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
+                                         samples_per_prompt=args.sample_teacher,
+                                         max_new_tokens=args.max_new_tokens)  # fmt: skip
+        students = [(spec, None, spec) for spec in args.student]
+        for run_dir in args.checkpoints:
+            students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in eval_run.checkpoints(run_dir)]
+        options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                   "cache": eval_run.AgreementCache(), "stop_samples": args.stop_samples,
+                   "student_samples": args.sample_student}  # fmt: skip
+        scores = []
+        if teacher is not None:
+            scores.append(eval_run.score_model(args.teacher, teacher, data, role="teacher", **options))
+        for spec, step, name in students:
+            model = eval_run.load_scored_model(spec, dtype=args.dtype)
+            scores.append(eval_run.score_model(name, model, data, role="student", step=step, teacher=teacher,
+                                               **options))  # fmt: skip
+            print(f"gold eval: scored {name}", file=sys.stderr)
+    except (RecipeError, DataError, ZooPackageMissing, ValueError, OSError) as err:
+        raise CommandError(f"gold eval: {err}") from None
+    print(f"{len(data.examples)} examples from {args.data} ({data.source})\n")
+    print(eval_run.format_table(scores))
+    if args.json:
+        eval_run.write_json(args.json, scores, data, {"data": str(args.data), "teacher": args.teacher})
+        print(f"\nscores written to {args.json}")
+    if args.plot:
+        eval_run.plot_steps(args.plot, scores)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def run_vllm_serve(args: argparse.Namespace) -> int:
+    from gold.rollout.vllm_server import serve_command
+    from gold.models.zoo import MODELS
+
+    if args.model in MODELS:
+        raise CommandError(f"gold vllm-serve: {args.model!r} is a zoo model shipped as GGUF; save it as a Hugging "
+                         "Face folder (save_pretrained of model and tokenizer) and serve that folder")  # fmt: skip
+    if not 0 < args.port < 65536:
+        raise CommandError(f"gold vllm-serve: --port must be 1-65535, got {args.port}")
+    extra = shlex.split(args.vllm_args)
+    try:
+        command, env = serve_command(args.model, host=args.host, port=args.port, dtype=args.dtype,
+                                     max_model_len=args.max_model_len,
+                                     gpu_memory_utilization=args.gpu_memory_utilization,
+                                     tensor_parallel_size=args.tensor_parallel_size,
+                                     enforce_eager=True if args.enforce_eager else None, extra=extra)  # fmt: skip
+    except ImportError as err:
+        raise CommandError(f"gold vllm-serve: {err}") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"gold vllm-serve: listening on {args.host}: anyone who reaches this port can replace the model's "
+              "weights (the reload endpoints are on); keep it on a trusted network", file=sys.stderr)  # fmt: skip
+    print("gold vllm-serve: " + " ".join(command), file=sys.stderr, flush=True)
+    if args.dry_run:
+        return 0
+    os.execve(command[0], command, env)  # the server replaces this process: its pid is the server's
+
+
+def run_alignment_demo(args: argparse.Namespace) -> int:
+    print(f"gold demo: aligning {args.student} (student) with {args.teacher} (teacher) on a built-in sample\n")
+    student, teacher = _load(args.student, "demo"), _load(args.teacher, "demo")
+    alignments = [align_texts(student, teacher, text) for text in DEMO_TEXTS]
+    fragments = []
+    for index, alignment in enumerate(alignments):
+        print(f"── sample {index + 1} ──")
+        print(render_text(alignment, max_groups=40))
+        print()
+        fragments.append(render_html(alignment, title=f"sample {index + 1}",
+                                     student_name=args.student, teacher_name=args.teacher))  # fmt: skip
+    print("── all samples ──")
+    print(format_stats(AlignmentStats.combine([a.stats for a in alignments])))
+    vocab = VocabMap.build(student, teacher)
+    raw = raw_string_overlap(student, teacher)
+    print(
+        f"\nvocabulary overlap: {vocab.num_text_matched} tokens on canonical bytes "
+        f"({vocab.matched_fraction:.1%} of the student's), {raw} by raw piece strings"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    page = args.out / "alignment.html"
+    page.write_text(html_page(fragments, title="gold demo alignment"), encoding="utf-8")
+    print(f"HTML view written to {page}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gold`` console script."""
+    args = _parser().parse_args(argv)
+    handlers = {"align": run_align, "demo": run_demo, "train": run_train, "eval": run_eval,
+                "vllm-serve": run_vllm_serve, "teacher-cache": run_teacher_cache}  # fmt: skip
+    try:
+        return handlers[args.command](args)
+    except CommandError as err:
+        print(err, file=sys.stderr)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

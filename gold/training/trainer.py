@@ -1,0 +1,346 @@
+"""``GoldTrainer``: on-/off-policy cross-tokenizer distillation on top of ``transformers.Trainer``.
+
+Per optimizer step the trainer fetches every gradient-accumulation slice first
+(:meth:`GoldTrainer.get_batch_samples`), decides for each slice where its completions come from
+(student rollout with probability ``lmbda``; else the teacher's samples when ``seq_kd``, else the
+dataset), builds the aligned batches, and counts the groups of the whole global batch so the loss is
+a mean over all of them however it is split across slices and processes. ``compute_loss`` then reads
+as one line per stage: forwards → ``cross_tokenizer_loss`` → metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import random
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from gold.models.chat import unequal_rendering
+from gold.data.collate import Collator, Completion
+from gold.training.completions_log import completion_views
+from gold.training.completions_log import report as report_completions
+from gold.config import AlignmentConfig, LossConfig, RolloutConfig
+from gold.data.examples import (
+    DataError,
+    Example,
+    Messages,
+    TrainBatch,
+    logit_rows,
+    prompt_ids,
+)
+from gold.data.files import check_prompt_lengths, examples_from_rows
+from gold.evaluation.callback import HeldOutEvalCallback
+from gold.training.hidden_states import HiddenPlan, hidden_logits, hidden_plan, teacher_hidden_logits
+from gold.losses import PairTables
+from gold.training.rewards import load_reward_funcs
+from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap
+from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
+from gold.models.stops import model_stop_rule
+from gold.teacher import LocalTeacher, Teacher
+from gold.training.guard import RunGuard
+from gold.training.metrics import StepMetrics
+from gold.training.objectives import Objectives, check_objectives
+from gold.training.steps import StepBatches
+
+logger = logging.getLogger(__name__)
+
+
+class UnequalRenderingWarning(UserWarning):
+    """Chat prompts reach one model in its chat template and the other in gold's plain format."""
+
+
+def _examples(dataset: Any) -> list[Example]:
+    rows = list(dataset)
+    if rows and all(isinstance(row, Example) for row in rows):
+        return rows
+    return examples_from_rows(rows)
+
+
+class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
+    """Distils ``teacher`` into ``model`` (the student) across tokenizers.
+
+    Args:
+        model: the student causal LM.
+        teacher: a :class:`gold.teacher.Teacher`, or a causal LM (wrapped in :class:`LocalTeacher`
+            on the training device).
+        args: ``transformers.TrainingArguments``.
+        train_dataset: :class:`gold.data.examples.Example` items, or rows with ``prompt``/``completion`` or
+            ``messages`` (validated up front).
+        student_tokenizer: the student's fast tokenizer (saved with checkpoints).
+        teacher_tokenizer: the teacher's; needed when ``teacher`` is a bare model.
+        loss: loss terms and weights. rollout: ``lmbda``, ``seq_kd``, sampling. alignment: tolerances.
+        student_generator: replaces the HF ``generate`` sampler (e.g. a vLLM engine).
+        held_out: examples or rows scored every ``args.eval_steps`` in both directions and logged as ``eval_*``
+            (:class:`gold.evaluation.callback.HeldOutEvalCallback`); ``held_out_samples`` student samples per prompt.
+        **kwargs: passed to ``transformers.Trainer`` (callbacks, optimizers, ...).
+    """
+
+    loss_is_scaled_for_ga = True  # compute_loss divides by the global group count itself
+
+    def __init__(
+        self,
+        model: Any,
+        teacher: Teacher | Any,
+        *,
+        args: TrainingArguments,
+        train_dataset: Sequence[Any],
+        student_tokenizer: Any,
+        teacher_tokenizer: Any | None = None,
+        loss: LossConfig | None = None,
+        rollout: RolloutConfig | None = None,
+        alignment: AlignmentConfig | None = None,
+        student_generator: Generator | None = None,
+        held_out: Sequence[Any] | None = None,
+        held_out_samples: int = 1,
+        reward_funcs: Sequence[Any] = (),
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("eval_dataset") is not None:
+            raise ValueError(
+                "GoldTrainer does not run Trainer.evaluate on an eval_dataset; pass held_out= (examples or rows, "
+                "scored in both directions every args.eval_steps) or measure a student with "
+                "gold.evaluation.bits_per_byte.distillation_gap / gold.evaluation.bits_per_byte.student_sample_scores"
+            )
+        self.loss_config = loss or LossConfig()
+        self.rollout_config = rollout or RolloutConfig()
+        check_vllm(self.rollout_config, device=args.device, num_processes=args.world_size)  # before any loading
+        self.reward_funcs = load_reward_funcs([*reward_funcs, *self.loss_config.reward_funcs])
+        check_objectives(self.loss_config, self.rollout_config, self.reward_funcs, given=bool(reward_funcs))
+        alignment_config = alignment or AlignmentConfig()
+        if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
+            if teacher_tokenizer is None:
+                raise ValueError("teacher is a model: pass teacher_tokenizer= (its fast tokenizer)")
+            teacher = LocalTeacher(teacher, teacher_tokenizer, device=args.device)
+        self.teacher: Teacher = teacher
+        self.student_tokenizer = student_tokenizer
+        self.student_stop = model_stop_rule(model, student_tokenizer)
+        tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher.num_rows,
+                                  student_rows=logit_rows(model), student_stop=self.student_stop,
+                                  teacher_stop=teacher.stop, vocab_match=self.loss_config.vocab_match,
+                                  teacher_tail=getattr(teacher, "tail_column", None))  # fmt: skip
+        self.collator = Collator(student_tokenizer, teacher.tokenizer, tables,
+                                 max_completion_length=self.rollout_config.max_completion_length,
+                                 max_prompt_length=self.rollout_config.max_prompt_length,
+                                 max_edit_fraction=alignment_config.max_edit_fraction,
+                                 end_group=alignment_config.end_group, student_stop=self.student_stop,
+                                 teacher_stop=teacher.stop)  # fmt: skip
+        self._prompt_cache: dict[tuple[str, str], list[int]] = {}
+        self.streaming = isinstance(train_dataset, torch.utils.data.IterableDataset)
+        if self.streaming:  # rows are read as batches need them: checked then (gold.data.files.ExampleStream)
+            examples: Any = train_dataset
+            # every process reads the stream and keeps its share of each batch (accelerate's IterableDatasetShard);
+            # dispatching from the main process would broadcast tensors, and a batch here is a list of examples
+            args.accelerator_config.dispatch_batches = False
+            warning = unequal_rendering(student_tokenizer, teacher.tokenizer, list(itertools.islice(examples, 64)))
+        else:
+            examples = _examples(train_dataset)
+            for index, example in enumerate(examples):  # fail before training, naming the row
+                self.collator.from_text(example.completion, index=index, ended=example.ended)
+            if getattr(train_dataset, "checked_prompt_limit", "unchecked") != self.rollout_config.max_prompt_length:
+                self._check_prompt_lengths(examples, getattr(train_dataset, "labels", None))
+            warning = unequal_rendering(student_tokenizer, teacher.tokenizer, examples)
+        if warning is not None:
+            warnings.warn(warning, UnequalRenderingWarning, stacklevel=2)
+        self._student_generator, self._given_generator = student_generator, student_generator
+        self._init_metrics()
+        self._completions_logged = -1
+        self._hidden_plan: HiddenPlan | None = None
+        super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
+                         data_collator=list, processing_class=student_tokenizer, **kwargs)  # fmt: skip
+        if held_out is not None:
+            self._add_held_out_eval(_examples(held_out), held_out_samples)
+        self._check_rollout_batches()
+
+    def _check_prompt_lengths(self, examples: Sequence[Example], labels: Sequence[str] | None) -> None:
+        sides = {"student": self.student_tokenizer, "teacher": self.teacher.tokenizer}
+        check_prompt_lengths(examples, sides, limit=self.rollout_config.max_prompt_length, labels=labels,
+                             encode=self._prompt)  # fmt: skip
+
+    def _check_rollout_batches(self) -> None:
+        config, args = self.rollout_config, self.args
+        if config.use_vllm and self.is_deepspeed_enabled:  # known only once accelerate has read its config
+            refuse_zero3(self.accelerator.state.deepspeed_plugin.zero_stage)
+        prompts = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        if config.generation_batch_size is not None and config.generation_batch_size != prompts:
+            raise ValueError(
+                f"rollout.generation_batch_size={config.generation_batch_size}: one optimizer step sends "
+                f"per_device_train_batch_size × gradient_accumulation_steps = {prompts} prompts per process to the "
+                f"engine (gold's batch counts prompts; each on-policy prompt gives num_generations rows); set it to "
+                f"{prompts} or leave it unset"
+            )
+
+    def _add_held_out_eval(self, examples: list[Example], samples_per_prompt: int) -> None:
+        if not isinstance(self.teacher, LocalTeacher):
+            raise ValueError("held-out evaluation during training needs a local teacher model (LocalTeacher)")
+        if self.args.eval_steps is None:
+            raise ValueError("held_out needs args.eval_steps (training.eval_steps in a recipe): how often to score")
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or self.teacher.sharded is not None:
+            raise ValueError("held-out evaluation runs on the main process alone and cannot run a sharded student "
+                             "or teacher (FSDP / DeepSpeed / teacher.shard); evaluate checkpoints with `gold eval` "
+                             "instead")  # fmt: skip
+        self.add_callback(HeldOutEvalCallback(self, examples, every=int(self.args.eval_steps),
+                                              samples_per_prompt=samples_per_prompt, seed=self.args.seed,
+                                              max_new_tokens=self.rollout_config.max_completion_length))  # fmt: skip
+
+    # ---- batches: sources, rollouts, alignment, global group count ----
+
+    def slice_source(self, slice_index: int) -> str:
+        """Where slice ``slice_index`` of this optimizer step takes its completions; the same on every
+        process and after a resume (seeded by the seed, the step and the slice)."""
+        draw = random.Random(f"{self.args.seed}/{self.state.global_step}/{slice_index}").random()
+        if draw < self.rollout_config.lmbda:
+            return "student"
+        return "teacher" if self.rollout_config.seq_kd else "dataset"
+
+    def _prompt(self, role: str, tokenizer: Any, prompt: str | Messages) -> list[int]:
+        if self.streaming:  # a stream's prompts are not kept: memory stays bounded however long it runs
+            return prompt_ids(tokenizer, prompt)
+        key = (role, prompt if isinstance(prompt, str) else repr(prompt))
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = prompt_ids(tokenizer, prompt)
+        return self._prompt_cache[key]
+
+    def student_generator(self) -> Generator:
+        """The student's sampler: the one passed in, else vLLM (``rollout.use_vllm``), else HF ``generate``."""
+        if self._student_generator is None:
+            model = self.accelerator.unwrap_model(self.model)
+            if self.rollout_config.use_vllm:
+                step = None if self.is_fsdp_enabled else self.state.global_step  # a shard is not the weights
+                self._student_generator = VLLMGenerator(model, self.student_tokenizer, self.rollout_config,
+                                                        self.student_stop, step=step,
+                                                        accelerator=self.accelerator)  # fmt: skip
+            else:
+                self._student_generator = HFGenerator(model, self.student_tokenizer, self.rollout_config,
+                                                      self.student_stop)  # fmt: skip
+        return self._student_generator
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; a colocated vLLM engine is shut down at the end (a later call starts a new one)."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            built = self._student_generator
+            if isinstance(built, VLLMGenerator) and built is not self._given_generator:
+                built.close()
+                self._student_generator = None
+
+    def build_batch(self, examples: Sequence[Example], source: str, rollouts: Sequence[Rollout] | None = None,
+                    ) -> TrainBatch:  # fmt: skip
+        """Prompts on both sides, completions from ``source``, aligned into a :class:`TrainBatch`
+        (``rollouts``: the student's samples of these prompts when ``source`` is ``"student"``, else sampled here)."""
+        student_prompts = [self._prompt("student", self.student_tokenizer, e.prompt) for e in examples]
+        teacher_prompts = [self._prompt("teacher", self.teacher.tokenizer, e.prompt_for_teacher) for e in examples]
+        if source == "dataset":
+            completions = [self.collator.from_text(e.completion, index=i, ended=e.ended)
+                           for i, e in enumerate(examples)]  # fmt: skip
+            return self.collator(student_prompts, teacher_prompts, completions, source=source)
+        copies = self.rollout_config.num_generations
+        engine_logprobs = None
+        if source == "student":
+            if rollouts is None:
+                rollouts = self.student_generator().rollout(student_prompts)
+            completions = [self.collator.from_rollout(r.ids) for r in rollouts]
+            if all(r.logprobs is not None for r in rollouts):
+                engine_logprobs = tuple(tuple(r.logprobs or ()) for r in rollouts)
+        else:
+            sampled = self.teacher.generator(self.rollout_config).rollout(teacher_prompts)
+            completions = [self._teacher_sample(r.ids, i) for i, r in enumerate(sampled)]
+        student_prompts = [p for p in student_prompts for _ in range(copies)]
+        teacher_prompts = [p for p in teacher_prompts for _ in range(copies)]
+        batch = self.collator(student_prompts, teacher_prompts, completions, source=source)
+        return dataclasses.replace(batch, engine_logprobs=engine_logprobs)
+
+    def student_state_dict(self) -> dict[str, torch.Tensor]:
+        """The student's full state dict with Hugging Face names: DDP unwrapped, FSDP shards gathered (to the
+        host); what a weight push sends to vLLM."""
+        if self.is_fsdp_enabled:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_model_state_dict(self.model, options=options)
+        return dict(self.accelerator.unwrap_model(self.model).state_dict())
+
+    def _teacher_sample(self, ids: Sequence[int], index: int) -> Completion:
+        """A teacher sample (``seq_kd``) as a completion: the teacher keeps its own tokens and stop id."""
+        try:
+            return self.collator.from_teacher_sample(ids, index=index)
+        except DataError as err:
+            raise DataError(f"teacher sample {index} at step {self.state.global_step}: {err}") from None
+
+    # ---- loss ----
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:  # fmt: skip
+        batch: TrainBatch = inputs["batch"].to(self.args.device)
+        plan = self.hidden_plan()
+        if plan.student is None:
+            student_logits: Any = batch.student.logits(model)
+        else:  # the GPU path: hidden states and the output layer, no (B, T, V) logits (gold.losses.hidden)
+            student_logits = hidden_logits(model, batch.student, plan.student,
+                                           module=self.accelerator.unwrap_model(model))  # fmt: skip
+        began, hits = time.perf_counter(), getattr(self.teacher, "hits", None)
+        if plan.teacher is None:
+            teacher_logits: Any = self.teacher.logits(batch.teacher)
+        else:
+            teacher_logits = teacher_hidden_logits(self.teacher, batch.teacher, plan.teacher)  # type: ignore[arg-type]
+        self._sums["teacher_s"] += time.perf_counter() - began
+        if hits is not None:  # a teacher cache: the rows it had (the others came from the teacher)
+            self._sums["teacher_cache_hits"] += self.teacher.hits - hits  # type: ignore[attr-defined]
+            self._sums["teacher_cache_rows"] += batch.teacher.input_ids.shape[0]
+        loss, metrics = self.objective(student_logits, teacher_logits, batch, inputs, num_items_in_batch)
+        self._note_loss_terms(loss, metrics)
+        self._maybe_log_completions(batch, student_logits, teacher_logits)
+        if batch.engine_logprobs is not None and self.rollout_config.vllm_structured_outputs_regex is None:
+            # does the engine hold the weights being trained? (a grammar reshapes the engine's log-probs)
+            gap, tokens = logprob_gap(student_logits, batch.student.completion_targets(), batch.engine_logprobs)
+            self._sums["engine_gap"] += gap
+            self._sums["engine_gap_tokens"] += tokens
+        # each process holds its share of the global mean; DDP averages gradients over processes
+        loss = loss * self.accelerator.num_processes
+        return (loss, None) if return_outputs else loss
+
+    def hidden_plan(self) -> HiddenPlan:
+        """Which side's loss runs from hidden states (``loss.hidden_states``), decided at the first step (when the
+        model is placed and wrapped); a side asked for that cannot is logged once, with the reason."""
+        if self._hidden_plan is None:
+            zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+            sharded = "FSDP" if self.is_fsdp_enabled else ("DeepSpeed ZeRO-3" if zero3 else None)
+            replicated = ("nn.DataParallel runs the decoder once per GPU (launch one process per GPU instead)"
+                          if self.args.n_gpu > 1 else "training.torch_compile would recompile for every step's hook"
+                          if self.args.torch_compile else None)  # fmt: skip
+            self._hidden_plan = hidden_plan(self.loss_config.hidden_states, device=self.args.device, sharded=sharded,
+                                            student_model=self.accelerator.unwrap_model(self.model),
+                                            teacher=self.teacher, replicated=replicated)  # fmt: skip
+            for note in self._hidden_plan.notes:
+                logger.warning("loss.hidden_states=%s: the %s; that side takes its logits",
+                               self.loss_config.hidden_states, note)  # fmt: skip
+        return self._hidden_plan
+
+    def _maybe_log_completions(self, batch: TrainBatch, student_logits: torch.Tensor,
+                               teacher_logits: torch.Tensor) -> None:  # fmt: skip
+        """The first slice of every ``rollout.log_completions_steps``-th step (and the first step), main process."""
+        every, step = self.rollout_config.log_completions_steps, self.state.global_step
+        if every is None or step % every or self._completions_logged == step or not self.is_world_process_zero():
+            return
+        self._completions_logged = step
+        with torch.no_grad():
+            views = completion_views(batch, student_logits.detach(), teacher_logits.detach(),
+                                     student_tokenizer=self.student_tokenizer,
+                                     teacher_tokenizer=self.teacher.tokenizer,
+                                     rows=self.rollout_config.num_completions_to_print)  # fmt: skip
+        report_completions(self, views, step + 1)
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._metrics["time/train_s"].append(time.perf_counter() - start)
+        return loss

@@ -1,0 +1,214 @@
+"""Bad input through the command line: every case exits 2 with one line that names the bad value, before any
+training or scoring starts (issue 14, item 6). Each row: a name, the argv (built in a scratch folder), and the text
+the one line must contain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gold.cli import main
+from tests.gold.conftest import ROWS
+from tests.gold.test_cli import _recipe
+
+BAD_RECIPES = {
+    "yaml syntax": ("student: [1,\n", "line 2"),
+    "python tag": ("student: !!python/object/apply:os.system ['echo hi']\n", "python/object/apply"),
+    "duplicate section": ("loss: {beta: 0.1}\nloss: {beta: 0.2}\n", "'loss' appears twice"),
+    "not utf-8": (b"student: caf\xe9\n", "not UTF-8"),
+}
+
+
+def _write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def _train(tmp: Path, *extra: str) -> list[str]:
+    return ["train", str(_recipe(tmp)), *extra]
+
+
+def _data(tmp: Path, content: str | bytes) -> list[str]:
+    return _train(tmp, f"data.path={_write(tmp / 'bad.jsonl', content)}")
+
+
+def _folder(tmp: Path, *, weights: bool, tokenizer: bool) -> Path:
+    """A model folder saved from a tiny model, then stripped of its weights or tokenizer files."""
+    from gold.models.build import tiny_model
+    from tests.conftest import zoo
+
+    folder, tok = tmp / "model", zoo("smollm2")
+    tiny_model(tok, seed=0, hidden_size=16, layers=1).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    for pattern in ([] if weights else ["*.safetensors"]) + ([] if tokenizer else ["tokenizer*", "vocab*", "merges*"]):
+        for path in folder.glob(pattern):
+            path.unlink()
+    return folder
+
+
+def _long_third_prompt(tmp: Path) -> Path:
+    rows = [{"prompt": "Hi\n", "completion": "Hello."}] * 2 + [{"prompt": "word " * 40, "completion": "Done."}]
+    return _write(tmp / "long.jsonl", "\n".join(json.dumps(r) for r in rows))
+
+
+def _blocker(tmp: Path) -> Path:
+    """A regular file: any path below it can be neither created nor written."""
+    return _write(tmp / "blocker", "a file")
+
+
+CASES = {
+    # recipes and overrides
+    **{
+        f"recipe: {name}": (lambda t, c=c: ["train", str(_write(t / "r.yaml", c))], m)
+        for name, (c, m) in BAD_RECIPES.items()
+    },
+    "recipe missing": (lambda t: ["train", str(t / "none.yaml")], "none.yaml' does not exist"),
+    "override syntax": (lambda t: _train(t, "loss.beta=[0.1"), "override 'loss.beta=[0.1'"),
+    "temperature 1e-45": (lambda t: _train(t, "loss.teacher_temperature=1e-45"), "teacher_temperature must be in"),
+    "weight inf": (lambda t: _train(t, "loss.hybrid_weight=.inf"), "hybrid_weight must be a finite number"),
+    "learning rate 1e30": (lambda t: _train(t, "training.learning_rate=1e30"), "learning_rate must be a number in"),
+    "sampling temperature": (lambda t: _train(t, "rollout.temperature=1e-9"), "temperature must be 0 (greedy) or in"),
+    # data
+    "data empty": (lambda t: _data(t, "\n\n"), "bad.jsonl' is empty"),
+    "data json error line": (lambda t: _data(t, '{"prompt": "a", "completion": "b"}\n\n{"prompt": \n'), "line 3: not"),
+    "data prompt type": (lambda t: _data(t, '{"prompt": 5, "completion": "b"}\n'), "'prompt' must be a string"),
+    "data no role": (lambda t: _data(t, '{"messages": [{"content": "hi"}]}\n'), "line 1: message 0 has no role"),
+    "data unknown role": (
+        lambda t: _data(t, '{"messages": [{"role": "wizard", "content": "a"}, {"role": "assistant", "content": "b"}]}'),
+        "role 'wizard'",
+    ),
+    "data not utf-8": (lambda t: _data(t, b'{"prompt": "caf\xe9", "completion": "b"}\n'), "not UTF-8 text (byte 0xe9"),
+    "data a list row": (lambda t: _data(t, "[1, 2]\n"), "line 1: a row must be an object"),
+    "prompt over the limit, third row": (
+        lambda t: _train(t, "rollout.max_prompt_length=12", f"data.path={_long_third_prompt(t)}"),
+        "long.jsonl line 3: the student prompt has",
+    ),
+    # outputs, checkpoints, model folders
+    "output_dir unwritable": (
+        lambda t: _train(t, f"training.output_dir={_blocker(t) / 'out'}"),
+        "training.output_dir",
+    ),
+    "resume missing folder": (lambda t: _train(t, "--resume", str(t / "nowhere")), "nowhere: no such folder"),
+    "resume not a checkpoint": (
+        lambda t: _train(t, "--resume", str(_write(t / "ck" / "x.txt", "").parent)),
+        "not a whole checkpoint",
+    ),
+    "resume latest, no checkpoint": (lambda t: _train(t, "--resume", "latest"), "holds no whole checkpoint"),
+    "student folder without weights": (
+        lambda t: _train(t, f"student.model={_folder(t, weights=False, tokenizer=True)}", "student.tiny={}"),
+        "holds no weights",
+    ),
+    "tokenizer folder without files": (
+        lambda t: _train(t, f"student.tokenizer={_folder(t, weights=True, tokenizer=False)}"),
+        "holds no tokenizer",
+    ),
+    # gold eval
+    "eval --json is a folder": (
+        lambda t: ["eval", "--data", str(_recipe(t).parent / "rows.jsonl"), "--teacher", "tiny-x", "--json", str(t)],
+        "--json",
+    ),
+    "eval --plot unwritable": (
+        lambda t: ["eval", "--data", "d.jsonl", "--checkpoints", str(t), "--plot", str(_blocker(t) / "p.png")],
+        "--plot",
+    ),
+    "eval --limit 0": (lambda t: ["eval", "--data", "d.jsonl", "--limit", "0"], "--limit: must be >= 1, got 0"),
+    "eval --batch-size": (lambda t: ["eval", "--data", "d", "--batch-size", "-2"], "--batch-size: must be >= 1"),
+    "eval missing data": (
+        lambda t: ["eval", "--data", str(t / "no.jsonl"), "--teacher", "smollm2-135m-instruct"],
+        "--data '",
+    ),
+    "eval checkpoints missing": (
+        lambda t: ["eval", "--data", "d.jsonl", "--checkpoints", str(t / "run")],
+        "run' is not a folder",
+    ),
+    "eval student without weights": (
+        lambda t: ["eval", "--data", "d.jsonl", "--student", str(_folder(t, weights=False, tokenizer=True))],
+        "holds no weights",
+    ),
+    # gold align, gold demo
+    "align --file missing": (
+        lambda t: ["align", "--student", "qwen2.5", "--teacher", "llama-3", "--file", str(t / "none.txt")],
+        "none.txt' does not exist",
+    ),
+    "align --file folder": (
+        lambda t: ["align", "--student", "qwen2.5", "--teacher", "llama-3", "--file", str(t)],
+        "is a folder",
+    ),
+    "align --file not utf-8": (
+        lambda t: ["align", "--student", "qwen2.5", "--teacher", "llama-3", "--file", str(_write(t / "l", b"\xff"))],
+        "not UTF-8 text (byte 0xff",
+    ),
+    "align --html unwritable": (
+        lambda t: ["align", "--student", "qwen2.5", "--teacher", "llama-3", "x", "--html", str(_blocker(t) / "a.html")],
+        "--html",
+    ),
+    "align --max-groups 0": (
+        lambda t: ["align", "--student", "q", "--teacher", "l", "x", "--max-groups", "0"],
+        "--max-groups: must be >= 1, got 0",
+    ),
+    "demo --steps 0": (lambda t: ["demo", "--steps", "0"], "--steps: must be >= 1, got 0"),
+    "demo --out unwritable": (lambda t: ["demo", "--out", str(_blocker(t) / "demo")], "--out"),
+}
+
+
+# the bad path itself must be named in these messages
+NAMES_THE_PATH = {"output_dir unwritable": "blocker/out", "eval --plot unwritable": "blocker",
+                  "align --html unwritable": "blocker", "demo --out unwritable": "blocker/demo"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys, monkeypatch) -> None:
+    import gold.cli
+    import gold.evaluation.run
+    import gold.cli.run
+
+    build, expected = CASES[name]
+    argv = build(tmp_path)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError(f"{name}: a model loaded before the bad input was refused")
+
+    monkeypatch.setattr(gold.cli.run, "build_model", no_model)  # gold train
+    monkeypatch.setattr(gold.evaluation.run, "load_scored_model", no_model)  # gold eval
+    monkeypatch.setattr(gold.cli, "demo_main", no_model)  # gold demo
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2, exit_info.value
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("gold"), lines[0]
+    assert expected in lines[0], lines[0]
+    if name in NAMES_THE_PATH:
+        assert f"{tmp_path}/{NAMES_THE_PATH[name]}'" in lines[0], lines[0]
+
+
+def test_a_refused_yaml_tag_is_one_line_from_the_console_script(tmp_path) -> None:
+    """The whole process, not just ``main``: no traceback reaches the terminal, and the tag's command never runs."""
+    marker = tmp_path / "ran"
+    recipe = _write(tmp_path / "r.yaml", f"student: !!python/object/apply:os.system ['touch {marker}']\n")
+    done = subprocess.run([sys.executable, "-m", "gold.cli", "train", str(recipe)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "python/object/apply" in lines[0] and "Traceback" not in done.stderr
+    assert not marker.exists()
+
+
+def test_jsonl_splits_on_newlines_only_and_names_a_bom(tmp_path) -> None:
+    """U+2028 inside a JSON string is text, not a line break; a byte-order mark is dropped with a warning."""
+    from gold.data.files import read_rows
+
+    rows = [{"prompt": "a\u2028b", "completion": "c\u2029d"}, ROWS[0]]
+    path = _write(tmp_path / "rows.jsonl", "\ufeff" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    with pytest.warns(UserWarning, match="byte-order mark"):
+        read = read_rows(path)
+    assert list(read) == rows and read.labels == [f"{path} line 1", f"{path} line 2"]
