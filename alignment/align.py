@@ -29,6 +29,7 @@ import numpy.typing as npt
 from alignment.bytespans import TokenBytesTable, TokenizerBytesError, token_bytes_table
 from alignment.fuzzy import ByteMapping, identity_mapping, map_positions
 from alignment.groups import SideTokens, group_batch
+from alignment.render import render_html
 from alignment.specials import encode_text
 from alignment.stats import AlignmentStats, compute_stats
 
@@ -79,8 +80,6 @@ class Alignment:
         return self.text_bytes[start:end]
 
     def _repr_html_(self) -> str:
-        from alignment.render import render_html
-
         return render_html(self)
 
     def student_positions(self, group: int) -> IntArray:

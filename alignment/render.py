@@ -8,9 +8,45 @@ from __future__ import annotations
 
 import html
 import unicodedata
+from typing import Any, Protocol
 
-from alignment.align import Alignment
 from alignment.stats import AlignmentStats
+
+
+class AlignmentView(Protocol):
+    """What the views read of an alignment (:class:`alignment.Alignment` has it). A protocol, not the class, so that
+    ``alignment.align`` can use the views (its notebook display) without the two modules importing each other."""
+
+    @property
+    def text_bytes(self) -> bytes: ...
+
+    @property
+    def student_ids(self) -> Any: ...  # (Ls,) int64
+
+    @property
+    def teacher_ids(self) -> Any: ...  # (Lt,) int64
+
+    @property
+    def student_spans(self) -> Any: ...  # (Ls, 2) byte [start, end)
+
+    @property
+    def teacher_spans(self) -> Any: ...  # (Lt, 2)
+
+    @property
+    def approximate(self) -> Any: ...  # (G,) bool
+
+    @property
+    def stats(self) -> AlignmentStats: ...
+
+    @property
+    def num_groups(self) -> int: ...
+
+    def group_text(self, group: int) -> bytes: ...
+
+    def student_positions(self, group: int) -> Any: ...
+
+    def teacher_positions(self, group: int) -> Any: ...
+
 
 _VISIBLE = {"\r": "\\r", "\n": "\\n", "\t": "\\t", " ": "·", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -23,7 +59,7 @@ def _show(data: bytes) -> str:
                    for ch in text)  # fmt: skip
 
 
-def _token_texts(alignment: Alignment, group: int, side: str) -> list[str]:
+def _token_texts(alignment: AlignmentView, group: int, side: str) -> list[str]:
     if side == "student":
         positions, spans = alignment.student_positions(group), alignment.student_spans
     else:
@@ -49,7 +85,7 @@ def format_stats(stats: AlignmentStats) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def render_text(alignment: Alignment, *, max_groups: int = 200) -> str:
+def render_text(alignment: AlignmentView, *, max_groups: int = 200) -> str:
     """A terminal table, one line per group: bytes | student tokens | teacher tokens.
 
     Args:
@@ -80,7 +116,7 @@ _STYLE = """
 """
 
 
-def render_html(alignment: Alignment, *, title: str = "", student_name: str = "student",
+def render_html(alignment: AlignmentView, *, title: str = "", student_name: str = "student",
                 teacher_name: str = "teacher") -> str:  # fmt: skip
     """A self-contained HTML fragment: the text coloured by group, token splits on hover.
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from alignment import align_batch, align_identical, align_text_batch, token_byte_spans, token_bytes_table
-from gold.zoo import load_tokenizer
+from gold.models.zoo import load_tokenizer
 
 PIECES = [
     "The committee reviewed the proposal and asked for a revised budget by Friday. ",
@@ -107,8 +107,8 @@ def one_vocabulary_batches(tokenizer: Any, texts: list[str], repeats: int) -> di
     """A self teacher's training batch of sampled completions (64 rollouts): the collator on its one-vocabulary path
     (the teacher reads the student's ids, 1:1 groups) vs the general path it took before (the teacher re-encodes
     the decoded text, checks its bytes, and the aligner runs)."""
-    from gold.collate import Collator
-    from gold.data import prompt_ids
+    from gold.data.collate import Collator
+    from gold.data.examples import prompt_ids
     from gold.losses import PairTables
 
     tables = PairTables.build(tokenizer, tokenizer, student_rows=len(tokenizer), teacher_rows=len(tokenizer))

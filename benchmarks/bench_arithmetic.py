@@ -26,13 +26,13 @@ import torch
 from transformers import TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from gold.baselines import SequenceKDTrainer
+from gold.cli.demo_task import Prompt, accuracy, fit_to_task, teacher_examples
 from gold.config import LossConfig, RolloutConfig
-from gold.demo_task import Prompt, accuracy, fit_to_task, teacher_examples
-from gold.evaluate import distillation_gap
-from gold.models import tiny_model
-from gold.trainer import GoldTrainer
-from gold.zoo import load_tokenizer
+from gold.evaluation.bits_per_byte import distillation_gap
+from gold.models.build import tiny_model
+from gold.models.zoo import load_tokenizer
+from gold.training.baselines import SequenceKDTrainer
+from gold.training.trainer import GoldTrainer
 
 ARMS = ("gold hybrid, shifted matching", "gold hybrid, global map only", "SFT on teacher samples")
 

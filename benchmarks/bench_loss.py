@@ -40,7 +40,7 @@ def build_inputs(batch: int, tokens: int, device: str, out: Path) -> None:
 
     from alignment import align_texts
     from gold.losses import AlignedBatch, PairTables
-    from gold.zoo import load_tokenizer
+    from gold.models.zoo import load_tokenizer
 
     student, teacher = load_tokenizer("qwen2.5"), load_tokenizer("llama-3")
     texts = [t[: int(tokens * 3.6)] for t in make_texts(batch, tokens, seed=1)]
@@ -95,7 +95,7 @@ def _loss_fn(impl: str, mode: str, data: dict[str, Any], device: str) -> Any:
         return lambda s, t: cross_tokenizer_loss(s, t, batch, config)[0]
     from trl.experimental.gold.gold_trainer import ULDLoss
 
-    from gold.zoo import load_tokenizer
+    from gold.models.zoo import load_tokenizer
 
     config = SimpleNamespace(
         uld_crossentropy_weight=0.0, uld_distillation_weight=1.0, uld_student_temperature=1.0,

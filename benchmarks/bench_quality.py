@@ -14,7 +14,8 @@ Arms (``ARMS``; ``real-pair`` adds on-policy λ 0.5, where the student is pretra
 Settings: ``demo`` is ``gold demo``'s task (a tiny teacher with Mistral's SentencePiece tokenizer fitted to animal
 sounds; a random student with SmolLM2's byte-level BPE; off-policy, forward KL, as the demo trains); ``real-pair``
 is Gemma-3-270M teaching SmolLM2-135M-Instruct (``examples/gemma3-270m_to_smollm2-135m.yaml``; about 10 minutes an
-arm on 2 CPU cores). Every student is scored by ``gold eval``'s code (:func:`gold.eval_run.score_model`) on held-out
+arm on 2 CPU cores). Every student is scored by ``gold eval``'s code (:func:`gold.evaluation.run.score_model`) on
+held-out
 prompts: KL(teacher‖student) per byte on teacher samples, bits per byte, next-byte agreement, the stop rate, task
 accuracy (demo), and KL(student‖teacher) per byte on the student's own samples. Mean and half the range over seeds.
 """
@@ -33,14 +34,14 @@ import torch
 from transformers import TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from gold.baselines import SequenceKDTrainer
+from gold.cli.demo import DemoSettings
+from gold.cli.demo_task import SOUNDS, fit_to_task, task_prompts, teacher_examples
 from gold.config import LossConfig, RolloutConfig
-from gold.demo import DemoSettings
-from gold.demo_task import SOUNDS, fit_to_task, task_prompts, teacher_examples
-from gold.eval_run import AgreementCache, ModelScore, eval_set, score_model
-from gold.models import tiny_model
-from gold.trainer import GoldTrainer
-from gold.zoo import load_tokenizer
+from gold.evaluation.run import AgreementCache, ModelScore, eval_set, score_model
+from gold.models.build import tiny_model
+from gold.models.zoo import load_tokenizer
+from gold.training.baselines import SequenceKDTrainer
+from gold.training.trainer import GoldTrainer
 
 RAW = {"vocab_match": "raw", "shifted_matching": False}
 ARMS: dict[str, dict[str, Any]] = {
@@ -98,10 +99,10 @@ def demo_setting(seed: int, steps: int, copies: int | None = None) -> Setting:
 
 
 def real_pair_setting(seed: int, steps: int) -> Setting:
-    from gold.data_files import read_rows
-    from gold.eval_run import load_scored_model
-    from gold.recipe import load_recipe
-    from gold.run import build_trainer
+    from gold.cli.recipe import load_recipe
+    from gold.cli.run import build_trainer
+    from gold.data.files import read_rows
+    from gold.evaluation.run import load_scored_model
 
     config = load_recipe("examples/gemma3-270m_to_smollm2-135m.yaml", [f"training.seed={seed}"])
     probe = build_trainer(config)  # the recipe's models and data, built once

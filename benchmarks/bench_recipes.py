@@ -16,7 +16,7 @@ same prompts per step. Arms (``RECIPES``):
 * reward-only GRPO: the task reward alone (``opd_alpha`` 0), no teacher in the gradient.
 
 Every on-policy arm samples ``num_generations`` 4 completions per prompt. Held-out figures come from ``gold eval``'s
-code (:func:`gold.eval_run.score_model`): task accuracy (greedy), KL(teacher‖student) per byte on teacher samples,
+code (:func:`gold.evaluation.run.score_model`): task accuracy (greedy), KL(teacher‖student) per byte on teacher samples,
 KL(student‖teacher) per byte on the student's own samples; plus seconds per step. Mean and half the range over seeds.
 """
 
@@ -35,11 +35,11 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from benchmarks.bench_quality import Setting, demo_setting, format_summary, summary
 from examples.rewards import names_the_sound
-from gold.baselines import SequenceKDTrainer
+from gold.cli.demo_task import SOUNDS, sample_answers, task_prompts
 from gold.config import LossConfig, RolloutConfig
-from gold.demo_task import SOUNDS, sample_answers, task_prompts
-from gold.eval_run import AgreementCache, score_model
-from gold.trainer import GoldTrainer
+from gold.evaluation.run import AgreementCache, score_model
+from gold.training.baselines import SequenceKDTrainer
+from gold.training.trainer import GoldTrainer
 
 OPD = {"hybrid_weight": 0.0, "opd_weight": 1.0}
 RECIPES: dict[str, dict[str, Any]] = {

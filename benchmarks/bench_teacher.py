@@ -37,18 +37,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gold.cli.recipe import config_from_dict  # noqa: E402
+from gold.cli.teacher_cache import build_cache  # noqa: E402
 from gold.config import RolloutConfig  # noqa: E402
-from gold.data import Example  # noqa: E402
-from gold.data_files import examples_from_rows, read_rows  # noqa: E402
-from gold.models import tiny_model  # noqa: E402
-from gold.recipe import config_from_dict  # noqa: E402
+from gold.data.examples import Example  # noqa: E402
+from gold.data.files import examples_from_rows, read_rows  # noqa: E402
+from gold.models.build import tiny_model  # noqa: E402
+from gold.models.zoo import load_tokenizer  # noqa: E402
 from gold.rollout.vllm_server import wait_for_server  # noqa: E402
 from gold.teacher import LocalTeacher  # noqa: E402
-from gold.teacher.build import build_cache  # noqa: E402
 from gold.teacher.cache import CachedTeacher, TeacherCache  # noqa: E402
 from gold.teacher.served import ServedTeacher, real_sequences  # noqa: E402
-from gold.trainer import GoldTrainer  # noqa: E402
-from gold.zoo import load_tokenizer  # noqa: E402
+from gold.training.trainer import GoldTrainer  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "real_pair_train.jsonl"
 

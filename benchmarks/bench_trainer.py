@@ -91,7 +91,7 @@ def time_gold(models: tuple[Any, Any], tokenizers: tuple[Any, Any], data: list[d
     from transformers import TrainingArguments
 
     from gold.config import LossConfig, RolloutConfig
-    from gold.trainer import GoldTrainer
+    from gold.training.trainer import GoldTrainer
 
     clock = StepClock()
     rollout = RolloutConfig(
@@ -152,7 +152,7 @@ def sampling_throughput(student: Any, tokenizer: Any, prompts: int, completion: 
     """Completion tokens per second of the student alone: HF ``generate`` vs a colocated vLLM engine, same prompts
     (one call of ``prompts`` prompts each, median of 3 after a warm-up); and the engine's start-up seconds."""
     from gold.config import RolloutConfig
-    from gold.data import prompt_ids
+    from gold.data.examples import prompt_ids
     from gold.rollout import HFGenerator
     from gold.rollout.vllm import VLLMGenerator
 
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from gold.zoo import load_tokenizer
+    from gold.models.zoo import load_tokenizer
 
     tokenizers = (load_tokenizer("smollm2"), load_tokenizer("llama-3"))
     data = rows(args.batch * (args.steps + 1))

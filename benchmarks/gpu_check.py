@@ -108,8 +108,8 @@ def main() -> None:
 
 
 def run_check(device: str, shape: str, steps: int, batch: int, completion: int, budget_s: float) -> dict[str, Any]:
-    from gold.chat import set_chat_template
-    from gold.zoo import load_tokenizer
+    from gold.models.chat import set_chat_template
+    from gold.models.zoo import load_tokenizer
 
     began = time.perf_counter()
     # DESIGN §7's pair; Qwen2.5's own template is ChatML (TRL applies the student's template to the rows)

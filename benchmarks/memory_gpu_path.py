@@ -28,7 +28,7 @@ from gold.config import LossConfig
 from gold.losses import AlignedBatch, PairTables, cross_tokenizer_loss
 from gold.losses.head import OutputHead
 from gold.losses.hidden import HiddenLogits, hidden_path_bound
-from gold.zoo import load_tokenizer
+from gold.models.zoo import load_tokenizer
 
 STUDENT_HIDDEN, TEACHER_HIDDEN = 896, 2048
 

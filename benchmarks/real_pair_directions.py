@@ -20,12 +20,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from gold.baselines import SequenceKDTrainer
-from gold.data_files import read_rows
-from gold.eval_run import AgreementCache, eval_set, format_table, load_scored_model, score_model
-from gold.recipe import load_recipe
-from gold.run import build_trainer
-from gold.trainer import GoldTrainer
+from gold.cli.recipe import load_recipe
+from gold.cli.run import build_trainer
+from gold.data.files import read_rows
+from gold.evaluation.run import AgreementCache, eval_set, format_table, load_scored_model, score_model
+from gold.training.baselines import SequenceKDTrainer
+from gold.training.trainer import GoldTrainer
 
 RECIPE = "examples/gemma3-270m_to_smollm2-135m.yaml"
 HELD_OUT = "examples/data/real_pair_heldout.jsonl"

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from gold.config import RolloutConfig
+from gold.models.zoo import load_model, load_tokenizer
 from gold.rollout import SampledText, sample_completions
-from gold.zoo import load_model, load_tokenizer
 
 TOPICS = [
     "the ocean",

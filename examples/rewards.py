@@ -35,6 +35,6 @@ def names_the_sound(prompts: Sequence[Any], completions: Sequence[str], answer: 
                     **columns: Any) -> list[float]:  # fmt: skip
     """The demo task's verifiable reward (``gold demo``'s animal sounds): 1 when the completion names the row's
     ``answer`` (the sound), case-insensitive, else 0 — ``gold eval``'s accuracy check."""
-    from gold.evaluate import contains_answer
+    from gold.evaluation.bits_per_byte import contains_answer
 
     return [float(contains_answer(a, c)) for a, c in zip(answer, completions, strict=True)]

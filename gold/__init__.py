@@ -10,22 +10,22 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from gold.models.zoo import ZooPackageMissing, load_model, load_tokenizer, tokenizer_names
 from gold.version import __version__
-from gold.zoo import ZooPackageMissing, load_model, load_tokenizer, tokenizer_names
 
 _LAZY = {
-    "GoldTrainer": "gold.trainer",
-    "SequenceKDTrainer": "gold.baselines",
+    "GoldTrainer": "gold.training.trainer",
+    "SequenceKDTrainer": "gold.training.baselines",
     "GoldConfig": "gold.config",
     "LossConfig": "gold.config",
     "RolloutConfig": "gold.config",
     "AlignmentConfig": "gold.config",
-    "Example": "gold.data",
-    "examples_from_rows": "gold.data_files",
+    "Example": "gold.data.examples",
+    "examples_from_rows": "gold.data.files",
     "cross_tokenizer_loss": "gold.losses",
-    "distillation_gap": "gold.evaluate",
-    "group_agreement": "gold.agreement",
-    "load_recipe": "gold.recipe",
+    "distillation_gap": "gold.evaluation.bits_per_byte",
+    "group_agreement": "gold.evaluation.agreement",
+    "load_recipe": "gold.cli.recipe",
 }
 
 __all__ = ["ZooPackageMissing", "__version__", "load_model", "load_tokenizer", "tokenizer_names", *_LAZY]

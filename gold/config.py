@@ -13,6 +13,11 @@ TEMPERATURE_WHY = "beyond it the softmax is one-hot or uniform in float32"
 MAX_WEIGHT = 1000.0
 
 
+class RecipeError(ValueError):
+    """A recipe key or value that does not fit :class:`GoldConfig` (raised where a recipe is read or its models are
+    built; :mod:`gold.cli.recipe` reads recipes)."""
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Which loss terms to combine, and how.
@@ -38,13 +43,14 @@ class LossConfig:
     # overlaps the hybrid's spread, and 1.9× the step time; off, a candidate to revisit on the real pair
     byte_marginal_weight: float = 0.0
     # SFT mixing: the student's cross-entropy on completions it did not write (dataset rows, teacher samples; never
-    # its own rollouts), a mean over their tokens in the step, logged as loss/sft (gold.sft_mix)
+    # its own rollouts), a mean over their tokens in the step, logged as loss/sft (gold.training.sft_mix)
     sft_weight: float = 0.0
     # OPD-RL on student rollouts (gold.losses.opd): policy gradient with the teacher's group log-ratio as the reward;
     # opd_alpha weighs that reward in the advantage
     opd_weight: float = 0.0
     opd_alpha: float = 1.0
-    # task rewards for OPD-RL ("package.module:function", TRL GRPO's signature; gold.rewards) and their weights:
+    # task rewards for OPD-RL ("package.module:function", TRL GRPO's signature; gold.training.rewards) and their
+    # weights:
     # GRPO group-normalised advantages over rollout.num_generations (>= 2) completions per prompt
     reward_funcs: list[str] = field(default_factory=list)
     reward_weights: list[float] | None = None
@@ -201,7 +207,7 @@ class RolloutConfig:
     # deprecated: "hf" or "vllm"; use use_vllm
     engine: str | None = None
     # every this many steps (and at the first), print a few rows of a batch with, per group, each model's top token
-    # (TensorBoard text / W&B table when reported there; gold.completions_log); None: off
+    # (TensorBoard text / W&B table when reported there; gold.training.completions_log); None: off
     log_completions_steps: int | None = None
     num_completions_to_print: int = 3
 
@@ -275,7 +281,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A model to load: a zoo name (``gold.zoo``), a local directory, or ``tiny`` (random, from ``tiny``)."""
+    """A model to load: a zoo name (``gold.models.zoo``), a local directory, or ``tiny`` (random, from ``tiny``)."""
 
     # zoo model name, local Hugging Face directory, hub id, or "tiny" for a random model built from `tiny`; a teacher
     # may also be "self" (a frozen copy of the student's start) or "self-dynamic" (the student itself, no copy):
@@ -287,9 +293,10 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # device ("cpu", "cuda:1", ...); None: the trainer's device
     device: str | None = None
-    # for model == "tiny": its sizes (hidden_size, layers, heads; gold.models.tiny_model); vocab from the tokenizer
+    # for model == "tiny": its sizes (hidden_size, layers, heads; gold.models.build.tiny_model); vocab from the
+    # tokenizer
     tiny: dict[str, Any] = field(default_factory=dict)
-    # chat template for `messages` rows: a built-in name (chatml, llama-3, gemma; see gold.chat) or a Jinja
+    # chat template for `messages` rows: a built-in name (chatml, llama-3, gemma; see gold.models.chat) or a Jinja
     # file; None keeps the tokenizer's own (a model without one gets gold's plain format, with a warning)
     chat_template: str | None = None
     # run the model's or tokenizer's own code from its folder (a *.py its config names). A risk: that code runs with
@@ -312,7 +319,7 @@ class ModelConfig:
         self._check_tiny()
 
     def _check_tiny(self) -> None:
-        """``tiny`` takes gold.models.tiny_model's sizes: positive integers, hidden_size a multiple of heads."""
+        """``tiny`` takes gold.models.build.tiny_model's sizes: positive integers, hidden_size a multiple of heads."""
         known = ("hidden_size", "layers", "heads")
         for key, value in self.tiny.items():
             if key not in known:

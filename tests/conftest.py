@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from gold.zoo import load_tokenizer, tokenizer_names
+from gold.models.zoo import load_tokenizer, tokenizer_names
 
 settings.register_profile(
     "gold", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gold.models import build_model, build_tokenizer
-from gold.recipe import load_recipe
-from gold.run import training_arguments
+from gold.cli.recipe import load_recipe
+from gold.models.build import build_model, build_tokenizer
+from gold.training.arguments import training_arguments
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RECIPES = sorted(EXAMPLES.glob("*.yaml"))
@@ -69,7 +69,7 @@ def test_example_reward_functions_load_by_name_and_score() -> None:
     """What the OPD-RL recipe names, loaded as `gold train` would (from the working directory)."""
     import os
 
-    from gold.rewards import compute_rewards, load_reward_funcs
+    from gold.training.rewards import compute_rewards, load_reward_funcs
 
     cwd = os.getcwd()
     os.chdir(EXAMPLES.parent)

@@ -30,22 +30,23 @@ from alignment import (
     render_html,
     render_text,
 )
-from gold import eval_run
 from gold.cli.checks import CommandError, OneLineParser, at_least, read_utf8, writable_dir, writable_file
-from gold.data.examples import CompletionBytesError, DataError
-from gold.data.files import read_rows
 from gold.cli.demo import DemoSettings
 from gold.cli.demo import run_demo as demo_main
-from gold.cli.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
-from gold.training.rewards import RewardError
-from gold.rollout.vllm_server import ServerError
-from gold.cli.run import DEFAULT_OUTPUT_DIR, build_trainer, check_model_folder
 from gold.cli.guard import clear_run, prepare_output_dir, record_run, resolve_resume
-from gold.teacher.cache import CacheError
+from gold.cli.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
+from gold.cli.run import build_trainer, check_model_folder
 from gold.cli.teacher_cache import add_teacher_cache, run_teacher_cache
-from gold.training.guard import CheckpointError, NonFiniteError, PeerFailure, last_checkpoint
-from gold.version import __version__
+from gold.data.examples import CompletionBytesError, DataError
+from gold.data.files import read_rows
+from gold.evaluation import run as eval_run
 from gold.models.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer, tokenizer_names
+from gold.rollout.vllm_server import ServerError
+from gold.teacher.cache import CacheError
+from gold.training.arguments import DEFAULT_OUTPUT_DIR
+from gold.training.guard import CheckpointError, NonFiniteError, PeerFailure, last_checkpoint
+from gold.training.rewards import RewardError
+from gold.version import __version__
 
 # A built-in sample for the demo: prose, numbers, accents, CJK, emoji with modifiers and ZWJ, code.
 DEMO_TEXTS = [
@@ -305,8 +306,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_vllm_serve(args: argparse.Namespace) -> int:
-    from gold.rollout.vllm_server import serve_command
     from gold.models.zoo import MODELS
+    from gold.rollout.vllm_server import serve_command
 
     if args.model in MODELS:
         raise CommandError(f"gold vllm-serve: {args.model!r} is a zoo model shipped as GGUF; save it as a Hugging "

@@ -25,15 +25,15 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from alignment import AlignmentStats, align_text_batch, format_stats, html_page, render_html
-from gold.training.baselines import SequenceKDTrainer
+from gold.cli.demo_task import accuracy, fit_to_task, task_prompts, teacher_examples
 from gold.config import LossConfig, RolloutConfig
 from gold.data.examples import Example
-from gold.cli.demo_task import accuracy, fit_to_task, task_prompts, teacher_examples
-from gold.evaluation.run import model_stop_rate
 from gold.evaluation.bits_per_byte import distillation_gap
+from gold.evaluation.run import model_stop_rate
 from gold.models.build import tiny_model
-from gold.training.trainer import GoldTrainer
 from gold.models.zoo import load_tokenizer
+from gold.training.baselines import SequenceKDTrainer
+from gold.training.trainer import GoldTrainer
 
 
 @dataclass(frozen=True)

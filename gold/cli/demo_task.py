@@ -16,8 +16,8 @@ import torch
 from alignment import encode_continuation
 from gold.config import RolloutConfig
 from gold.data.examples import Example, prompt_ids, side_inputs
-from gold.rollout import sample_completions, sample_texts
 from gold.models.stops import model_stop_rule
+from gold.rollout import sample_completions, sample_texts
 
 SOUNDS = {
     "cow": "moo", "dog": "woof", "cat": "meow", "duck": "quack", "sheep": "baa", "pig": "oink", "horse": "neigh",

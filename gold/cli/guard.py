@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gold.models.build import WEIGHT_FILES
 from gold.cli.recipe import RecipeError
+from gold.models.build import WEIGHT_FILES
 from gold.training.guard import STAGING, CheckpointError, last_checkpoint
 
 RUN_FILE = "gold_run.json"

@@ -22,7 +22,15 @@ from typing import Any
 
 import yaml
 
-from gold.config import AlignmentConfig, DataConfig, GoldConfig, LossConfig, ModelConfig, RolloutConfig
+from gold.config import (
+    AlignmentConfig,
+    DataConfig,
+    GoldConfig,
+    LossConfig,
+    ModelConfig,
+    RecipeError,
+    RolloutConfig,
+)
 from gold.teacher.config import TeacherConfig
 
 SECTIONS: dict[str, type] = {
@@ -35,10 +43,6 @@ SECTIONS: dict[str, type] = {
 }
 # sections whose value is a free mapping (checked later: TrainingArguments, tiny model fields)
 FREE_SECTIONS = ("training",)
-
-
-class RecipeError(ValueError):
-    """A recipe key or value that does not fit :class:`GoldConfig`."""
 
 
 def _unknown(key: str, known: Sequence[str], where: str) -> RecipeError:

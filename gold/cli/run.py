@@ -2,48 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
 
-from transformers import TrainingArguments
-
-from gold.config import GoldConfig
-from gold.data.files import ExampleStream, Rows, check_prompt_lengths, examples_from_rows, read_rows, stream_examples
-from gold.models.build import DTYPES, build_model, build_tokenizer, check_model_folder
 from gold.cli.recipe import RecipeError
+from gold.config import GoldConfig
+from gold.data.files import Rows, check_prompt_lengths, examples_from_rows, read_rows, training_examples
+from gold.models.build import DTYPES, build_model, build_tokenizer, check_model_folder
 from gold.teacher import SELF_TEACHERS, self_teacher
 from gold.teacher.build import build_teacher
+from gold.training.arguments import training_arguments
 from gold.training.trainer import GoldTrainer
-
-DEFAULT_OUTPUT_DIR = "out/gold"
-
-
-def training_arguments(values: dict[str, Any]) -> TrainingArguments:
-    """``TrainingArguments`` from the recipe's ``training`` section, naming an unknown key."""
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
-    for key in values:
-        if key not in known:
-            raise RecipeError(f"unknown key {key!r} in training (transformers.TrainingArguments has no such field)")
-    settings = {"output_dir": DEFAULT_OUTPUT_DIR, "report_to": [], **values}
-    return TrainingArguments(**settings)
-
-
-def training_examples(config: GoldConfig) -> Rows | ExampleStream:
-    """Every training example, validated up front (labelled by file and line), or a stream (``data.streaming``)."""
-    if config.data.streaming:
-        if config.training.get("max_steps", -1) <= 0:
-            raise RecipeError("data.streaming: true reads rows without counting them: give training.max_steps")
-        return stream_examples(config.data)
-    rows = read_rows(config.data.path, name=config.data.name, split=config.data.split)
-    examples = Rows(examples_from_rows(rows, config.data))
-    examples.labels = rows.labels  # the trainer names a too-long prompt by file and line
-    return examples
 
 
 def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTrainer) -> GoldTrainer:
     """Tokenizers, data, models and trainer of a run (``trainer_cls``: e.g. the SFT baseline
-    :class:`gold.training.baselines.SequenceKDTrainer`, on the same data path). Everything that can be checked without the
+    :class:`gold.training.baselines.SequenceKDTrainer`, on the same data path). Everything that can be checked without
+    the
     models (rows, prompt lengths in both tokenizations, model folders) is checked before they load."""
     args = training_arguments(config.training)
     self_kind = config.teacher.model if config.teacher.model in SELF_TEACHERS else None

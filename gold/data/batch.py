@@ -15,7 +15,7 @@ import torch
 
 from alignment import Alignment, AlignmentStats, VocabMap, token_bytes_table
 from alignment.shifted import ShiftedPairs, group_shifts
-from gold.losses.byte_marginal import first_byte_table, shared_bins
+from gold.data.byte_bins import first_byte_table, shared_bins
 from gold.models.stops import StopRule, stop_rule
 
 

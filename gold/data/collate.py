@@ -35,6 +35,7 @@ from alignment import (
     same_vocabulary,
     token_bytes_table,
 )
+from gold.data.batch import AlignedBatch, GroupShifts, PairTables
 from gold.data.examples import (
     DataError,
     DecodedCompletion,
@@ -46,7 +47,6 @@ from gold.data.examples import (
     read_sample,
     side_inputs,
 )
-from gold.losses import AlignedBatch, GroupShifts, PairTables
 from gold.models.stops import StopRule, stop_rule
 
 

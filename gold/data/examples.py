@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from alignment import encode_text, normalized, text_stream, token_bytes_table
-from gold.losses import AlignedBatch
+from gold.data.batch import AlignedBatch
 from gold.models.stops import StopRule
 
 Messages = tuple[Mapping[str, str], ...]

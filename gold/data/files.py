@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from gold.config import DataConfig
+from gold.config import DataConfig, GoldConfig, RecipeError
 from gold.data.examples import DataError, Example, Messages, check_prompts, prompt_ids
 from gold.models.hub import hub_dataset, is_hub_id
 
@@ -96,7 +96,8 @@ def examples_from_rows(rows: Iterable[Mapping[str, Any]], config: DataConfig | N
 
 
 class Rows(list[Any]):
-    """Rows with a label each (``data.jsonl line 7``) that :func:`gold.data.examples.examples_from_rows` names in errors."""
+    """Rows with a label each (``data.jsonl line 7``) that :func:`gold.data.examples.examples_from_rows` names in
+    errors."""
 
     labels: list[str]
     # set by gold.cli.run.build_trainer: the rollout.max_prompt_length every prompt was checked against
@@ -274,3 +275,15 @@ def check_prompt_lengths(
             except DataError as err:
                 where = labels[index] if labels else f"row {index}"
                 raise DataError(f"{where}: {str(err).removeprefix('example 0: ')}") from None
+
+
+def training_examples(config: GoldConfig) -> Rows | ExampleStream:
+    """Every training example, validated up front (labelled by file and line), or a stream (``data.streaming``)."""
+    if config.data.streaming:
+        if config.training.get("max_steps", -1) <= 0:
+            raise RecipeError("data.streaming: true reads rows without counting them: give training.max_steps")
+        return stream_examples(config.data)
+    rows = read_rows(config.data.path, name=config.data.name, split=config.data.split)
+    examples = Rows(examples_from_rows(rows, config.data))
+    examples.labels = rows.labels  # the trainer names a too-long prompt by file and line
+    return examples

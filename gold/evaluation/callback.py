@@ -5,7 +5,8 @@ Every ``eval_steps`` the main process scores the student on a small held-out set
 * ``eval_forward_kl_bits_per_byte``: KL(teacher‖student) per byte on the set's completions (teacher samples
   or reference text), from exact group log-likelihoods (:func:`gold.evaluation.agreement.group_agreement`);
 * ``eval_reverse_kl_bits_per_byte``, ``eval_teacher_bits_per_byte_on_student``, ``eval_stop_rate``: on the
-  student's own samples for the set's prompts (:func:`gold.evaluation.bits_per_byte.student_sample_scores`), what on-policy
+  student's own samples for the set's prompts (:func:`gold.evaluation.own_samples.student_sample_scores`), what
+  on-policy
   distillation targets.
 
 So TensorBoard / W&B show both curves (under ``eval/``, as transformers files ``eval_*`` keys); off-policy forward
@@ -20,9 +21,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from gold.evaluation.agreement import AgreementCache, group_agreement
 from gold.data.examples import Example, distinct_prompts
-from gold.evaluation.bits_per_byte import student_sample_scores
+from gold.evaluation.agreement import AgreementCache, group_agreement
+from gold.evaluation.own_samples import student_sample_scores
 
 
 class HeldOutEvalCallback(TrainerCallback):

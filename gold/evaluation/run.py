@@ -16,13 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gold.evaluation.agreement import AgreementCache, group_agreement
 from gold.config import DataConfig, ModelConfig, RolloutConfig
 from gold.data.examples import DataError, Example, Messages, distinct_prompts, seam_prompt
 from gold.data.files import example_from_row
-from gold.evaluation.bits_per_byte import LN2, completion_logprobs, contains_answer, student_sample_scores
-from gold.rollout import sample_texts, seeded_samples, stop_rate
+from gold.evaluation.agreement import AgreementCache, group_agreement
+from gold.evaluation.bits_per_byte import LN2, completion_logprobs, contains_answer
+from gold.evaluation.own_samples import student_sample_scores
 from gold.models.zoo import MODEL_TOKENIZERS, load_tokenizer
+from gold.rollout import sample_texts, seeded_samples, stop_rate
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 
@@ -198,7 +199,7 @@ def score_model(
     teacher's forwards are then computed once. ``stop_samples`` samples per prompt (temperature 1, seeded,
     ``max_new_tokens`` long) give the model's stop rate: the share that ends with a stop id within the limit.
     ``student_samples`` > 0 (students, with a teacher) scores that many of the student's own samples per prompt
-    in the other direction (:func:`gold.evaluation.bits_per_byte.student_sample_scores`); its stop rate is then theirs.
+    in the other direction (:func:`gold.evaluation.own_samples.student_sample_scores`); its stop rate is then theirs.
     """
     model, tokenizer = model_and_tokenizer
     score: dict[str, Any] = {"name": name, "role": role, "step": step}

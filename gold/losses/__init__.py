@@ -1,6 +1,6 @@
 """Cross-tokenizer losses: pure tensor functions with shapes in their docstrings."""
 
-from gold.losses.batch import AlignedBatch, GroupShifts, PairTables
+from gold.data.batch import AlignedBatch, GroupShifts, PairTables
 from gold.losses.byte_marginal import byte_marginal, first_byte_table, fold_to_bytes
 from gold.losses.composite import cross_tokenizer_loss
 from gold.losses.divergences import forward_kl, generalized_jsd, reverse_kl

@@ -17,35 +17,13 @@ is not text, that reading is off by the synthetic space.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
 import torch
 
+from gold.data.byte_bins import END_BIN, NO_BYTE, NUM_BINS, first_byte_table, shared_bins
 from gold.losses.divergences import generalized_jsd
 
-NUM_BINS = 258
-END_BIN = 256  # the completion ends here (a stop id): an outcome both sides predict
-NO_BYTE = 257
-
-
-def first_byte_table(table: Any, *, num_rows: int | None = None, end_ids: Sequence[int] = ()) -> torch.Tensor:
-    """(V,) int64 bin of every token id: its first byte, END_BIN for the stop ids, NO_BYTE when it spells
-    no byte (other specials, padded embedding rows).
-
-    Args:
-        table: an :class:`alignment.TokenBytesTable`.
-        num_rows: embedding rows of the model (≥ vocabulary size); extra rows go to NO_BYTE.
-        end_ids: the side's stop ids (:class:`gold.stops.StopRule`).
-    """
-    lengths = table.lengths
-    first = np.full(num_rows or table.vocab_size, NO_BYTE, dtype=np.int64)
-    has_bytes = np.flatnonzero(lengths > 0)
-    first[has_bytes] = table.buffer[table.offsets[has_bytes]]
-    ends = np.asarray([i for i in end_ids if i < first.shape[0]], dtype=np.int64)
-    first[ends] = END_BIN
-    return torch.from_numpy(first)
+__all__ = ["END_BIN", "NO_BYTE", "NUM_BINS", "byte_marginal", "first_byte_table", "fold_to_bytes", "on_shared_bins",
+           "shared_bins"]  # fmt: skip
 
 
 def fold_to_bytes(logprobs: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
@@ -57,13 +35,6 @@ def fold_to_bytes(logprobs: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     present = folded > 0
     logs = torch.where(present, folded, torch.ones_like(folded)).log()
     return torch.where(present, logs, torch.full_like(logs, float("-inf")))
-
-
-def shared_bins(student_bins: torch.Tensor, teacher_bins: torch.Tensor) -> torch.Tensor:
-    """(258,) bool: bins (first bytes, end, and "no byte") that some token of *each* side falls in."""
-    student_has = torch.bincount(student_bins, minlength=NUM_BINS) > 0
-    teacher_has = torch.bincount(teacher_bins.to(student_bins.device), minlength=NUM_BINS) > 0
-    return student_has & teacher_has
 
 
 def on_shared_bins(byte_logprobs: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from gold.config import LossConfig
-from gold.losses.batch import AlignedBatch
+from gold.data.batch import AlignedBatch
 from gold.losses.byte_marginal import byte_marginal
 from gold.losses.fused import FUSED_TERMS, fused_applies, fused_row_terms
 from gold.losses.hybrid import HybridParts, hybrid

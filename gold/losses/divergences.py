@@ -15,9 +15,8 @@ import math
 
 import torch
 
-# exp(FLOOR) is exactly 0 in float32 and float64, and FLOOR - FLOOR is 0: clamping -inf to it makes
-# zero-probability terms vanish with zero gradient, in three passes and without masks
-FLOOR = -1e30
+from gold.losses.floor import FLOOR
+
 # the generalized JSD by the Triton kernel (gold.losses.triton_jsd): "auto" for float32 rows on a CUDA device when
 # Triton imports, "always" for float32 rows anywhere (tests: on CPU under TRITON_INTERPRET=1), "never"
 TRITON = "auto"

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from gold.config import LossConfig
+from gold.data.batch import AlignedBatch
 from gold.losses import fused_kernels as kernels
-from gold.losses.batch import AlignedBatch
 from gold.losses.fused_kernels import (
     HYBRID,
     MASS,
@@ -262,7 +262,7 @@ class _FusedRowTerms(torch.autograd.Function):
 def warm_up() -> None:
     """Load (or compile, the first time on a machine) the kernels on a tiny batch, e.g. before timing."""
     from alignment import AlignmentStats
-    from gold.losses.batch import PairTables
+    from gold.data.batch import PairTables
     from gold.losses.byte_marginal import NO_BYTE, NUM_BINS
 
     tables = PairTables(*(torch.tensor(v) for v in ([0, 1], [1, 0], [0, 0, 1, NO_BYTE], [0, 1, 1], [True] * NUM_BINS)))

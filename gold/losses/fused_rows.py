@@ -13,8 +13,8 @@ import math
 import numpy as np
 from numba import njit
 
-from gold.losses.divergences import FLOOR  # a -inf "other" bucket is clamped to it
 from gold.losses.fast_math import FASTMATH, fexp, flog
+from gold.losses.floor import FLOOR  # a -inf "other" bucket is clamped to it
 from gold.losses.uld_quantized import level_of
 
 TINY = np.float32(1.1754944e-38)  # smallest normal float32: flog's domain

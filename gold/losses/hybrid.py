@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gold.losses.divergences import FLOOR, generalized_jsd, generalized_jsd_of_finite
+from gold.losses.divergences import generalized_jsd, generalized_jsd_of_finite
+from gold.losses.floor import FLOOR
 from gold.losses.merge import log1mexp
 from gold.losses.uld import uld
 

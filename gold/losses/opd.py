@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from gold.losses.batch import AlignedBatch
+from gold.data.batch import AlignedBatch
 from gold.losses.merge import index_groups
 from gold.losses.reduce import global_denominator
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from gold.losses.divergences import FLOOR
+from gold.losses.floor import FLOOR
 
 BLOCK = 1024  # outcomes per tile
 

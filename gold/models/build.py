@@ -9,10 +9,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from gold.config import ModelConfig, RecipeError
 from gold.models.chat import set_chat_template
-from gold.config import ModelConfig
 from gold.models.hub import hub_model, is_hub_id
-from gold.cli.recipe import RecipeError
 from gold.models.zoo import MODEL_TOKENIZERS, MODELS, load_model, load_tokenizer, refuse_custom_code
 
 # a model's weights, whole or indexed shards; then adapters and an FSDP full state dict (checkpoints)

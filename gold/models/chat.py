@@ -1,20 +1,19 @@
-"""Chat templates per side: built-in templates for models that ship none, and the unequal-rendering warning.
+"""Chat templates per side: built-in templates for models that ship none (the unequal-rendering warning that
+points here is :func:`gold.data.rendering.unequal_rendering`).
 
 Each model renders its own prompt (DESIGN §1). A model without a chat template gets the plain format of
 :func:`gold.data.examples.plain_prompt` (``"User: …\\n\\nAssistant:"``), so with ``messages`` rows one side may see its
 chat markup and the other ``Assistant:Hi there`` glued to the completion: both are trained on the same
-completion bytes after very different contexts. :func:`unequal_rendering` says so once per run, with both
+completion bytes after very different contexts. :func:`gold.data.rendering.unequal_rendering` says so once per run,
+with both
 renderings; a recipe fixes it with ``student.chat_template`` / ``teacher.chat_template`` (a built-in name from
 :data:`BUILTIN_TEMPLATES` or a Jinja file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from gold.data.examples import Example, prompt_ids
 
 # name -> (Jinja template, the special tokens it needs in the tokenizer)
 BUILTIN_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -62,24 +61,3 @@ def set_chat_template(tokenizer: Any, spec: str) -> Any:
         )
     tokenizer.chat_template = template
     return tokenizer
-
-
-def unequal_rendering(student_tokenizer: Any, teacher_tokenizer: Any, examples: Sequence[Example]) -> str | None:
-    """A warning with both renderings when chat prompts reach a model without a chat template and another with
-    one (the first such example is shown); None when both sides render chat prompts the same way."""
-    if bool(student_tokenizer.chat_template) == bool(teacher_tokenizer.chat_template):
-        return None
-    chat = next((e for e in examples if not isinstance(e.prompt, str)), None)
-    if chat is None:
-        return None
-    plain_side = "student" if not student_tokenizer.chat_template else "teacher"
-    renderings = []
-    for role, tokenizer in (("student", student_tokenizer), ("teacher", teacher_tokenizer)):
-        shown = tokenizer.decode(prompt_ids(tokenizer, chat.prompt)) + chat.completion
-        renderings.append(f"  {role}: {shown[-160:]!r}")
-    return (
-        f"the {plain_side} has no chat template: chat prompts reach it in gold's plain format while the other side "
-        "uses its chat template, so the two models score the same completion after different contexts:\n"
-        + "\n".join(renderings)
-        + f"\nset {plain_side}.chat_template in the recipe (built-ins: {', '.join(BUILTIN_TEMPLATES)}; or a Jinja file)"
-    )

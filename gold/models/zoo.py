@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gold import zoo_tiktoken
+from gold.models import tiktoken_ranks
 from gold.models.hub import hub_tokenizer, is_hub_id
 
 CACHE_VERSION = "1"
@@ -89,7 +89,7 @@ def _fast(tokenizer: Any, **special: str) -> Any:
 
 
 def _build_qwen(folder: Path) -> Any:
-    tok = zoo_tiktoken.qwen2_tokenizer(folder / "resources" / "qwen.tiktoken")
+    tok = tiktoken_ranks.qwen2_tokenizer(folder / "resources" / "qwen.tiktoken")
     return _fast(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
@@ -105,12 +105,12 @@ def _with_bos(tok: Any, bos: str) -> Any:
 
 
 def _build_llama3(folder: Path) -> Any:
-    tok = _with_bos(zoo_tiktoken.llama3_tokenizer(folder / "llama3" / "tokenizer.model"), "<|begin_of_text|>")
+    tok = _with_bos(tiktoken_ranks.llama3_tokenizer(folder / "llama3" / "tokenizer.model"), "<|begin_of_text|>")
     return _fast(tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>")
 
 
 def _build_tekken(folder: Path) -> Any:
-    tok = _with_bos(zoo_tiktoken.tekken_tokenizer(folder / "data" / "tekken_240911.json"), "<s>")
+    tok = _with_bos(tiktoken_ranks.tekken_tokenizer(folder / "data" / "tekken_240911.json"), "<s>")
     return _fast(tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
 
 

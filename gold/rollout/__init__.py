@@ -4,7 +4,7 @@
 :class:`HFGenerator` uses ``transformers`` ``generate``; :class:`gold.rollout.vllm.VLLMGenerator` a vLLM engine,
 colocated or served (imported on use: vLLM is an optional extra). Both rules of DESIGN §3 hold for every sampler:
 
-* it stops at **every** stop id (:class:`gold.stops.StopRule`: the generation config's list, the
+* it stops at **every** stop id (:class:`gold.models.stops.StopRule`: the generation config's list, the
   tokenizer's EOS, the chat template's end token) and returns the ids up to and including the first;
 * it never samples an id that is not text or a stop id (:func:`spellable_ids`): embedding rows without a token
   (padding rows of a rounded-up vocabulary, holes in the id space) and non-stop special tokens

@@ -9,10 +9,10 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from gold.config import RolloutConfig
-from gold.data import logit_rows, pad_id
+from gold.data.examples import logit_rows, pad_id
+from gold.models.sharding import is_sharded
+from gold.models.stops import StopRule, model_stop_rule
 from gold.rollout.base import Rollout, spellable_ids
-from gold.sharding import is_sharded
-from gold.stops import StopRule, model_stop_rule
 
 
 class MaskUnspellable(LogitsProcessor):

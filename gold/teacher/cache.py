@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from gold.config import RolloutConfig
-from gold.data import SideInputs
+from gold.data.examples import SideInputs
 from gold.extras import require
+from gold.models.stops import StopRule, stop_rule
 from gold.rollout import Generator, Rollout
-from gold.stops import StopRule, stop_rule
 from gold.teacher.served import real_sequences
 from gold.teacher.sparse import SparseRows, dense_rows, stack_rows
 

@@ -28,7 +28,8 @@ class TeacherConfig(ModelConfig):
     cache: str | None = None
     # on a cache miss: "teacher" (ask the model or server above) or "error"
     cache_miss: str = "teacher"
-    # shard the local teacher's weights over the run's processes (FSDP2, gold.sharding), for a teacher too big for one
+    # shard the local teacher's weights over the run's processes (FSDP2, gold.models.sharding), for a teacher too big
+    # for one
     # GPU: each process keeps 1/N and a forward gathers one layer at a time; needs a multi-process launch
     shard: bool = False
 

@@ -13,10 +13,10 @@ from typing import Any, Protocol
 import torch
 
 from gold.config import RolloutConfig
-from gold.data import SideInputs, logit_rows
+from gold.data.examples import SideInputs, logit_rows
+from gold.models.sharding import shard_frozen
+from gold.models.stops import StopRule, model_stop_rule
 from gold.rollout import Generator, HFGenerator
-from gold.sharding import shard_frozen
-from gold.stops import StopRule, model_stop_rule
 
 
 class Teacher(Protocol):
@@ -31,7 +31,7 @@ class Teacher(Protocol):
 
     @property
     def stop(self) -> StopRule:
-        """The teacher's stop ids and end token (:mod:`gold.stops`)."""
+        """The teacher's stop ids and end token (:mod:`gold.models.stops`)."""
         ...
 
     @property
@@ -58,8 +58,8 @@ class LocalTeacher:
         tokenizer: the teacher's fast tokenizer.
         device: where the teacher runs (default: where it is); logits come back on the caller's device.
         dtype: cast the teacher to this dtype (default: leave it).
-        shard: shard its weights over the run's processes (FSDP2, :func:`gold.sharding.shard_frozen`; a teacher too
-            big for one device); every process must then ask it for rows at the same steps, as the trainer does.
+        shard: shard its weights over the run's processes (FSDP2, :func:`gold.models.sharding.shard_frozen`; a teacher
+            too big for one device); every process must then ask it for rows at the same steps, as the trainer does.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, device: str | torch.device | None = None,
@@ -70,7 +70,7 @@ class LocalTeacher:
             model = model.to(dtype)
         model.eval()
         model.requires_grad_(False)
-        # FSDP2 over every process of the run (gold.sharding): each keeps 1/N of the weights
+        # FSDP2 over every process of the run (gold.models.sharding): each keeps 1/N of the weights
         self.sharded = "FSDP2" if shard else None
         self.model = shard_frozen(model) if shard else model
         self.tokenizer = tokenizer

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from gold.config import RolloutConfig
-from gold.data import SideInputs
+from gold.data.examples import SideInputs
+from gold.models.stops import StopRule, folder_stop_rule, stop_rule
 from gold.rollout import Generator
 from gold.rollout.vllm_server import ServerError, request_json, wait_for_server
-from gold.stops import StopRule, folder_stop_rule, stop_rule
 from gold.teacher.sparse import SparseRows, dense_rows, stack_rows
 
 TOO_LONG = (

@@ -1,4 +1,5 @@
-"""Runs that never lose work: atomic checkpoints and a non-finite guard, a mixin of :class:`gold.training.trainer.GoldTrainer`.
+"""Runs that never lose work: atomic checkpoints and a non-finite guard, a mixin of
+:class:`gold.training.trainer.GoldTrainer`.
 
 - A checkpoint is written to ``output_dir/.partial/checkpoint-N`` and renamed to ``output_dir/checkpoint-N`` only when
   every process has written its part, so a folder named ``checkpoint-N`` is always whole; a save cut by SIGTERM, SIGINT

@@ -1,4 +1,5 @@
-"""How :class:`gold.training.trainer.GoldTrainer` builds the slices of one optimizer step, a mixin: the student's rollouts
+"""How :class:`gold.training.trainer.GoldTrainer` builds the slices of one optimizer step, a mixin: the student's
+rollouts
 for the on-policy slices (one vLLM call for the step, or HF ``generate`` slice by slice), the aligned batches, the
 GRPO advantages, and the step's global counts, on which every process agrees (a process that fails building its
 slices stops every process, :meth:`gold.training.guard.RunGuard.agreed_totals`)."""

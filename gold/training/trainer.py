@@ -22,11 +22,8 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from gold.models.chat import unequal_rendering
-from gold.data.collate import Collator, Completion
-from gold.training.completions_log import completion_views
-from gold.training.completions_log import report as report_completions
 from gold.config import AlignmentConfig, LossConfig, RolloutConfig
+from gold.data.collate import Collator, Completion
 from gold.data.examples import (
     DataError,
     Example,
@@ -36,17 +33,20 @@ from gold.data.examples import (
     prompt_ids,
 )
 from gold.data.files import check_prompt_lengths, examples_from_rows
+from gold.data.rendering import unequal_rendering
 from gold.evaluation.callback import HeldOutEvalCallback
-from gold.training.hidden_states import HiddenPlan, hidden_logits, hidden_plan, teacher_hidden_logits
 from gold.losses import PairTables
-from gold.training.rewards import load_reward_funcs
+from gold.models.stops import model_stop_rule
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
-from gold.models.stops import model_stop_rule
 from gold.teacher import LocalTeacher, Teacher
+from gold.training.completions_log import completion_views
+from gold.training.completions_log import report as report_completions
 from gold.training.guard import RunGuard
+from gold.training.hidden_states import HiddenPlan, hidden_logits, hidden_plan, teacher_hidden_logits
 from gold.training.metrics import StepMetrics
 from gold.training.objectives import Objectives, check_objectives
+from gold.training.rewards import load_reward_funcs
 from gold.training.steps import StepBatches
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
             raise ValueError(
                 "GoldTrainer does not run Trainer.evaluate on an eval_dataset; pass held_out= (examples or rows, "
                 "scored in both directions every args.eval_steps) or measure a student with "
-                "gold.evaluation.bits_per_byte.distillation_gap / gold.evaluation.bits_per_byte.student_sample_scores"
+                "gold.evaluation.bits_per_byte.distillation_gap / gold.evaluation.own_samples.student_sample_scores"
             )
         self.loss_config = loss or LossConfig()
         self.rollout_config = rollout or RolloutConfig()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import alignment.identical as identical
 from alignment import Alignment, align_identical, align_text_batch, encode_text, same_vocabulary, token_bytes_table
-from gold.zoo import load_tokenizer
+from gold.models.zoo import load_tokenizer
 from tests.conftest import EXACT_ZOO, ZOO, texts, zoo
 
 PLAIN_TEXTS = ["Hello, World!", "  two spaces and a tab\t", "東京は日本の首都です", "👩‍💻 3.14159", ""]

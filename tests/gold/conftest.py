@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from transformers import TrainingArguments
 
-from gold.models import tiny_model
+from gold.models.build import tiny_model
 from tests.conftest import zoo
 
 ROWS = [

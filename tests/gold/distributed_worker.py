@@ -24,11 +24,11 @@ from transformers import TrainingArguments
 
 from alignment import encode_continuation
 from gold.config import LossConfig, RolloutConfig
+from gold.models.sharding import local_parameter_count
+from gold.models.zoo import load_tokenizer
 from gold.rollout import Rollout
-from gold.sharding import local_parameter_count
 from gold.teacher import LocalTeacher
-from gold.trainer import GoldTrainer
-from gold.zoo import load_tokenizer
+from gold.training.trainer import GoldTrainer
 from tests.gold.conftest import ROWS, tiny
 
 # prompts and completions of very different lengths: every split into two pairs has unequal counts per process
@@ -127,7 +127,7 @@ def manual_run(out: Path, wrap: str, hidden_states: str = "auto") -> dict[str, A
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
 
-    from gold.hidden_path import hidden_plan
+    from gold.training.hidden_states import hidden_plan
 
     student_tokenizer, teacher_tokenizer = tokenizers()
     args = TrainingArguments(output_dir=str(out / "run"), max_steps=3, per_device_train_batch_size=2, report_to=[],

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from gold.config import RolloutConfig
-from gold.trainer import GoldTrainer
-from gold.zoo import load_tokenizer
+from gold.models.zoo import load_tokenizer
+from gold.training.trainer import GoldTrainer
 from tests.gold.conftest import ROWS, training_args
 from tests.gold.test_vllm import logged, vllm_model
 

@@ -166,9 +166,9 @@ NAMES_THE_PATH = {"output_dir unwritable": "blocker/out", "eval --plot unwritabl
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys, monkeypatch) -> None:
-    import gold.cli
-    import gold.evaluation.run
+    import gold.cli.commands
     import gold.cli.run
+    import gold.evaluation.run
 
     build, expected = CASES[name]
     argv = build(tmp_path)
@@ -178,7 +178,7 @@ def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys, monke
 
     monkeypatch.setattr(gold.cli.run, "build_model", no_model)  # gold train
     monkeypatch.setattr(gold.evaluation.run, "load_scored_model", no_model)  # gold eval
-    monkeypatch.setattr(gold.cli, "demo_main", no_model)  # gold demo
+    monkeypatch.setattr(gold.cli.commands, "demo_main", no_model)  # gold demo
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

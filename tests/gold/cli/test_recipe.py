@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gold.config import GoldConfig, LossConfig, ModelConfig, RolloutConfig
 from gold.cli.recipe import RecipeError, apply_overrides, config_from_dict, dump_recipe, load_recipe
+from gold.config import GoldConfig, LossConfig, ModelConfig, RolloutConfig
 
 RAW = {
     "student": {"model": "tiny", "tokenizer": "smollm2", "tiny": {"hidden_size": 16, "layers": 1}},

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from alignment import align_texts, encode_continuation, token_bytes_table
-from gold.evaluation.agreement import AgreementCache, group_agreement
 from gold.data.examples import Example, prompt_ids
+from gold.evaluation.agreement import AgreementCache, group_agreement
 from gold.evaluation.bits_per_byte import distillation_gap
 from tests.gold.conftest import tiny
 

@@ -12,7 +12,8 @@ import torch
 import gold.data.collate
 from gold.config import RolloutConfig
 from gold.data.examples import CompletionBytesError
-from gold.evaluation.bits_per_byte import completion_logprobs, student_sample_scores
+from gold.evaluation.bits_per_byte import completion_logprobs
+from gold.evaluation.own_samples import student_sample_scores
 from gold.rollout import sample_completions, seeded_samples
 from gold.training.trainer import GoldTrainer
 from tests.gold.conftest import ROWS, tiny, training_args

@@ -9,8 +9,8 @@ import torch
 
 from gold.cli import main
 from gold.data.examples import Example
-from gold.evaluation.run import EvalSet, ModelScore, contains_answer, format_table, score_model
 from gold.evaluation.bits_per_byte import distillation_gap
+from gold.evaluation.run import EvalSet, ModelScore, contains_answer, format_table, score_model
 from tests.gold.conftest import ROWS, tiny
 from tests.gold.test_cli import _recipe
 

@@ -81,7 +81,7 @@ def test_opd_alone_trains_on_rollouts(tmp_path, student_tokenizer, teacher_token
 def test_opd_expected_gradient_is_the_reverse_kl_gradient() -> None:
     """Over the student's own samples the OPD gradient averages to ∇ KL(student ‖ teacher): enumerate every next
     token y of a one-token group, weight its gradient by p_S(y), and compare with autograd of the exact KL."""
-    from gold.losses.batch import AlignedBatch
+    from gold.data.batch import AlignedBatch
 
     vocab = 7
     generator = torch.Generator().manual_seed(3)

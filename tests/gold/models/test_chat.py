@@ -6,11 +6,12 @@ import copy
 
 import pytest
 
-from gold.models.chat import BUILTIN_TEMPLATES, set_chat_template, unequal_rendering
+from gold.cli.recipe import RecipeError
 from gold.config import ModelConfig
 from gold.data.examples import Example, prompt_ids
+from gold.data.rendering import unequal_rendering
 from gold.models.build import build_tokenizer
-from gold.cli.recipe import RecipeError
+from gold.models.chat import BUILTIN_TEMPLATES, set_chat_template
 from gold.models.stops import stop_rule
 from gold.training.trainer import GoldTrainer, UnequalRenderingWarning
 from tests.conftest import zoo

@@ -1,4 +1,5 @@
-"""Sharding a frozen teacher (gold.models.sharding, ``teacher.shard``): refused, by name, where it cannot work. The sharded
+"""Sharding a frozen teacher (gold.models.sharding, ``teacher.shard``): refused, by name, where it cannot work. The
+sharded
 runs themselves are in test_distributed.py (2 processes)."""
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from gold import zoo as zoo_module
-from gold import zoo_tiktoken
 from gold.data.examples import leading_special_ids
+from gold.models import tiktoken_ranks
+from gold.models import zoo as zoo_module
 from gold.models.stops import stop_rule
 from tests.conftest import FRAGMENTS, zoo
 
@@ -36,16 +36,16 @@ def test_tiktoken_built_tokenizers_match_tiktoken(name: str, kind: str, _unused:
     tokenizer = zoo(name)
     if kind == "qwen":
         folder = zoo_module.QWEN.folder()
-        ranks = zoo_tiktoken.read_tiktoken_ranks(folder / "resources" / "qwen.tiktoken")
-        pattern, offset = zoo_tiktoken.QWEN2_PATTERN, 0
+        ranks = tiktoken_ranks.read_tiktoken_ranks(folder / "resources" / "qwen.tiktoken")
+        pattern, offset = tiktoken_ranks.QWEN2_PATTERN, 0
     elif kind == "llama":
-        ranks = zoo_tiktoken.read_tiktoken_ranks(zoo_module.LLAMA.folder() / "llama3" / "tokenizer.model")
-        pattern, offset = zoo_tiktoken.LLAMA3_PATTERN, 0
+        ranks = tiktoken_ranks.read_tiktoken_ranks(zoo_module.LLAMA.folder() / "llama3" / "tokenizer.model")
+        pattern, offset = tiktoken_ranks.LLAMA3_PATTERN, 0
     else:
-        ranks, pattern, offset = zoo_tiktoken.read_tekken_ranks(
+        ranks, pattern, offset = tiktoken_ranks.read_tekken_ranks(
             zoo_module.MISTRAL.folder() / "data" / "tekken_240911.json"
         )
-    reference = zoo_tiktoken.tiktoken_reference(ranks, pattern=pattern, specials={})
+    reference = tiktoken_ranks.tiktoken_reference(ranks, pattern=pattern, specials={})
     import unicodedata
 
     for text in CORPUS:

@@ -7,8 +7,8 @@ import torch
 
 from alignment import token_bytes_table
 from gold.config import RolloutConfig
-from gold.rollout import HFGenerator, MaskUnspellable, SampledText, sample_completions, spellable_ids
 from gold.models.stops import model_stop_rule
+from gold.rollout import HFGenerator, MaskUnspellable, SampledText, sample_completions, spellable_ids
 from tests.gold.conftest import tiny
 
 

@@ -19,8 +19,8 @@ import torch
 from gold.config import RolloutConfig
 from gold.data.examples import logit_rows
 from gold.models.build import tiny_model
-from gold.rollout import HFGenerator
 from gold.models.stops import model_stop_rule
+from gold.rollout import HFGenerator
 from gold.training.trainer import GoldTrainer
 from tests.gold.conftest import ROWS, require_vllm, training_args
 

@@ -12,7 +12,7 @@ import torch
 from gold.cli import main
 from gold.cli.recipe import config_from_dict
 from gold.cli.run import build_trainer
-from gold.teacher.build import build_cache
+from gold.cli.teacher_cache import build_cache
 from gold.teacher.cache import CachedTeacher, CacheError, TeacherCache, prompt_key
 from tests.gold.conftest import ROWS
 from tests.gold.small_vocab import small_vocab_tokenizer

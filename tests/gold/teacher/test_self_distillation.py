@@ -11,12 +11,12 @@ import torch
 
 from alignment import encode_continuation
 from gold import GoldTrainer
+from gold.cli.recipe import RecipeError, load_recipe
+from gold.cli.run import build_trainer
 from gold.config import RolloutConfig
 from gold.data.examples import DataError, prompt_ids
 from gold.losses import cross_tokenizer_loss
-from gold.cli.recipe import RecipeError, load_recipe
 from gold.rollout import Rollout
-from gold.cli.run import build_trainer
 from tests.gold.conftest import tiny, training_args
 from tests.gold.test_cli import _recipe
 

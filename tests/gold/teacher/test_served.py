@@ -125,7 +125,7 @@ def test_small_k_gets_closer_as_k_grows_and_actual_tokens_are_exact(server, teac
 def test_a_cache_built_from_the_server_feeds_training(server, teacher_dir, tmp_path) -> None:
     from gold.cli.recipe import config_from_dict
     from gold.cli.run import build_trainer
-    from gold.teacher.build import build_cache
+    from gold.cli.teacher_cache import build_cache
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text("\n".join(json.dumps(r) for r in ROWS), encoding="utf-8")
@@ -183,8 +183,8 @@ class KillAfterSave(TrainerCallback):
 
 
 def test_a_server_that_dies_mid_run_names_the_checkpoint_before_it(teacher_dir, student_tokenizer, tmp_path) -> None:
-    from gold.cli import _train
     from gold.cli.checks import CommandError
+    from gold.cli.commands import _train
 
     url, process = start_server(teacher_dir, "--max-logprobs 4")
     try:

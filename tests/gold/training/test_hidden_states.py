@@ -13,9 +13,9 @@ import transformers
 
 from gold.config import LossConfig, RolloutConfig
 from gold.data.examples import SideInputs
-from gold.training.hidden_states import hidden_logits, hidden_plan
 from gold.losses.head import output_head
 from gold.teacher import LocalTeacher
+from gold.training.hidden_states import hidden_logits, hidden_plan
 from gold.training.trainer import GoldTrainer
 from tests.gold.conftest import ROWS, tiny, training_args
 from tests.gold.losses.test_head import ARCHITECTURES

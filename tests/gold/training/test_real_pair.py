@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from gold.evaluation.agreement import group_agreement
-from gold.data.examples import Example
 from gold.cli.recipe import load_recipe
 from gold.cli.run import build_trainer
+from gold.data.examples import Example
+from gold.evaluation.agreement import group_agreement
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "examples" / "gemma3-270m_to_smollm2-135m.yaml"

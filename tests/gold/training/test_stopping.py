@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from alignment import encode_continuation
-from gold.training.baselines import SequenceKDTrainer
 from gold.config import AlignmentConfig, LossConfig, RolloutConfig
 from gold.data.examples import Example, prompt_ids, side_inputs
 from gold.evaluation.run import model_stop_rate
-from gold.rollout import sample_completions
 from gold.models.stops import model_stop_rule
+from gold.rollout import sample_completions
+from gold.training.baselines import SequenceKDTrainer
 from gold.training.trainer import GoldTrainer
 from tests.gold.conftest import tiny, training_args
 

@@ -1,0 +1,7 @@
+"""``python -m gold.cli …``: the ``gold`` command (``accelerate launch -m gold.cli train …`` uses this)."""
+
+import sys
+
+from gold.cli.commands import main
+
+sys.exit(main())
