@@ -150,7 +150,7 @@ def test_a_slice_without_any_group_gives_a_zero_loss_with_a_graph(tmp_path, stud
 
 
 def test_eval_dataset_is_refused_with_the_alternative(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
-    with pytest.raises(ValueError, match=r"gold\.evaluate\.distillation_gap"):
+    with pytest.raises(ValueError, match=r"gold\.evaluation\.bits_per_byte\.distillation_gap"):
         GoldTrainer(
             tiny(student_tokenizer), tiny(teacher_tokenizer), args=training_args(tmp_path), train_dataset=ROWS,
             eval_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
