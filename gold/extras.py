@@ -3,7 +3,7 @@
 Each optional package belongs to one extra of ``pyproject.toml``. A feature that needs one calls :func:`require` at
 the point of use; a missing package then ends in one :class:`MissingExtra` line naming the feature and the
 ``pip install`` that brings it, instead of an import error deep in a traceback (or, worse, at ``import gold``).
-``tests/gold/test_dependencies.py`` checks that every module imported at module level is a core dependency and
+``tests/test_packaging.py`` checks that every module imported at module level is a core dependency and
 every other third-party import belongs to an extra listed here.
 """
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gold.cli import main
+from tests.gold.cli.test_commands import _recipe
 from tests.gold.conftest import ROWS
-from tests.gold.test_cli import _recipe
 
 BAD_RECIPES = {
     "yaml syntax": ("student: [1,\n", "line 2"),

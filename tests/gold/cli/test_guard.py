@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from gold import GoldTrainer
 from gold.cli import main
 from gold.training.guard import STAGING, NonFiniteError, ZeroGradientWarning, last_checkpoint
+from tests.gold.cli.test_commands import _recipe
 from tests.gold.conftest import ROWS, tiny, training_args
-from tests.gold.test_cli import _recipe
 
 # a `gold train` whose optimizer save at SLOW_STEP prints SAVING and then hangs: the test's SIGTERM lands mid-save
 # (model weights written, optimizer written, trainer_state.json not yet)

@@ -13,8 +13,8 @@ from gold.config import DataConfig, ModelConfig
 from gold.data.examples import DataError
 from gold.data.files import ExampleStream, read_rows, stream_examples
 from gold.models.hub import HubError, is_hub_id
+from tests.gold.cli.test_commands import _recipe
 from tests.gold.conftest import ROWS
-from tests.gold.test_cli import _recipe
 
 TEXT_ROWS = [row for row in ROWS if "prompt" in row]
 

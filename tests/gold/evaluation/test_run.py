@@ -11,8 +11,8 @@ from gold.cli import main
 from gold.data.examples import Example
 from gold.evaluation.bits_per_byte import distillation_gap
 from gold.evaluation.run import EvalSet, ModelScore, contains_answer, format_table, score_model
+from tests.gold.cli.test_commands import _recipe
 from tests.gold.conftest import ROWS, tiny
-from tests.gold.test_cli import _recipe
 
 HELD_OUT = [
     {"prompt": "What is 7 plus 1?\n", "completion": "It is 8. Café!", "answer": "8"},

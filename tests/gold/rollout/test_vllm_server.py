@@ -22,7 +22,7 @@ from tests.gold.conftest import ROWS, require_vllm, training_args
 require_vllm()
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-from tests.gold.test_vllm import PROMPTS, ROOT, greedy_agrees, logged, vllm_model  # noqa: E402
+from tests.gold.rollout.test_vllm import PROMPTS, ROOT, greedy_agrees, logged, vllm_model  # noqa: E402
 
 
 def free_port() -> int:

@@ -17,8 +17,8 @@ from gold.config import RolloutConfig
 from gold.data.examples import DataError, prompt_ids
 from gold.losses import cross_tokenizer_loss
 from gold.rollout import Rollout
+from tests.gold.cli.test_commands import _recipe
 from tests.gold.conftest import tiny, training_args
-from tests.gold.test_cli import _recipe
 
 ROWS = [{"prompt": f"What is {a} plus 2?\n", "completion": f"It is {a + 2}.",
          "teacher_prompt": f"(reference: {a} + 2 = {a + 2})\nWhat is {a} plus 2?\n"} for a in range(4)]  # fmt: skip

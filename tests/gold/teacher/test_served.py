@@ -29,8 +29,8 @@ from tests.gold.small_vocab import small_vocab_tokenizer
 require_vllm()
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-from tests.gold.test_vllm import vllm_model  # noqa: E402
-from tests.gold.test_vllm_server import free_port  # noqa: E402
+from tests.gold.rollout.test_vllm import vllm_model  # noqa: E402
+from tests.gold.rollout.test_vllm_server import free_port  # noqa: E402
 
 ALL_TERMS = LossConfig(hybrid_weight=1.0, uld_weight=0.5, span_weight=0.5, byte_marginal_weight=0.5, beta=0.5,
                        uld_method="exact", implementation="torch")  # fmt: skip

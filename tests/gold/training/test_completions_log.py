@@ -9,8 +9,8 @@ from transformers import TrainerCallback
 from gold import GoldTrainer
 from gold.cli import main
 from gold.config import RolloutConfig
+from tests.gold.cli.test_commands import _recipe
 from tests.gold.conftest import ROWS, tiny, training_args
-from tests.gold.test_cli import _recipe
 
 
 class FakeWriter:

@@ -16,7 +16,7 @@ from tests.conftest import zoo
 from tests.gold.conftest import tiny
 from tests.gold.distributed_worker import objective_run
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 FSDP2 = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",

@@ -18,7 +18,7 @@ from gold.cli.run import build_trainer
 from gold.data.examples import Example
 from gold.evaluation.agreement import group_agreement
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RECIPE = ROOT / "examples" / "gemma3-270m_to_smollm2-135m.yaml"
 HELD_OUT = ROOT / "examples" / "data" / "real_pair_heldout.jsonl"
 
