@@ -178,11 +178,13 @@ class VLLMGenerator:
 
     def needs_sync(self, step: int) -> bool:
         """Whether the engine's weights must be replaced before sampling at optimizer step ``step``: never pushed,
-        or a step that ``vllm_sync_frequency`` divides (a fixed schedule, the same in a resumed run; a run resumed
-        between two pushes starts its engine from the current weights, which the straight run's engine did not
-        hold, so its samples differ until the next push)."""
+        or pushed ``vllm_sync_frequency`` or more steps ago (TRL's rule), so samples come from weights at most
+        ``vllm_sync_frequency`` − 1 steps old. It is asked only at steps with an on-policy slice: ``step %
+        frequency == 0`` skipped every push that fell on a step without one (weights up to 51 steps old at λ 0.5,
+        frequency 4). A resumed run starts its engine from the current weights and counts from there: with a
+        frequency above 1 it samples from other weights than the straight run did (with 1, the same)."""
         last = self.synced_step
-        return last is None or (step != last and step % self.config.vllm_sync_frequency == 0)
+        return last is None or step - last >= self.config.vllm_sync_frequency
 
     def sync(self, state: StateDict, step: int) -> None:
         """Pushes the student's weights (``state()``: a full state dict with Hugging Face names) into the engine."""

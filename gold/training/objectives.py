@@ -96,6 +96,12 @@ def check_objectives(loss: LossConfig, rollout: RolloutConfig, reward_funcs: Seq
         raise ValueError(f"loss.opd_weight takes one update per generation with the sampling weights' ratio 1, but "
                          f"rollout.vllm_sync_frequency is {rollout.vllm_sync_frequency}: rollouts would come from "
                          "older weights; set it to 1")  # fmt: skip
+    if loss.opd_weight > 0 and (rollout.temperature != 1 or rollout.top_p < 1 or rollout.top_k > 0):
+        # REINFORCE's score function is ∇log p_S of the sampled sequence: samples from a tempered or truncated
+        # policy make it a gradient of another objective, biased for the student's own
+        raise ValueError("loss.opd_weight's policy gradient is unbiased only for samples of the student's own "
+                         f"distribution, but rollout.temperature is {rollout.temperature}, top_p {rollout.top_p}, "
+                         f"top_k {rollout.top_k}: set rollout.temperature: 1.0, top_p: 1.0, top_k: 0")  # fmt: skip
     if loss.sft_weight > 0 and rollout.lmbda >= 1 and not rollout.seq_kd:
         raise ValueError("loss.sft_weight trains on completions the student did not write, but with rollout.lmbda 1 "
                          "and no seq_kd every slice is a student rollout: lower lmbda or set seq_kd")  # fmt: skip

@@ -190,7 +190,7 @@ def objective_run(out: Path, name: str, batch_size: int, reward: Any = ends_with
         loss, rollout, extra = LossConfig(sft_weight=1.0), RolloutConfig(lmbda=0.0, max_completion_length=40), {}
     else:
         loss = LossConfig(hybrid_weight=0.5, opd_weight=1.0, opd_alpha=1.0)
-        rollout = RolloutConfig(lmbda=1.0, num_generations=2, max_completion_length=40)
+        rollout = RolloutConfig(lmbda=1.0, num_generations=2, max_completion_length=40, temperature=1.0)
         extra = {"student_generator": FixedGenerator(student_tokenizer), "reward_funcs": [reward]}
     trainer = GoldTrainer(tiny(student_tokenizer, seed=0), tiny(teacher_tokenizer, seed=1), args=args,
                           train_dataset=OBJECTIVE_ROWS, student_tokenizer=student_tokenizer,

@@ -70,7 +70,7 @@ def test_opd_alone_trains_on_rollouts(tmp_path, student_tokenizer, teacher_token
                           args=training_args(tmp_path, max_steps=2, per_device_train_batch_size=2),
                           train_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
                           loss=LossConfig(hybrid_weight=0.0, opd_weight=1.0),
-                          rollout=RolloutConfig(lmbda=1.0, max_completion_length=6))  # fmt: skip
+                          rollout=RolloutConfig(lmbda=1.0, max_completion_length=6, temperature=1.0))  # fmt: skip
     before = trainer.model.get_output_embeddings().weight.detach().clone()
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss/opd" in entry]

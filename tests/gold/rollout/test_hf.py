@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from alignment import token_bytes_table
@@ -135,3 +136,104 @@ def test_a_generation_batch_size_that_is_not_the_steps_prompts_is_refused(tmp_pa
         check_vllm(RolloutConfig(use_vllm=True), device=torch.device("cpu"), deepspeed_stage=3)
     with pytest.raises(ValueError, match="engine must not contradict use_vllm: true"):
         RolloutConfig(engine="hf", use_vllm=True)
+
+
+# A hub model's generation_config.json may set any of these; each changes what generate samples. gold's rollouts
+# must sample the model's own softmax (on-policy GKD, OPD-RL's estimator, HF and vLLM agreeing), so none may leak in.
+HOSTILE_FIELDS = {
+    "do_sample": True,
+    "repetition_penalty": 1.3,
+    "no_repeat_ngram_size": 1,
+    "min_p": 0.5,
+    "typical_p": 0.5,
+    "epsilon_cutoff": 0.25,
+    "eta_cutoff": 0.5,
+    "suppress_tokens": [42],
+    "begin_suppress_tokens": [42],
+    "bad_words_ids": [[42]],
+    "sequence_bias": [[[42], -10.0]],
+    "min_new_tokens": 2,
+    "min_length": 50,
+    "forced_eos_token_id": 43,
+    "exponential_decay_length_penalty": (0, 5.0),
+    "num_beams": 2,
+    "num_return_sequences": 2,
+    "top_k": 1,
+    "top_p": 0.1,
+    "temperature": 0.1,
+}
+A, B = 42, 43  # ":" and ";"; the prompt holds A, so repetition and n-gram rules would touch it
+
+
+def peaked(tokenizer):
+    """A tiny model whose next token after ``[A, 44, A]`` is A, B or the end token with p ≈ (0.48, 0.29, 0.22)
+    (tied embeddings: each output row is a multiple of the final norm's sign vector, logit ≈ 16·multiple)."""
+    model = tiny(tokenizer)
+    with torch.no_grad():
+        sign = model.model.layers[0].input_layernorm.weight.sign()
+        for token, scale in ((A, 1.0), (B, 0.96875), (tokenizer.eos_token_id, 0.95)):
+            model.get_output_embeddings().weight[token] = scale * sign
+    return model
+
+
+def test_the_models_own_softmax_is_what_is_sampled_whatever_its_generation_config(student_tokenizer) -> None:
+    """The frequencies of 1,200 one-token samples equal the model's softmax (spellable ids only) within 4.5 σ, with a
+    generation config that sets every field of HOSTILE_FIELDS (repetition_penalty 1.3 alone moved p(A) from 0.48 to
+    0.02; min_p 0.5 removed the end token)."""
+    model, prompt, n = peaked(student_tokenizer), [A, 44, A], 1200
+    end = student_tokenizer.eos_token_id
+    generator = HFGenerator(model, student_tokenizer, RolloutConfig(temperature=1.0, max_completion_length=1))
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        probs = generator.processors(ids, model(ids).logits[:, -1].float()).softmax(-1)[0]
+    model.generation_config.update(**HOSTILE_FIELDS)
+    config = RolloutConfig(temperature=1.0, max_completion_length=1, num_generations=n)
+    torch.manual_seed(0)
+    rows = HFGenerator(model, student_tokenizer, config).generate([prompt])
+    assert len(rows) == n and all(len(row) == 1 for row in rows)
+    sampled = torch.tensor([row[0] for row in rows])
+    for token in (A, B, end):
+        p, freq = float(probs[token]), float((sampled == token).double().mean())
+        assert abs(freq - p) < 4.5 * (p * (1 - p) / n) ** 0.5, (token, freq, p)
+
+
+def _seeded(make, prompts):
+    torch.manual_seed(0)
+    return make().generate(prompts)
+
+
+PROMPTS = [[A, 44, A], [B, A]]
+
+
+@pytest.mark.parametrize("field", sorted(HOSTILE_FIELDS))
+def test_no_generation_config_field_changes_what_is_sampled(student_tokenizer, field) -> None:
+    """Seed for seed, the same ids with the field set in the model's generation config as without it."""
+    model = peaked(student_tokenizer)
+    config = RolloutConfig(temperature=1.0, max_completion_length=3, num_generations=8)
+    own = _seeded(lambda: HFGenerator(model, student_tokenizer, config), PROMPTS)
+    model.generation_config.update(**{"do_sample": True, field: HOSTILE_FIELDS[field]})  # num_return_sequences needs it
+    assert _seeded(lambda: HFGenerator(model, student_tokenizer, config), PROMPTS) == own
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_every_hf_sampler_ignores_the_generation_config(student_tokenizer, temperature) -> None:
+    """Student rollouts (HFGenerator), sample_completions (seq_kd, gold eval) and the teacher's seq_kd sampler draw
+    the same, seed for seed, whatever the generation config sets; greedy stays [A, A, A] (no_repeat_ngram_size 1 made
+    it [B, end])."""
+    from gold.teacher import LocalTeacher
+
+    model = peaked(student_tokenizer)
+    config = RolloutConfig(temperature=temperature, max_completion_length=3, num_generations=4)
+    teacher = LocalTeacher(model, student_tokenizer)
+
+    def draws():
+        rows = _seeded(lambda: HFGenerator(model, student_tokenizer, config), PROMPTS)
+        torch.manual_seed(0)
+        texts = sample_completions(model, student_tokenizer, [":,:", ";:"], config)
+        return rows, texts, _seeded(lambda: teacher.generator(config), PROMPTS)
+
+    own = draws()
+    if temperature == 0:
+        assert own[0][0] == [A, A, A]
+    model.generation_config.update(**HOSTILE_FIELDS)
+    assert draws() == own

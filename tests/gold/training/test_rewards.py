@@ -80,7 +80,7 @@ def test_rewards_see_the_rows_columns_and_shape_the_advantages(tmp_path, student
                           args=training_args(tmp_path, max_steps=1, per_device_train_batch_size=2),
                           train_dataset=rows, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
                           loss=LossConfig(opd_weight=1.0, opd_alpha=0.0, hybrid_weight=0.0),
-                          rollout=RolloutConfig(lmbda=1.0, num_generations=2, max_completion_length=6),
+                          rollout=RolloutConfig(lmbda=1.0, num_generations=2, max_completion_length=6, temperature=1.0),
                           reward_funcs=[mentions_answer])  # fmt: skip
     torch.manual_seed(0)
     inputs, _ = trainer.get_batch_samples(iter([list(trainer.train_dataset)[:2]]), 1, torch.device("cpu"))
@@ -130,6 +130,29 @@ def test_opd_refuses_stale_rollouts() -> None:
     with pytest.raises(ValueError, match="vllm_sync_frequency is 4: rollouts would come from older weights"):
         check_objectives(LossConfig(hybrid_weight=0.0, opd_weight=1.0), stale, [], given=False)
     check_objectives(LossConfig(), stale, [], given=False)  # the divergence alone does not need ratio 1
+
+
+@pytest.mark.parametrize("sampling", [
+    dict(),  # the default temperature, 0.9
+    dict(temperature=0.0),
+    dict(temperature=1.0, top_p=0.95),
+    dict(temperature=1.0, top_k=50),
+], ids=["default", "greedy", "top-p", "top-k"])  # fmt: skip
+def test_opd_refuses_rollouts_from_another_policy_than_the_students(tmp_path, student_tokenizer, teacher_tokenizer,
+                                                                     sampling) -> None:  # fmt: skip
+    """OPD-RL's estimator is unbiased only for samples of the student's own distribution: refused when the trainer is
+    built, not at its first step."""
+    from gold.training.objectives import check_objectives
+
+    opd, rollout = LossConfig(hybrid_weight=0.0, opd_weight=1.0), RolloutConfig(lmbda=1.0, **sampling)
+    said = (rf"rollout.temperature is {rollout.temperature}, top_p {rollout.top_p}, top_k {rollout.top_k}.*"
+            r"set rollout.temperature: 1.0, top_p: 1.0, top_k: 0")  # fmt: skip
+    with pytest.raises(ValueError, match=said):
+        GoldTrainer(tiny(student_tokenizer), tiny(teacher_tokenizer, seed=1), args=training_args(tmp_path),
+                    train_dataset=[{"prompt": "Q\n", "completion": "A"}], student_tokenizer=student_tokenizer,
+                    teacher_tokenizer=teacher_tokenizer, loss=opd, rollout=rollout)  # fmt: skip
+    check_objectives(LossConfig(), rollout, [], given=False)  # the divergence alone is not a policy gradient
+    check_objectives(opd, RolloutConfig(lmbda=1.0, temperature=1.0, top_p=1.0, top_k=0), [], given=False)
 
 
 def _group_logprobs(model, side, groups: torch.Tensor) -> list[torch.Tensor]:
