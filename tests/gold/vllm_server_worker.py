@@ -12,7 +12,7 @@ from gold.config import RolloutConfig
 from gold.models.zoo import load_tokenizer
 from gold.training.trainer import GoldTrainer
 from tests.gold.conftest import ROWS, training_args
-from tests.gold.test_vllm import logged, vllm_model
+from tests.gold.rollout.test_vllm import logged, vllm_model
 
 
 class Recording(GoldTrainer):
