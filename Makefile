@@ -69,7 +69,8 @@ lint: install-test
 
 # the vLLM tests, for real on vLLM's CPU build (skipped in .venv, which has no vLLM)
 test-vllm: install-vllm
-	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q -m vllm tests/gold/rollout/test_vllm.py tests/gold/rollout/test_vllm_server.py \
+	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q -m vllm tests/gold/rollout/test_vllm.py tests/gold/rollout/test_vllm_sampling.py \
+		tests/gold/rollout/test_vllm_server.py \
 		tests/gold/teacher/test_served.py
 
 test: lint kernels
