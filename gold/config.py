@@ -289,8 +289,14 @@ class ModelConfig:
     model: str = ""
     # zoo tokenizer name or directory; default: the model's own
     tokenizer: str | None = None
-    # parameter dtype
+    # parameter dtype (``torch_dtype``: transformers' older name for it, accepted as in TRL's model_init_kwargs)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    torch_dtype: str | None = None
+    # a hub model's branch, tag or commit (``from_pretrained(revision=...)``); hub ids only
+    revision: str | None = None
+    # ``from_pretrained(attn_implementation=...)``: "eager", "sdpa", "flash_attention_2", ...; None: transformers'
+    # choice
+    attn_implementation: str | None = None
     # device ("cpu", "cuda:1", ...); None: the trainer's device
     device: str | None = None
     # for model == "tiny": its sizes (hidden_size, layers, heads; gold.models.build.tiny_model); vocab from the
@@ -308,6 +314,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.trust_remote_code must be true or false, got {self.trust_remote_code!r}")
         if not self.model:
             raise ValueError("ModelConfig.model is empty; give a zoo name, a directory, or 'tiny'")
+        self._fold_torch_dtype()
         if self.dtype not in DTYPES:
             raise ValueError(f"ModelConfig.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.model == "tiny" and not self.tokenizer:
@@ -317,6 +324,17 @@ class ModelConfig:
         if self.tiny and self.model != "tiny":
             raise ValueError(f"ModelConfig.tiny is only read for model 'tiny', got model {self.model!r}")
         self._check_tiny()
+
+    def _fold_torch_dtype(self) -> None:
+        """``torch_dtype`` (``"bfloat16"`` or ``"torch.bfloat16"``) is ``dtype``; the two may not disagree."""
+        if self.torch_dtype is None:
+            return
+        name = str(self.torch_dtype).removeprefix("torch.")
+        if self.dtype not in ("auto", name):
+            raise ValueError(f"ModelConfig.torch_dtype={self.torch_dtype!r} and dtype={self.dtype!r} disagree; give "
+                             "one of them (dtype)")  # fmt: skip
+        object.__setattr__(self, "dtype", name)
+        object.__setattr__(self, "torch_dtype", None)
 
     def _check_tiny(self) -> None:
         """``tiny`` takes gold.models.build.tiny_model's sizes: positive integers, hidden_size a multiple of heads."""

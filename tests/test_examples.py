@@ -19,7 +19,7 @@ HUB_RECIPES = {"llama3.2-1b_to_qwen2.5-0.5b.yaml", "qwen2.5-1.5b_to_llama3.2-1b.
                                   *sorted(EXAMPLES.glob("*.py"))], ids=lambda p: p.name)  # fmt: skip
 def test_example_starts_with_its_launch_command(path: Path) -> None:
     first = path.read_text(encoding="utf-8").lstrip('"').splitlines()[0]
-    assert any(word in first for word in ("gold ", "accelerate launch", "python -m", "huggingface-cli")), first
+    assert any(word in first for word in ("gold ", "accelerate launch", "python -m", "hf download")), first
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -42,7 +42,7 @@ def test_hub_recipe_offline_says_how_to_get_its_models(name: str, monkeypatch) -
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     config = load_recipe(EXAMPLES / name)
     for spec in (config.student, config.teacher):
-        with pytest.raises(ValueError, match=rf"huggingface-cli download {spec.model}"):
+        with pytest.raises(ValueError, match=rf"hf download {spec.model}"):
             build_model(spec, build_tokenizer(spec), seed=0)
 
 

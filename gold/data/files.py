@@ -36,10 +36,7 @@ def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig, 
         prompt: str | Messages = messages[:-1]
         completion = messages[-1]["content"]
     elif config.prompt_field in row and config.completion_field in row:
-        prompt, completion = row[config.prompt_field], row[config.completion_field]
-        if not isinstance(prompt, str):
-            raise DataError(f"{where}: {config.prompt_field!r} must be a string, got {type(prompt).__name__} "
-                            f"{prompt!r:.60}")  # fmt: skip
+        prompt, completion = _prompt_completion(row[config.prompt_field], row[config.completion_field], config, where)
     else:
         raise DataError(
             f"{where} has fields {sorted(row)}; it needs {config.prompt_field!r} and {config.completion_field!r} "
@@ -58,6 +55,26 @@ def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig, 
     used = (config.prompt_field, config.completion_field, config.messages_field, config.ended_field)
     fields = {key: value for key, value in row.items() if key not in used}
     return Example(prompt=prompt, completion=completion, ended=ended, fields=fields, teacher_prompt=teacher_prompt)
+
+
+def _prompt_completion(prompt: Any, completion: Any, config: DataConfig, where: str) -> tuple[str | Messages, Any]:
+    """A prompt–completion row: strings, or TRL's conversational form (``prompt`` a list of turns, ``completion`` one
+    assistant turn ``[{"role": "assistant", "content": ...}]``)."""
+    if isinstance(prompt, (list, tuple)):
+        prompt = _messages(prompt, where)
+    elif not isinstance(prompt, str):
+        raise DataError(f"{where}: {config.prompt_field!r} must be a string or a list of chat turns, got "
+                        f"{type(prompt).__name__} {prompt!r:.60}")  # fmt: skip
+    if isinstance(completion, (list, tuple)):
+        turns = _messages(completion, where) if completion else []
+        if len(turns) != 1 or turns[0]["role"] != "assistant":
+            raise DataError(f"{where}: a conversational {config.completion_field!r} must be one assistant turn "
+                            f"[{{'role': 'assistant', 'content': ...}}], got {completion!r:.80}")  # fmt: skip
+        if isinstance(prompt, str):
+            raise DataError(f"{where}: the completion is a chat turn but {config.prompt_field!r} is a string; give "
+                            "the prompt as chat turns too, or the completion as a string")  # fmt: skip
+        completion = turns[0]["content"]
+    return prompt, completion
 
 
 def _teacher_prompt(row: Mapping[str, Any], where: str) -> str | Messages | None:

@@ -37,8 +37,11 @@ def build_tokenizer(spec: ModelConfig) -> Any:
 
 def build_model(spec: ModelConfig, tokenizer: Any, *, seed: int) -> Any:
     """A zoo model, a local folder, a hub id (``from_pretrained``: downloads when online, else the local cache), or a
-    random ``tiny`` Llama sized to the tokenizer."""
+    random ``tiny`` Llama sized to the tokenizer; ``revision`` and ``attn_implementation`` go to ``from_pretrained``
+    (``revision``: hub ids only)."""
     dtype = DTYPES.get(spec.dtype)
+    if spec.revision is not None and not (is_hub_id(spec.model) and not Path(spec.model).is_dir()):
+        raise RecipeError(f"revision {spec.revision!r} is for hub ids (ORG/NAME); model {spec.model!r} is not one")
     if spec.model == "tiny":
         model = tiny_model(tokenizer, seed=seed, **spec.tiny)
     elif spec.model in MODELS:
@@ -50,13 +53,22 @@ def build_model(spec: ModelConfig, tokenizer: Any, *, seed: int) -> Any:
             raise RecipeError(str(err)) from None
         check_model_folder(Path(spec.model))
         model = AutoModelForCausalLM.from_pretrained(spec.model, local_files_only=True, dtype=dtype or "auto",
-                                                     trust_remote_code=spec.trust_remote_code)  # fmt: skip
+                                                     trust_remote_code=spec.trust_remote_code,
+                                                     **_loading_kwargs(spec))  # fmt: skip
     elif is_hub_id(spec.model):
-        model = hub_model(spec.model, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+        model = hub_model(spec.model, dtype=dtype, trust_remote_code=spec.trust_remote_code, **_loading_kwargs(spec))
     else:
         raise RecipeError(f"model {spec.model!r} is not a zoo model ({', '.join(MODELS)}), a local folder, a hub id "
                           "(ORG/NAME) or 'tiny'")  # fmt: skip
+    if spec.attn_implementation is not None and spec.model in (*MODELS, "tiny"):
+        model.set_attn_implementation(spec.attn_implementation)
     return model.to(dtype) if dtype is not None else model
+
+
+def _loading_kwargs(spec: ModelConfig) -> dict[str, Any]:
+    """The optional ``from_pretrained`` arguments a model section sets."""
+    pairs = (("revision", spec.revision), ("attn_implementation", spec.attn_implementation))
+    return {key: value for key, value in pairs if value is not None}
 
 
 def check_model_folder(folder: Path) -> None:

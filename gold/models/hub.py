@@ -39,7 +39,7 @@ def _explain(kind: str, name: str, err: Exception, *, repo_type: str = "") -> Hu
     offline = "connect" in text or "offline" in text.lower() or "cached" in text
     reason = "the hub cannot be reached and it is not in the local cache" if offline else text[:200]
     return HubError(f"{kind} {name!r} is not a local folder, and as a hub id it could not be loaded ({reason}); "
-                    f"fetch it once where the hub is reachable: huggingface-cli download{flag} {name} (it lands in "
+                    f"fetch it once where the hub is reachable: hf download{flag} {name} (it lands in "
                     "the cache gold reads, HF_HOME)")  # fmt: skip
 
 
@@ -52,11 +52,13 @@ def hub_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
         raise _explain("tokenizer", name, err) from None
 
 
-def hub_model(name: str, *, dtype: Any = None, trust_remote_code: bool = False) -> Any:
+def hub_model(name: str, *, dtype: Any = None, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(name, ...)`` (``kwargs``: ``revision``, ``attn_implementation``)."""
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto", trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto", trust_remote_code=trust_remote_code,
+                                                    **kwargs)  # fmt: skip
     except (OSError, ValueError) as err:
         raise _explain("model", name, err) from None
 

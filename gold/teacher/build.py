@@ -23,10 +23,12 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 def model_identity(spec: ModelConfig, *, seed: int = 0) -> str:
     """What names a teacher for a cache: a local folder by a fingerprint of its config and weight files (their names,
     sizes, first and last MiB: cheap for large checkpoints, different for any retrained one); a zoo name or hub id by
-    itself; a ``tiny`` random model by its tokenizer, sizes and seed."""
+    itself (and its ``revision``); a ``tiny`` random model by its tokenizer, sizes and seed."""
     if spec.model == "tiny":
         return f"tiny:{spec.tokenizer}:{sorted(spec.tiny.items())}:seed={seed}"
-    return folder_identity(Path(spec.model)) if Path(spec.model).is_dir() else f"model:{spec.model}"
+    if Path(spec.model).is_dir():
+        return folder_identity(Path(spec.model))
+    return f"model:{spec.model}" + (f"@{spec.revision}" if spec.revision else "")  # another revision: other weights
 
 
 def folder_identity(folder: Path) -> str:

@@ -40,6 +40,7 @@ from gold.models.stops import model_stop_rule
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
 from gold.teacher import LocalTeacher, Teacher
+from gold.training.call_shapes import resolve_models
 from gold.training.completions_log import completion_views
 from gold.training.completions_log import report as report_completions
 from gold.training.guard import RunGuard
@@ -48,8 +49,13 @@ from gold.training.metrics import StepMetrics
 from gold.training.objectives import Objectives, check_objectives
 from gold.training.rewards import load_reward_funcs
 from gold.training.steps import StepBatches
+from gold.training.trl_args import from_trl_config
 
 logger = logging.getLogger(__name__)
+
+# TRL's keyword arguments for models and tokenizers (gold.training.call_shapes)
+TRL_KEYWORDS = ("teacher_model", "processing_class", "teacher_processing_class", "model_init_kwargs",
+                "teacher_model_init_kwargs")  # fmt: skip
 
 
 class UnequalRenderingWarning(UserWarning):
@@ -87,11 +93,11 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
     def __init__(
         self,
         model: Any,
-        teacher: Teacher | Any,
+        teacher: Teacher | Any = None,
         *,
         args: TrainingArguments,
         train_dataset: Sequence[Any],
-        student_tokenizer: Any,
+        student_tokenizer: Any = None,
         teacher_tokenizer: Any | None = None,
         loss: LossConfig | None = None,
         rollout: RolloutConfig | None = None,
@@ -100,14 +106,13 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         held_out: Sequence[Any] | None = None,
         held_out_samples: int = 1,
         reward_funcs: Sequence[Any] = (),
+        eval_dataset: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("eval_dataset") is not None:
-            raise ValueError(
-                "GoldTrainer does not run Trainer.evaluate on an eval_dataset; pass held_out= (examples or rows, "
-                "scored in both directions every args.eval_steps) or measure a student with "
-                "gold.evaluation.bits_per_byte.distillation_gap / gold.evaluation.own_samples.student_sample_scores"
-            )
+        loss, rollout = from_trl_config(args, loss, rollout)  # a TRL GOLDConfig / GKDConfig / DistillationConfig
+        given = {key: kwargs.pop(key, None) for key in TRL_KEYWORDS}
+        given.update(student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer)
+        model, teacher, student_tokenizer, teacher_tokenizer = resolve_models(model, teacher, args, given)
         self.loss_config = loss or LossConfig()
         self.rollout_config = rollout or RolloutConfig()
         check_vllm(self.rollout_config, device=args.device, num_processes=args.world_size)  # before any loading
@@ -115,8 +120,6 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         check_objectives(self.loss_config, self.rollout_config, self.reward_funcs, given=bool(reward_funcs))
         alignment_config = alignment or AlignmentConfig()
         if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
-            if teacher_tokenizer is None:
-                raise ValueError("teacher is a model: pass teacher_tokenizer= (its fast tokenizer)")
             teacher = LocalTeacher(teacher, teacher_tokenizer, device=args.device)
         self.teacher: Teacher = teacher
         self.student_tokenizer = student_tokenizer
@@ -152,10 +155,13 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         self._init_metrics()
         self._completions_logged = -1
         self._hidden_plan: HiddenPlan | None = None
+        self._eval_examples = _examples(eval_dataset) if eval_dataset is not None else None
         super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
-                         data_collator=list, processing_class=student_tokenizer, **kwargs)  # fmt: skip
+                         eval_dataset=self._eval_examples, data_collator=list, processing_class=student_tokenizer,
+                         **kwargs)  # fmt: skip
         if held_out is not None:
             self._add_held_out_eval(_examples(held_out), held_out_samples)
+        self._held_out_scorer = None if self._eval_examples is None else self._scorer(self._eval_examples, 1)
         self._check_rollout_batches()
 
     def _check_prompt_lengths(self, examples: Sequence[Example], labels: Sequence[str] | None) -> None:
@@ -177,17 +183,38 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
             )
 
     def _add_held_out_eval(self, examples: list[Example], samples_per_prompt: int) -> None:
-        if not isinstance(self.teacher, LocalTeacher):
-            raise ValueError("held-out evaluation during training needs a local teacher model (LocalTeacher)")
         if self.args.eval_steps is None:
             raise ValueError("held_out needs args.eval_steps (training.eval_steps in a recipe): how often to score")
+        self.add_callback(self._scorer(examples, samples_per_prompt, every=int(self.args.eval_steps)))
+
+    def _scorer(self, examples: list[Example], samples_per_prompt: int, every: int = 1) -> HeldOutEvalCallback:
+        """Held-out scoring in both directions (``held_out=`` every ``eval_steps``, ``eval_dataset=`` in
+        :meth:`evaluate`)."""
+        if not isinstance(self.teacher, LocalTeacher):
+            raise ValueError("held-out evaluation needs a local teacher model (LocalTeacher), not a served or cached "
+                             "one")  # fmt: skip
         if self.is_fsdp_enabled or self.is_deepspeed_enabled or self.teacher.sharded is not None:
             raise ValueError("held-out evaluation runs on the main process alone and cannot run a sharded student "
                              "or teacher (FSDP / DeepSpeed / teacher.shard); evaluate checkpoints with `gold eval` "
                              "instead")  # fmt: skip
-        self.add_callback(HeldOutEvalCallback(self, examples, every=int(self.args.eval_steps),
-                                              samples_per_prompt=samples_per_prompt, seed=self.args.seed,
-                                              max_new_tokens=self.rollout_config.max_completion_length))  # fmt: skip
+        limit = self.rollout_config.max_completion_length
+        return HeldOutEvalCallback(self, examples, every=every, samples_per_prompt=samples_per_prompt,
+                                   seed=self.args.seed, max_new_tokens=limit)  # fmt: skip
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
+        """gold's held-out metrics on ``eval_dataset`` (the constructor's, or one given here): KL(teacher‖student)
+        bits per byte on its completions, and on the student's own samples the reverse KL, the teacher's bits per
+        byte and the stop rate (:class:`gold.evaluation.callback.HeldOutEvalCallback`); logged and returned."""
+        scorer = self._held_out_scorer if eval_dataset is None else self._scorer(_examples(eval_dataset), 1)
+        if scorer is None:
+            raise ValueError("evaluate() needs held-out rows: pass eval_dataset= to GoldTrainer or to evaluate()")
+        was_training = self.model.training
+        metrics = {key.replace("eval_", f"{metric_key_prefix}_", 1): value for key, value in scorer.scores().items()}
+        self.model.train(was_training)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     # ---- batches: sources, rollouts, alignment, global group count ----
 

@@ -48,7 +48,7 @@ def test_hub_ids_name_the_download_when_offline(offline) -> None:
 
     assert is_hub_id("Qwen/Qwen2.5-0.5B-Instruct") and not is_hub_id("smollm2") and not is_hub_id("../x/y")
     assert not is_hub_id("data/train.jsonl") and not is_hub_id("tests/missing")  # mistyped local paths
-    with pytest.raises(HubError, match=r"tokenizer 'no-org/no-model' .* huggingface-cli download no-org/no-model"):
+    with pytest.raises(HubError, match=r"tokenizer 'no-org/no-model' .* hf download no-org/no-model"):
         load_tokenizer("no-org/no-model")
     with pytest.raises(HubError, match=r"model 'no-org/no-model' .*could not be loaded .*cache"):
         build_model(ModelConfig(model="no-org/no-model", tokenizer="smollm2"), None, seed=0)
@@ -61,7 +61,7 @@ def test_gold_train_with_a_hub_id_offline_is_one_line(offline, tmp_path, capsys)
         main(["train", str(_recipe(tmp_path)), "student.model=no-org/no-model", "student.tiny={}"])
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "model 'no-org/no-model'" in line and "huggingface-cli download no-org/no-model" in line
+    assert "model 'no-org/no-model'" in line and "hf download no-org/no-model" in line
 
 
 def _jsonl(path, rows) -> str:

@@ -149,14 +149,6 @@ def test_a_slice_without_any_group_gives_a_zero_loss_with_a_graph(tmp_path, stud
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
 
 
-def test_eval_dataset_is_refused_with_the_alternative(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
-    with pytest.raises(ValueError, match=r"gold\.evaluation\.bits_per_byte\.distillation_gap"):
-        GoldTrainer(
-            tiny(student_tokenizer), tiny(teacher_tokenizer), args=training_args(tmp_path), train_dataset=ROWS,
-            eval_dataset=ROWS, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
-        )  # fmt: skip
-
-
 @pytest.mark.parametrize("trainer_cls", ["gold", "sft"])
 def test_logged_terms_are_the_optimised_loss_under_accumulation(tmp_path, student_tokenizer, teacher_tokenizer,
                                                                 trainer_cls) -> None:  # fmt: skip
