@@ -40,6 +40,13 @@ def _data(tmp: Path, content: str | bytes) -> list[str]:
     return _train(tmp, f"data.path={_write(tmp / 'bad.jsonl', content)}")
 
 
+def _data_at(tmp: Path, name: str, content: str) -> list[str]:
+    """``gold train`` on the data file ``name`` (any characters: given as a double-quoted YAML string)."""
+    _write(tmp / name, content)
+    quoted = json.dumps(f"{tmp}/{name}")  # JSON string escapes are YAML double-quoted escapes
+    return _train(tmp, f"data.path={quoted}")
+
+
 def _folder(tmp: Path, *, weights: bool, tokenizer: bool) -> Path:
     """A model folder saved from a tiny model, then stripped of its weights or tokenizer files."""
     from gold.models.build import tiny_model
@@ -52,6 +59,11 @@ def _folder(tmp: Path, *, weights: bool, tokenizer: bool) -> Path:
         for path in folder.glob(pattern):
             path.unlink()
     return folder
+
+
+def _own_folder(tmp: Path) -> Path:
+    """A whole model folder (weights and tokenizer): the student starts from it."""
+    return _folder(tmp, weights=True, tokenizer=True)
 
 
 def _long_third_prompt(tmp: Path) -> Path:
@@ -95,6 +107,26 @@ CASES = {
     "output_dir unwritable": (
         lambda t: _train(t, f"training.output_dir={_blocker(t) / 'out'}"),
         "training.output_dir",
+    ),
+    "output_dir is the student's model folder": (
+        lambda t: _train(t, f"student.model={_own_folder(t)}", "student.tiny={}", f"training.output_dir={t / 'model'}"),
+        "holds model weights",
+    ),
+    "output_dir holds a tokenizer": (
+        lambda t: _train(t, f"training.output_dir={_folder(t, weights=False, tokenizer=True)}"),
+        "holds a tokenizer",
+    ),
+    "output_dir holds the data": (
+        lambda t: _train(t, f"data.path={_write(t / 'out' / 'rows.jsonl', json.dumps(ROWS[0]))}"),
+        "holds data.path",
+    ),
+    "output_dir with ESC and BEL": (
+        lambda t: _train(t, f'training.output_dir="{t}/\\e[31mred\\a"', "--resume", "latest"),
+        "holds no whole checkpoint",
+    ),
+    "data path with ESC and BEL": (
+        lambda t: _data_at(t, "\x1b]0;title\x07.jsonl", '{"prompt": \n'),
+        "line 1: not valid JSON",
     ),
     "resume missing folder": (lambda t: _train(t, "--resume", str(t / "nowhere")), "nowhere: no such folder"),
     "resume not a checkpoint": (
@@ -162,6 +194,9 @@ CASES = {
 # the bad path itself must be named in these messages
 NAMES_THE_PATH = {"output_dir unwritable": "blocker/out", "eval --plot unwritable": "blocker",
                   "align --html unwritable": "blocker", "demo --out unwritable": "blocker/demo"}  # fmt: skip
+# names with control characters: the line shows them escaped (issue 29, item 10)
+ESCAPED = {"output_dir with ESC and BEL": "/\\x1b[31mred\\x07",
+           "data path with ESC and BEL": "/\\x1b]0;title\\x07.jsonl"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -189,6 +224,9 @@ def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys, monke
     assert expected in lines[0], lines[0]
     if name in NAMES_THE_PATH:
         assert f"{tmp_path}/{NAMES_THE_PATH[name]}'" in lines[0], lines[0]
+    if name in ESCAPED:
+        assert ESCAPED[name] in lines[0], lines[0]
+    assert "\x1b" not in lines[0] and "\x07" not in lines[0], lines[0]  # a raw ESC or BEL drives the terminal
 
 
 def test_a_refused_yaml_tag_is_one_line_from_the_console_script(tmp_path) -> None:
@@ -212,3 +250,26 @@ def test_jsonl_splits_on_newlines_only_and_names_a_bom(tmp_path) -> None:
     with pytest.warns(UserWarning, match="byte-order mark"):
         read = read_rows(path)
     assert list(read) == rows and read.labels == [f"{path} line 1", f"{path} line 2"]
+
+
+def test_overwrite_saves_over_a_model_folder_and_a_run_folder_is_not_foreign(tmp_path) -> None:
+    """A model folder as training.output_dir is refused unless --overwrite (issue 29, item 5); a finished run's
+    folder holds weights and a tokenizer too, and stays the run's (--resume goes on with it)."""
+    from gold.cli.guard import RUN_FILE, prepare_output_dir
+    from gold.cli.recipe import RecipeError
+
+    recipe = {"data": {"path": str(tmp_path / "rows.jsonl"), "eval_path": None}}
+    _write(tmp_path / "model" / "model.safetensors", b"")
+    with pytest.raises(RecipeError, match="holds model weights"):
+        prepare_output_dir(tmp_path / "model", recipe, resume=None, overwrite=False)
+    prepare_output_dir(tmp_path / "model", recipe, resume=None, overwrite=True)
+    _write(tmp_path / "model" / RUN_FILE, json.dumps({"recipe": recipe}))
+    prepare_output_dir(tmp_path / "model", recipe, resume="latest", overwrite=False)
+
+
+def test_printed_paths_are_escaped(tmp_path, capsys) -> None:
+    """A path gold prints after the work (here the HTML view's) shows ESC and BEL escaped (issue 29, item 10)."""
+    page = tmp_path / "\x1b]0;title\x07.html"
+    assert main(["align", "--student", "qwen2.5", "--teacher", "llama-3", "12345", "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert page.is_file() and "\\x1b]0;title\\x07.html" in out and "\x1b" not in out and "\x07" not in out
