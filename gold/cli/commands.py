@@ -185,13 +185,11 @@ def run_align(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.alignment_only:
-        return run_alignment_demo(args)
     try:
-        writable_dir(args.out, "--out")
+        writable_dir(args.out, "--out")  # before the work, with --alignment-only too
     except OSError as err:
         raise CommandError(f"gold demo: {err}") from None
-    return demo_main(args.out, DemoSettings(steps=args.steps))
+    return run_alignment_demo(args) if args.alignment_only else demo_main(args.out, DemoSettings(steps=args.steps))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -265,19 +263,22 @@ def run_eval(args: argparse.Namespace) -> int:
         for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
             if path is not None:
                 writable_file(path, flag)  # before the scoring, not after it
+        if args.plot is not None:
+            eval_run.check_plot_path(args.plot)
         for run_dir in args.checkpoints:
             eval_run.checkpoints(run_dir)  # names a folder without checkpoints before the teacher loads
         for spec in [*args.student, *([args.teacher] if args.teacher else [])]:
             if Path(spec).is_dir():
                 check_model_folder(Path(spec))
                 check_tokenizer_folder(Path(spec))
-        rows = read_rows(str(args.data), what="--data")[: args.limit]
+        read = read_rows(str(args.data), what="--data")
+        rows, labels = read[: args.limit], read.labels[: args.limit]  # labels: file and line, as gold train's
         # every row checked before a model loads (with --sample-teacher, after: its completions are the teacher's)
-        data = None if args.sample_teacher else eval_run.eval_set(rows, answer_field=args.answer_field)
+        data = None if args.sample_teacher else eval_run.eval_set(rows, answer_field=args.answer_field, labels=labels)
         teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
         data = data or eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
-                                         samples_per_prompt=args.sample_teacher,
-                                         max_new_tokens=args.max_new_tokens)  # fmt: skip
+                                         samples_per_prompt=args.sample_teacher, max_new_tokens=args.max_new_tokens,
+                                         labels=labels)  # fmt: skip
         students = [(spec, None, spec) for spec in args.student]
         for run_dir in args.checkpoints:
             students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in eval_run.checkpoints(run_dir)]

@@ -22,6 +22,9 @@ BAD_RECIPES = {
     "not utf-8": (b"student: caf\xe9\n", "not UTF-8"),
 }
 
+CSV_FIELDS = "prompt,completion\na,b\nc,d,e\n"  # line 3: a comma not quoted
+CSV_QUOTE = 'prompt,completion\n"a"b,c\n'  # line 2: text after a closing quote
+
 
 def _write(path: Path, content: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +74,13 @@ def _long_third_prompt(tmp: Path) -> Path:
     return _write(tmp / "long.jsonl", "\n".join(json.dumps(r) for r in rows))
 
 
+def _checkpoint(tmp: Path) -> Path:
+    """An (empty) checkpoint folder of a run: ``gold eval --checkpoints`` accepts the run before anything loads."""
+    folder = tmp / "run" / "checkpoint-1"
+    folder.mkdir(parents=True)
+    return folder
+
+
 def _blocker(tmp: Path) -> Path:
     """A regular file: any path below it can be neither created nor written."""
     return _write(tmp / "blocker", "a file")
@@ -88,6 +98,13 @@ CASES = {
     "weight inf": (lambda t: _train(t, "loss.hybrid_weight=.inf"), "hybrid_weight must be a finite number"),
     "learning rate 1e30": (lambda t: _train(t, "training.learning_rate=1e30"), "learning_rate must be a number in"),
     "sampling temperature": (lambda t: _train(t, "rollout.temperature=1e-9"), "temperature must be 0 (greedy) or in"),
+    "reward_funcs a string": (
+        lambda t: _train(t, "loss.opd_weight=1", "loss.reward_funcs=examples.rewards:names_the_answer"),
+        "reward_funcs must be a list of 'module:function' names, got 'examples.rewards:names_the_answer'",
+    ),
+    "output_dir null": (lambda t: _train(t, "training.output_dir=null"), "output_dir must be a folder path, got None"),
+    "output_dir a number": (lambda t: _train(t, "training.output_dir=5"), "output_dir must be a folder path, got 5"),
+    "output_dir empty": (lambda t: _train(t, 'training.output_dir=""'), "output_dir must be a folder path, got ''"),
     # data
     "data empty": (lambda t: _data(t, "\n\n"), "bad.jsonl' is empty"),
     "data json error line": (lambda t: _data(t, '{"prompt": "a", "completion": "b"}\n\n{"prompt": \n'), "line 3: not"),
@@ -98,6 +115,18 @@ CASES = {
         "role 'wizard'",
     ),
     "data not utf-8": (lambda t: _data(t, b'{"prompt": "caf\xe9", "completion": "b"}\n'), "not UTF-8 text (byte 0xe9"),
+    "data not utf-8, line 2": (
+        lambda t: _data(t, b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n'),
+        "bad.jsonl' line 2: not UTF-8 text (byte 0xe9 at offset 50)",
+    ),
+    "data csv fields": (
+        lambda t: _train(t, f"data.path={_write(t / 'bad.csv', CSV_FIELDS)}"),
+        "bad.csv line 3: 3 fields, the header has 2",
+    ),
+    "data csv quote": (
+        lambda t: _train(t, f"data.path={_write(t / 'bad.csv', CSV_QUOTE)}"),
+        "bad.csv line 2: not valid CSV",
+    ),
     "data a list row": (lambda t: _data(t, "[1, 2]\n"), "line 1: a row must be an object"),
     "prompt over the limit, third row": (
         lambda t: _train(t, "rollout.max_prompt_length=12", f"data.path={_long_third_prompt(t)}"),
@@ -151,6 +180,14 @@ CASES = {
         lambda t: ["eval", "--data", "d.jsonl", "--checkpoints", str(t), "--plot", str(_blocker(t) / "p.png")],
         "--plot",
     ),
+    "eval --plot format": (
+        lambda t: ["eval", "--data", "d", "--checkpoints", str(_checkpoint(t).parent), "--plot", str(t / "p.xyz")],
+        "matplotlib writes no '.xyz' files",
+    ),
+    "eval row numbers": (
+        lambda t: ["eval", "--data", str(_write(t / "e.jsonl", f"{json.dumps(ROWS[0])}\n{{}}\n")), "--teacher", "x"],
+        "e.jsonl line 2 has fields []",
+    ),
     "eval --limit 0": (lambda t: ["eval", "--data", "d.jsonl", "--limit", "0"], "--limit: must be >= 1, got 0"),
     "eval --batch-size": (lambda t: ["eval", "--data", "d", "--batch-size", "-2"], "--batch-size: must be >= 1"),
     "eval missing data": (
@@ -188,12 +225,17 @@ CASES = {
     ),
     "demo --steps 0": (lambda t: ["demo", "--steps", "0"], "--steps: must be >= 1, got 0"),
     "demo --out unwritable": (lambda t: ["demo", "--out", str(_blocker(t) / "demo")], "--out"),
+    "demo --alignment-only --out unwritable": (
+        lambda t: ["demo", "--alignment-only", "--out", str(_blocker(t) / "demo")],
+        "--out",
+    ),
 }
 
 
 # the bad path itself must be named in these messages
 NAMES_THE_PATH = {"output_dir unwritable": "blocker/out", "eval --plot unwritable": "blocker",
-                  "align --html unwritable": "blocker", "demo --out unwritable": "blocker/demo"}  # fmt: skip
+                  "align --html unwritable": "blocker", "demo --out unwritable": "blocker/demo",
+                  "demo --alignment-only --out unwritable": "blocker/demo"}  # fmt: skip
 # names with control characters: the line shows them escaped (issue 29, item 10)
 ESCAPED = {"output_dir with ESC and BEL": "/\\x1b[31mred\\x07",
            "data path with ESC and BEL": "/\\x1b]0;title\\x07.jsonl"}  # fmt: skip
@@ -214,6 +256,7 @@ def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys, monke
     monkeypatch.setattr(gold.cli.run, "build_model", no_model)  # gold train
     monkeypatch.setattr(gold.evaluation.run, "load_scored_model", no_model)  # gold eval
     monkeypatch.setattr(gold.cli.commands, "demo_main", no_model)  # gold demo
+    monkeypatch.setattr(gold.cli.commands, "_load", no_model)  # gold align, gold demo --alignment-only
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
