@@ -240,8 +240,8 @@ def _train(trainer: Any, resume: str | None, output_dir: Path) -> None:
         raise CommandError(f"gold train: {err}") from None
     except (DataError, RewardError, CompletionBytesError, ServerError, CacheError) as err:  # met during training
         last = last_checkpoint(output_dir)
-        where = f"; the last whole checkpoint is {last}" if last else ""
-        raise CommandError(f"gold train: at step {trainer.state.global_step + 1}: {err}{where}") from None
+        where = f"the last whole checkpoint is {last}" if last else "no checkpoint saved"
+        raise CommandError(f"gold train: at step {trainer.state.global_step + 1}: {err}; {where}") from None
     except KeyboardInterrupt as err:
         last = last_checkpoint(output_dir)
         where = f"the last whole checkpoint is {last}; continue with --resume latest" if last else "no checkpoint saved"

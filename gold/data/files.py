@@ -59,7 +59,8 @@ def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig, 
     teacher_prompt = _teacher_prompt(row, where)
     used = (config.prompt_field, config.completion_field, config.messages_field, config.ended_field)
     fields = {key: value for key, value in row.items() if key not in used}
-    return Example(prompt=prompt, completion=completion, ended=ended, fields=fields, teacher_prompt=teacher_prompt)
+    return Example(prompt=prompt, completion=completion, ended=ended, fields=fields, teacher_prompt=teacher_prompt,
+                   label=label)  # fmt: skip
 
 
 def _teacher_prompt(row: Mapping[str, Any], where: str) -> str | Messages | None:
