@@ -9,7 +9,7 @@ from alignment.bytespans import (
     token_bytes_table,
 )
 from alignment.identical import align_identical, same_vocabulary
-from alignment.render import format_stats, html_page, render_html, render_text
+from alignment.render import escape_controls, format_stats, html_page, render_html, render_text
 from alignment.shifted import GroupShift, ShiftedPairs, group_shifts
 from alignment.specials import encode_continuation, encode_text
 from alignment.stats import AlignmentStats
@@ -32,6 +32,7 @@ __all__ = [
     "build_token_bytes_table",
     "encode_continuation",
     "encode_text",
+    "escape_controls",
     "format_stats",
     "group_shifts",
     "html_page",

@@ -55,8 +55,28 @@ def _show(data: bytes) -> str:
     """Bytes as readable text: valid UTF-8 decoded with whitespace made visible, the rest escaped. Control
     characters (ESC, BEL, NUL, DEL, C1) are escaped too: raw, they would drive the terminal that shows the table."""
     text = data.decode("utf-8", errors="backslashreplace")
-    return "".join(_VISIBLE.get(ch) or (f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" else ch)
-                   for ch in text)  # fmt: skip
+    return "".join(_VISIBLE.get(ch) or _escape_char(ch) for ch in text)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` safe to print on a terminal, for a path or a name someone else chose: control characters (ESC would
+    recolour the terminal or set its title, BEL ring it, a newline split a one-line message), line separators and
+    lone surrogates (the undecodable bytes of a file name) are written as backslash escapes; the rest is unchanged."""
+    return "".join(_NAMED.get(ch) or _escape_char(ch) for ch in text)
+
+
+_NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    kind = unicodedata.category(ch)
+    if kind == "Cc":
+        return f"\\x{ord(ch):02x}"
+    if kind == "Cs":  # os.fsdecode's surrogateescape: U+DC80 + the byte
+        return f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF else f"\\u{ord(ch):04x}"
+    if kind in ("Zl", "Zp"):
+        return f"\\u{ord(ch):04x}"
+    return ch
 
 
 def _token_texts(alignment: AlignmentView, group: int, side: str) -> list[str]:

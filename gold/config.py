@@ -105,6 +105,13 @@ class LossConfig:
         if sum(getattr(self, name) for name in (*weights, "opd_weight")) <= 0:
             raise ValueError(f"LossConfig needs at least one positive term weight among {', '.join(weights)}, "
                              "opd_weight")  # fmt: skip
+        funcs, weights_given = self.reward_funcs, self.reward_weights
+        if not isinstance(funcs, (list, tuple)) or not all(isinstance(name, str) for name in funcs):
+            raise ValueError(f"LossConfig.reward_funcs must be a list of 'module:function' names, got {funcs!r}; "
+                             f"write [{funcs}] for one function")  # fmt: skip
+        if weights_given is not None and (not isinstance(weights_given, (list, tuple)) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights_given)):  # fmt: skip
+            raise ValueError(f"LossConfig.reward_weights must be a list of numbers, got {weights_given!r}")
         if self.reward_funcs and self.opd_weight <= 0:
             raise ValueError("LossConfig.reward_funcs enter the loss through OPD-RL: set opd_weight > 0 (opd_alpha 0 "
                              "for rewards alone, GRPO-style)")  # fmt: skip

@@ -1,7 +1,9 @@
 """What the ``gold`` command line checks before the expensive part, and how it fails: one line, exit code 2.
 
 Every refusal is a :class:`CommandError` whose text is ``gold <command>: <what is wrong, and the fix>``; ``main``
-prints it and exits 2 (argparse's own exit code for bad usage), with no traceback.
+prints it and exits 2 (argparse's own exit code for bad usage), with no traceback. Paths and names in it come from
+the user, or from whoever named the files: control characters in them are printed escaped
+(:func:`alignment.escape_controls`), so that a folder named with ESC or BEL cannot drive the terminal.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+
+from alignment import escape_controls
 
 
 class CommandError(SystemExit):
@@ -23,14 +27,20 @@ class CommandError(SystemExit):
         self.message = message
 
     def __str__(self) -> str:
-        return self.message
+        return escape_controls(self.message)
+
+
+def say(text: str, **print_options: Any) -> None:
+    """``print`` for text holding paths and names: each line with its control characters escaped (the line breaks
+    of ``text`` itself kept)."""
+    print("\n".join(escape_controls(line) for line in text.split("\n")), **print_options)
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (``gold eval: argument --limit: must be >= 1, got 0``)."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(escape_controls(f"{self.prog}: {message} (see {self.prog} --help)"), file=sys.stderr)
         raise SystemExit(2)
 
 

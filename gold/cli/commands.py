@@ -30,7 +30,7 @@ from alignment import (
     render_html,
     render_text,
 )
-from gold.cli.checks import CommandError, OneLineParser, at_least, read_utf8, writable_dir, writable_file
+from gold.cli.checks import CommandError, OneLineParser, at_least, read_utf8, say, writable_dir, writable_file
 from gold.cli.demo import DemoSettings
 from gold.cli.demo import run_demo as demo_main
 from gold.cli.guard import clear_run, prepare_output_dir, record_run, resolve_resume
@@ -180,18 +180,16 @@ def run_align(args: argparse.Namespace) -> int:
         fragment = render_html(alignment, student_name=args.student, teacher_name=args.teacher)
         args.html.parent.mkdir(parents=True, exist_ok=True)
         args.html.write_text(html_page([fragment]), encoding="utf-8")
-        print(f"\nHTML view written to {args.html}")
+        say(f"\nHTML view written to {args.html}")
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.alignment_only:
-        return run_alignment_demo(args)
     try:
-        writable_dir(args.out, "--out")
+        writable_dir(args.out, "--out")  # before the work, with --alignment-only too
     except OSError as err:
         raise CommandError(f"gold demo: {err}") from None
-    return demo_main(args.out, DemoSettings(steps=args.steps))
+    return run_alignment_demo(args) if args.alignment_only else demo_main(args.out, DemoSettings(steps=args.steps))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -208,14 +206,14 @@ def run_train(args: argparse.Namespace) -> int:
     if args.overwrite:
         clear_run(output_dir)  # only now that the new run is known to start
     for note in skipped if trainer.is_world_process_zero() else []:
-        print(f"gold train: skipping incomplete checkpoint {note}", file=sys.stderr)
+        say(f"gold train: skipping incomplete checkpoint {note}", file=sys.stderr)
     if trainer.is_world_process_zero():
         record_run(output_dir, recipe)
         _show_first_alignment(trainer)
     _train(trainer, resume, output_dir)
     if trainer.is_world_process_zero():
         dump_recipe(config, Path(trainer.args.output_dir) / "recipe.yaml")
-        print(f"gold train: student saved to {trainer.args.output_dir}")
+        say(f"gold train: student saved to {trainer.args.output_dir}")
     return 0
 
 
@@ -242,13 +240,13 @@ def _train(trainer: Any, resume: str | None, output_dir: Path) -> None:
         raise CommandError(f"gold train: {err}") from None
     except (DataError, RewardError, CompletionBytesError, ServerError, CacheError) as err:  # met during training
         last = last_checkpoint(output_dir)
-        where = f"; the last whole checkpoint is {last}" if last else ""
-        raise CommandError(f"gold train: at step {trainer.state.global_step + 1}: {err}{where}") from None
+        where = f"the last whole checkpoint is {last}" if last else "no checkpoint saved"
+        raise CommandError(f"gold train: at step {trainer.state.global_step + 1}: {err}; {where}") from None
     except KeyboardInterrupt as err:
         last = last_checkpoint(output_dir)
         where = f"the last whole checkpoint is {last}; continue with --resume latest" if last else "no checkpoint saved"
-        print(f"gold train: interrupted ({str(err) or 'SIGINT'}) at step {trainer.state.global_step}; {where}",
-              file=sys.stderr)  # fmt: skip
+        say(f"gold train: interrupted ({str(err) or 'SIGINT'}) at step {trainer.state.global_step}; {where}",
+            file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -265,19 +263,22 @@ def run_eval(args: argparse.Namespace) -> int:
         for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
             if path is not None:
                 writable_file(path, flag)  # before the scoring, not after it
+        if args.plot is not None:
+            eval_run.check_plot_path(args.plot)
         for run_dir in args.checkpoints:
             eval_run.checkpoints(run_dir)  # names a folder without checkpoints before the teacher loads
         for spec in [*args.student, *([args.teacher] if args.teacher else [])]:
             if Path(spec).is_dir():
                 check_model_folder(Path(spec))
                 check_tokenizer_folder(Path(spec))
-        rows = read_rows(str(args.data), what="--data")[: args.limit]
+        read = read_rows(str(args.data), what="--data")
+        rows, labels = read[: args.limit], read.labels[: args.limit]  # labels: file and line, as gold train's
         # every row checked before a model loads (with --sample-teacher, after: its completions are the teacher's)
-        data = None if args.sample_teacher else eval_run.eval_set(rows, answer_field=args.answer_field)
+        data = None if args.sample_teacher else eval_run.eval_set(rows, answer_field=args.answer_field, labels=labels)
         teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
         data = data or eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
-                                         samples_per_prompt=args.sample_teacher,
-                                         max_new_tokens=args.max_new_tokens)  # fmt: skip
+                                         samples_per_prompt=args.sample_teacher, max_new_tokens=args.max_new_tokens,
+                                         labels=labels)  # fmt: skip
         students = [(spec, None, spec) for spec in args.student]
         for run_dir in args.checkpoints:
             students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in eval_run.checkpoints(run_dir)]
@@ -291,17 +292,17 @@ def run_eval(args: argparse.Namespace) -> int:
             model = eval_run.load_scored_model(spec, dtype=args.dtype)
             scores.append(eval_run.score_model(name, model, data, role="student", step=step, teacher=teacher,
                                                **options))  # fmt: skip
-            print(f"gold eval: scored {name}", file=sys.stderr)
+            say(f"gold eval: scored {name}", file=sys.stderr)
     except (RecipeError, DataError, ZooPackageMissing, ValueError, OSError) as err:
         raise CommandError(f"gold eval: {err}") from None
-    print(f"{len(data.examples)} examples from {args.data} ({data.source})\n")
-    print(eval_run.format_table(scores))
+    say(f"{len(data.examples)} examples from {args.data} ({data.source})\n")
+    say(eval_run.format_table(scores))
     if args.json:
         eval_run.write_json(args.json, scores, data, {"data": str(args.data), "teacher": args.teacher})
-        print(f"\nscores written to {args.json}")
+        say(f"\nscores written to {args.json}")
     if args.plot:
         eval_run.plot_steps(args.plot, scores)
-        print(f"plot written to {args.plot}")
+        say(f"plot written to {args.plot}")
     return 0
 
 
@@ -324,16 +325,16 @@ def run_vllm_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise CommandError(f"gold vllm-serve: {err}") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"gold vllm-serve: listening on {args.host}: anyone who reaches this port can replace the model's "
-              "weights (the reload endpoints are on); keep it on a trusted network", file=sys.stderr)  # fmt: skip
-    print("gold vllm-serve: " + " ".join(command), file=sys.stderr, flush=True)
+        say(f"gold vllm-serve: listening on {args.host}: anyone who reaches this port can replace the model's "
+            "weights (the reload endpoints are on); keep it on a trusted network", file=sys.stderr)  # fmt: skip
+    say("gold vllm-serve: " + " ".join(command), file=sys.stderr, flush=True)
     if args.dry_run:
         return 0
     os.execve(command[0], command, env)  # the server replaces this process: its pid is the server's
 
 
 def run_alignment_demo(args: argparse.Namespace) -> int:
-    print(f"gold demo: aligning {args.student} (student) with {args.teacher} (teacher) on a built-in sample\n")
+    say(f"gold demo: aligning {args.student} (student) with {args.teacher} (teacher) on a built-in sample\n")
     student, teacher = _load(args.student, "demo"), _load(args.teacher, "demo")
     alignments = [align_texts(student, teacher, text) for text in DEMO_TEXTS]
     fragments = []
@@ -354,7 +355,7 @@ def run_alignment_demo(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     page = args.out / "alignment.html"
     page.write_text(html_page(fragments, title="gold demo alignment"), encoding="utf-8")
-    print(f"HTML view written to {page}")
+    say(f"HTML view written to {page}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Never clobber a run: ``gold train`` into a folder that holds one refuses unless told how to go on, and a resumed
-run must have the recipe of the run it resumes (``gold_run.json`` in the output folder records it)."""
+run must have the recipe of the run it resumes (``gold_run.json`` in the output folder records it). Nor a model or a
+data set: a folder that holds model weights, a tokenizer or the training data is not an output folder (the final
+save would replace the weights the run started from)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 from gold.cli.recipe import RecipeError
 from gold.models.build import WEIGHT_FILES
+from gold.models.zoo import TOKENIZER_FILES
 from gold.training.guard import STAGING, CheckpointError, last_checkpoint
 
 RUN_FILE = "gold_run.json"
@@ -28,15 +31,36 @@ def holds_run(folder: Path) -> bool:
     return any(mark.exists() for mark in marks) or any(folder.glob("checkpoint-*"))
 
 
+def foreign_files(folder: Path, recipe: dict[str, Any]) -> list[str]:
+    """What in ``folder`` is not a gold run's and a save would replace or mix with: model weights, a tokenizer, the
+    recipe's data files (anywhere below the folder), each as ``what (path)``."""
+    if not folder.is_dir():
+        return []
+    found = [f"model weights ({folder / name})" for name in WEIGHT_FILES if (folder / name).is_file()]
+    found += [f"a tokenizer ({folder / name})" for name in TOKENIZER_FILES if (folder / name).is_file()]
+    inside = folder.resolve()
+    for key in ("path", "eval_path"):
+        data = recipe["data"][key]
+        if data and Path(data).exists() and Path(data).resolve().is_relative_to(inside):
+            found.append(f"data.{key} ({data})")
+    return found
+
+
 def prepare_output_dir(folder: Path, recipe: dict[str, Any], *, resume: str | None, overwrite: bool) -> None:
-    """Refuses to train into a folder holding a run unless ``resume`` or ``overwrite`` says how; with ``overwrite``
-    removes the old run's checkpoints and record; with ``resume`` checks the recipe against the recorded one."""
+    """Refuses to train into a folder holding a run unless ``resume`` or ``overwrite`` says how, or into a folder
+    holding a model, a tokenizer or the data (:func:`foreign_files`) unless ``overwrite``; with ``overwrite`` removes
+    the old run's checkpoints and record; with ``resume`` checks the recipe against the recorded one."""
     if resume is not None and overwrite:
         raise RecipeError("--resume and --overwrite contradict each other: resume the run, or replace it")
     if resume is None and holds_run(folder) and not overwrite:
         raise RecipeError(f"training.output_dir {str(folder)!r} already holds a run; continue it with --resume latest "
                           "(or --resume CHECKPOINT_DIR), replace it with --overwrite, or choose another "
                           "training.output_dir")  # fmt: skip
+    foreign = [] if overwrite or holds_run(folder) else foreign_files(folder, recipe)
+    if foreign:
+        raise RecipeError(f"training.output_dir {str(folder)!r} holds {foreign[0]}, not a gold run: the trained "
+                          "student would be saved over it or beside it; choose another training.output_dir (or save "
+                          "over it with --overwrite)")  # fmt: skip
     if resume is not None and (folder / RUN_FILE).is_file():
         try:
             recorded = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))["recipe"]

@@ -111,6 +111,9 @@ def _check_training(training: Mapping[str, Any]) -> None:
     for key, value in training.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise RecipeError(f"training.{key} must be a finite number, got {value!r}")
+    if "output_dir" in training and (not isinstance(training["output_dir"], str) or not training["output_dir"].strip()):
+        raise RecipeError(f"training.output_dir must be a folder path, got {training['output_dir']!r}; give the "
+                          "folder for checkpoints and the student, e.g. out/run (left out: out/gold)")  # fmt: skip
     steps = training.get("max_steps", -1)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps == 0 or steps < -1:
         raise RecipeError(f"training.max_steps must be a positive integer (or -1: use num_train_epochs), got {steps!r}")

@@ -68,6 +68,8 @@ class Example:
     # the teacher's own prompt (self-distillation with privileged information, e.g. the reference solution); the
     # student never sees it. None: the teacher gets ``prompt`` too
     teacher_prompt: str | Messages | None = None
+    # where the row came from (``data.jsonl line 7``), named when a reward function fails on it; None: made in code
+    label: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         prompt, completion = move_seam_whitespace(self.prompt, self.completion)

@@ -7,6 +7,8 @@ that are not UTF-8 are refused with their offset.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -54,7 +56,8 @@ def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig, 
     teacher_prompt = _teacher_prompt(row, where)
     used = (config.prompt_field, config.completion_field, config.messages_field, config.ended_field)
     fields = {key: value for key, value in row.items() if key not in used}
-    return Example(prompt=prompt, completion=completion, ended=ended, fields=fields, teacher_prompt=teacher_prompt)
+    return Example(prompt=prompt, completion=completion, ended=ended, fields=fields, teacher_prompt=teacher_prompt,
+                   label=label)  # fmt: skip
 
 
 def _prompt_completion(prompt: Any, completion: Any, config: DataConfig, where: str) -> tuple[str | Messages, Any]:
@@ -139,7 +142,7 @@ def read_rows(path: str | Path, *, what: str = "data.path", name: str | None = N
         return _dataset_folder(source, what)
     if not source.is_file() and is_hub_id(str(path)):
         rows = list(hub_dataset(str(path), config=name, split=split, streaming=False))
-        return _rows(rows, [f"{path} [{split}] row {index}" for index in range(len(rows))])
+        return _rows(rows, [f"{path} [{split}] row {index + 1}" for index in range(len(rows))])
     if not source.is_file():
         raise DataError(f"{what} {str(source)!r} does not exist")
     if source.suffix in TABLES:
@@ -157,7 +160,7 @@ def read_rows(path: str | Path, *, what: str = "data.path", name: str | None = N
         raise DataError(f"{what} {str(source)!r}: a .json file must hold a list of rows (or use .jsonl, a row a line)")
     if not rows:
         raise DataError(f"{what} {str(source)!r} holds an empty list; it needs rows")
-    return _rows(rows, [f"{source} row {index}" for index in range(len(rows))])
+    return _rows(rows, [f"{source} row {index + 1}" for index in range(len(rows))])
 
 
 def _jsonl(text: str, source: Path) -> Rows:
@@ -185,7 +188,8 @@ def decode_utf8(data: bytes, source: Path, what: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"{what} {str(source)!r} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{what} {str(source)!r} line {line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
                         f"{err.start}); re-save it as UTF-8") from None  # fmt: skip
     if text.startswith("\ufeff"):
         warnings.warn(f"{what} {str(source)!r} starts with a UTF-8 byte-order mark; ignored", stacklevel=3)
@@ -206,20 +210,39 @@ def _dataset_folder(source: Path, what: str) -> Rows:
     rows = list(loaded)
     if not rows:
         raise DataError(f"{what} {str(source)!r} holds no rows")
-    return _rows(rows, [f"{source} row {index}" for index in range(len(rows))])
+    return _rows(rows, [f"{source} row {index + 1}" for index in range(len(rows))])
 
 
 def _table(source: Path, what: str) -> Rows:
     import datasets
+    from datasets.exceptions import DatasetGenerationError
 
+    if source.suffix == ".csv":
+        _check_csv(source, what)
     try:
         loaded = datasets.load_dataset(TABLES[source.suffix], data_files=str(source), split="train")
-    except (ValueError, OSError) as err:
-        raise DataError(f"{what} {str(source)!r}: not a readable {source.suffix[1:]} table ({err})") from None
+    except (ValueError, OSError, DatasetGenerationError) as err:
+        cause = err.__cause__ or err.__context__ or err  # datasets wraps the parser's error
+        raise DataError(f"{what} {str(source)!r}: not a readable {source.suffix[1:]} table ({cause})") from None
     rows = list(loaded)
     if not rows:
         raise DataError(f"{what} {str(source)!r} holds no rows")
-    return _rows(rows, [f"{source} row {index}" for index in range(len(rows))])
+    return _rows(rows, [f"{source} row {index + 1}" for index in range(len(rows))])
+
+
+def _check_csv(source: Path, what: str) -> None:
+    """Every CSV record has the header's number of fields and every quote is closed, or :class:`DataError` naming
+    the file and the line (``datasets``' parser names neither)."""
+    reader = csv.reader(io.StringIO(_utf8(source, what), newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        for record in reader:
+            if record and len(record) != len(header or ()):
+                raise DataError(f"{source} line {reader.line_num}: {len(record)} fields, the header has "
+                                f"{len(header or ())}; quote a field that holds a comma (\"a, b\")")  # fmt: skip
+    except csv.Error as err:
+        raise DataError(f"{source} line {reader.line_num}: not valid CSV ({err}); close the quote or escape it "
+                        "(\"\" inside a quoted field)") from None  # fmt: skip
 
 
 class ExampleStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
@@ -273,7 +296,7 @@ def _datasets_stream(config: DataConfig) -> Iterator[tuple[str, Any]]:
     else:
         stream = hub_dataset(config.path, config=config.name, split=config.split, streaming=True)
     for index, row in enumerate(stream):
-        yield f"{config.path} row {index}", row
+        yield f"{config.path} row {index + 1}", row
 
 
 def check_prompt_lengths(

@@ -95,7 +95,7 @@ def task_accuracy(
     return sum(check(a, c) for a, c in zip(answers, completions, strict=True)) / max(len(prompts), 1)
 
 
-def _prompt_of(row: Mapping[str, Any], index: int) -> str | Messages:
+def _prompt_of(row: Mapping[str, Any], where: str) -> str | Messages:
     if "messages" in row:
         turns = tuple(row["messages"])
         return turns[:-1] if turns and turns[-1].get("role") == "assistant" else turns
@@ -103,17 +103,17 @@ def _prompt_of(row: Mapping[str, Any], index: int) -> str | Messages:
         return seam_prompt(str(row["prompt"]))  # sampled where the model writes a trailing space itself
     if "text" in row:
         return ""
-    raise DataError(f"row {index} has fields {sorted(row)}; gold eval reads 'prompt', 'messages' or 'text'")
+    raise DataError(f"{where} has fields {sorted(row)}; gold eval reads 'prompt', 'messages' or 'text'")
 
 
-def _example_of(row: Mapping[str, Any], index: int) -> Example:
+def _example_of(row: Mapping[str, Any], where: str) -> Example:
     """A plain ``text`` row is scored from its start, as text (no end token unless the row says ``"ended": true``);
     other rows are read as for training."""
     if "text" in row and "prompt" not in row and "messages" not in row:
         if not row["text"]:
-            raise DataError(f"row {index}: the text is empty; drop the row")
+            raise DataError(f"{where}: the text is empty; drop the row")
         return Example("", str(row["text"]), ended=row.get("ended") is True)
-    return example_from_row(row, index=index, config=DataConfig(path="<eval>"))
+    return example_from_row(row, index=0, config=DataConfig(path="<eval>"), label=where)
 
 
 def eval_set(
@@ -124,19 +124,24 @@ def eval_set(
     samples_per_prompt: int = 0,
     max_new_tokens: int = 64,
     seed: int = 0,
+    labels: Sequence[str] | None = None,
 ) -> EvalSet:
-    """Examples from rows: their own completions, or ``samples_per_prompt`` teacher samples per prompt."""
+    """Examples from rows: their own completions, or ``samples_per_prompt`` teacher samples per prompt. ``labels``
+    name the rows in errors (``held_out.jsonl line 7``, as :func:`gold.data.files.read_rows` gives them); default
+    ``row N``, counted from 1 as lines are."""
     if not rows:
         raise DataError("the evaluation set is empty")
-    prompts = [_prompt_of(row, i) for i, row in enumerate(rows)]
+    where = list(labels) if labels is not None else [f"row {index + 1}" for index in range(len(rows))]
+    prompts = [_prompt_of(row, where[i]) for i, row in enumerate(rows)]
     answers = None
     if answer_field is not None:
-        missing = [i for i, row in enumerate(rows) if answer_field not in row]
+        missing = [where[i] for i, row in enumerate(rows) if answer_field not in row]
         if missing:
-            raise DataError(f"rows {missing[:5]} have no {answer_field!r} field for task accuracy")
+            raise DataError(f"{', '.join(missing[:5])} {'has' if len(missing) == 1 else 'have'} no {answer_field!r} "
+                            "field for task accuracy")  # fmt: skip
         answers = [str(row[answer_field]) for row in rows]
     if samples_per_prompt <= 0:
-        examples = [_example_of(row, i) for i, row in enumerate(rows)]
+        examples = [_example_of(row, where[i]) for i, row in enumerate(rows)]
         return EvalSet(examples, answers, "file", prompts)
     if teacher is None:
         raise DataError("--sample-teacher needs --teacher")
@@ -274,6 +279,17 @@ def write_json(path: Path, scores: Sequence[ModelScore], data: EvalSet, extra: M
                "models": [asdict(s) for s in scores]}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def check_plot_path(path: Path) -> None:
+    """Raises ``ValueError`` naming ``path`` when matplotlib cannot write its format (known by the suffix; none: PNG),
+    so that ``--plot`` fails before the scoring, not after it."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix and path.suffix[1:].lower() not in formats:
+        raise ValueError(f"--plot {str(path)!r}: matplotlib writes no {path.suffix!r} files; end the name with one of "
+                         f"{', '.join('.' + name for name in sorted(formats))}")  # fmt: skip
 
 
 def plot_steps(path: Path, scores: Sequence[ModelScore]) -> None:

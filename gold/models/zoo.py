@@ -237,12 +237,15 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
     return AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
 
 
+# the files a saved tokenizer has at least one of
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def check_tokenizer_folder(folder: Path) -> None:
     """Raises ``ValueError`` naming ``folder`` when it holds no tokenizer files."""
-    files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-    if not any((folder / file).is_file() for file in files):
-        raise ValueError(f"folder {str(folder)!r} holds no tokenizer (none of {', '.join(files)}); save one there with "
-                         "tokenizer.save_pretrained(DIR), or name the tokenizer separately")  # fmt: skip
+    if not any((folder / file).is_file() for file in TOKENIZER_FILES):
+        raise ValueError(f"folder {str(folder)!r} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save one "
+                         "there with tokenizer.save_pretrained(DIR), or name the tokenizer separately")  # fmt: skip
 
 
 def refuse_custom_code(folder: str | Path, *, trust_remote_code: bool) -> None:

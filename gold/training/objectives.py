@@ -67,7 +67,8 @@ class Objectives:
         repeated = [e for e in examples for _ in range(copies)]
         keys = sorted({key for e in examples for key in e.fields})
         columns = {key: [e.fields.get(key) for e in repeated] for key in keys}
-        rewards = compute_rewards(self.reward_funcs, [e.prompt for e in repeated], batch.completions, columns)
+        rewards = compute_rewards(self.reward_funcs, [e.prompt for e in repeated], batch.completions, columns,
+                                  labels=[e.label for e in repeated])  # fmt: skip
         for column, func in enumerate(self.reward_funcs):
             self._metrics[f"rewards/{getattr(func, '__name__', column)}"].append(float(rewards[:, column].nanmean()))
         advantages = group_advantages(rewards, copies, self.loss_config.reward_weights)

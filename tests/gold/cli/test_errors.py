@@ -22,6 +22,9 @@ BAD_RECIPES = {
     "not utf-8": (b"student: caf\xe9\n", "not UTF-8"),
 }
 
+CSV_FIELDS = "prompt,completion\na,b\nc,d,e\n"  # line 3: a comma not quoted
+CSV_QUOTE = 'prompt,completion\n"a"b,c\n'  # line 2: text after a closing quote
+
 
 def _write(path: Path, content: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +43,13 @@ def _data(tmp: Path, content: str | bytes) -> list[str]:
     return _train(tmp, f"data.path={_write(tmp / 'bad.jsonl', content)}")
 
 
+def _data_at(tmp: Path, name: str, content: str) -> list[str]:
+    """``gold train`` on the data file ``name`` (any characters: given as a double-quoted YAML string)."""
+    _write(tmp / name, content)
+    quoted = json.dumps(f"{tmp}/{name}")  # JSON string escapes are YAML double-quoted escapes
+    return _train(tmp, f"data.path={quoted}")
+
+
 def _folder(tmp: Path, *, weights: bool, tokenizer: bool) -> Path:
     """A model folder saved from a tiny model, then stripped of its weights or tokenizer files."""
     from gold.models.build import tiny_model
@@ -54,9 +64,21 @@ def _folder(tmp: Path, *, weights: bool, tokenizer: bool) -> Path:
     return folder
 
 
+def _own_folder(tmp: Path) -> Path:
+    """A whole model folder (weights and tokenizer): the student starts from it."""
+    return _folder(tmp, weights=True, tokenizer=True)
+
+
 def _long_third_prompt(tmp: Path) -> Path:
     rows = [{"prompt": "Hi\n", "completion": "Hello."}] * 2 + [{"prompt": "word " * 40, "completion": "Done."}]
     return _write(tmp / "long.jsonl", "\n".join(json.dumps(r) for r in rows))
+
+
+def _checkpoint(tmp: Path) -> Path:
+    """An (empty) checkpoint folder of a run: ``gold eval --checkpoints`` accepts the run before anything loads."""
+    folder = tmp / "run" / "checkpoint-1"
+    folder.mkdir(parents=True)
+    return folder
 
 
 def _blocker(tmp: Path) -> Path:
@@ -76,6 +98,13 @@ CASES = {
     "weight inf": (lambda t: _train(t, "loss.hybrid_weight=.inf"), "hybrid_weight must be a finite number"),
     "learning rate 1e30": (lambda t: _train(t, "training.learning_rate=1e30"), "learning_rate must be a number in"),
     "sampling temperature": (lambda t: _train(t, "rollout.temperature=1e-9"), "temperature must be 0 (greedy) or in"),
+    "reward_funcs a string": (
+        lambda t: _train(t, "loss.opd_weight=1", "loss.reward_funcs=examples.rewards:names_the_answer"),
+        "reward_funcs must be a list of 'module:function' names, got 'examples.rewards:names_the_answer'",
+    ),
+    "output_dir null": (lambda t: _train(t, "training.output_dir=null"), "output_dir must be a folder path, got None"),
+    "output_dir a number": (lambda t: _train(t, "training.output_dir=5"), "output_dir must be a folder path, got 5"),
+    "output_dir empty": (lambda t: _train(t, 'training.output_dir=""'), "output_dir must be a folder path, got ''"),
     # data
     "data empty": (lambda t: _data(t, "\n\n"), "bad.jsonl' is empty"),
     "data json error line": (lambda t: _data(t, '{"prompt": "a", "completion": "b"}\n\n{"prompt": \n'), "line 3: not"),
@@ -86,6 +115,18 @@ CASES = {
         "role 'wizard'",
     ),
     "data not utf-8": (lambda t: _data(t, b'{"prompt": "caf\xe9", "completion": "b"}\n'), "not UTF-8 text (byte 0xe9"),
+    "data not utf-8, line 2": (
+        lambda t: _data(t, b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n'),
+        "bad.jsonl' line 2: not UTF-8 text (byte 0xe9 at offset 50)",
+    ),
+    "data csv fields": (
+        lambda t: _train(t, f"data.path={_write(t / 'bad.csv', CSV_FIELDS)}"),
+        "bad.csv line 3: 3 fields, the header has 2",
+    ),
+    "data csv quote": (
+        lambda t: _train(t, f"data.path={_write(t / 'bad.csv', CSV_QUOTE)}"),
+        "bad.csv line 2: not valid CSV",
+    ),
     "data a list row": (lambda t: _data(t, "[1, 2]\n"), "line 1: a row must be an object"),
     "prompt over the limit, third row": (
         lambda t: _train(t, "rollout.max_prompt_length=12", f"data.path={_long_third_prompt(t)}"),
@@ -95,6 +136,26 @@ CASES = {
     "output_dir unwritable": (
         lambda t: _train(t, f"training.output_dir={_blocker(t) / 'out'}"),
         "training.output_dir",
+    ),
+    "output_dir is the student's model folder": (
+        lambda t: _train(t, f"student.model={_own_folder(t)}", "student.tiny={}", f"training.output_dir={t / 'model'}"),
+        "holds model weights",
+    ),
+    "output_dir holds a tokenizer": (
+        lambda t: _train(t, f"training.output_dir={_folder(t, weights=False, tokenizer=True)}"),
+        "holds a tokenizer",
+    ),
+    "output_dir holds the data": (
+        lambda t: _train(t, f"data.path={_write(t / 'out' / 'rows.jsonl', json.dumps(ROWS[0]))}"),
+        "holds data.path",
+    ),
+    "output_dir with ESC and BEL": (
+        lambda t: _train(t, f'training.output_dir="{t}/\\e[31mred\\a"', "--resume", "latest"),
+        "holds no whole checkpoint",
+    ),
+    "data path with ESC and BEL": (
+        lambda t: _data_at(t, "\x1b]0;title\x07.jsonl", '{"prompt": \n'),
+        "line 1: not valid JSON",
     ),
     "resume missing folder": (lambda t: _train(t, "--resume", str(t / "nowhere")), "nowhere: no such folder"),
     "resume not a checkpoint": (
@@ -118,6 +179,14 @@ CASES = {
     "eval --plot unwritable": (
         lambda t: ["eval", "--data", "d.jsonl", "--checkpoints", str(t), "--plot", str(_blocker(t) / "p.png")],
         "--plot",
+    ),
+    "eval --plot format": (
+        lambda t: ["eval", "--data", "d", "--checkpoints", str(_checkpoint(t).parent), "--plot", str(t / "p.xyz")],
+        "matplotlib writes no '.xyz' files",
+    ),
+    "eval row numbers": (
+        lambda t: ["eval", "--data", str(_write(t / "e.jsonl", f"{json.dumps(ROWS[0])}\n{{}}\n")), "--teacher", "x"],
+        "e.jsonl line 2 has fields []",
     ),
     "eval --limit 0": (lambda t: ["eval", "--data", "d.jsonl", "--limit", "0"], "--limit: must be >= 1, got 0"),
     "eval --batch-size": (lambda t: ["eval", "--data", "d", "--batch-size", "-2"], "--batch-size: must be >= 1"),
@@ -156,12 +225,20 @@ CASES = {
     ),
     "demo --steps 0": (lambda t: ["demo", "--steps", "0"], "--steps: must be >= 1, got 0"),
     "demo --out unwritable": (lambda t: ["demo", "--out", str(_blocker(t) / "demo")], "--out"),
+    "demo --alignment-only --out unwritable": (
+        lambda t: ["demo", "--alignment-only", "--out", str(_blocker(t) / "demo")],
+        "--out",
+    ),
 }
 
 
 # the bad path itself must be named in these messages
 NAMES_THE_PATH = {"output_dir unwritable": "blocker/out", "eval --plot unwritable": "blocker",
-                  "align --html unwritable": "blocker", "demo --out unwritable": "blocker/demo"}  # fmt: skip
+                  "align --html unwritable": "blocker", "demo --out unwritable": "blocker/demo",
+                  "demo --alignment-only --out unwritable": "blocker/demo"}  # fmt: skip
+# names with control characters: the line shows them escaped (issue 29, item 10)
+ESCAPED = {"output_dir with ESC and BEL": "/\\x1b[31mred\\x07",
+           "data path with ESC and BEL": "/\\x1b]0;title\\x07.jsonl"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -179,6 +256,7 @@ def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys, monke
     monkeypatch.setattr(gold.cli.run, "build_model", no_model)  # gold train
     monkeypatch.setattr(gold.evaluation.run, "load_scored_model", no_model)  # gold eval
     monkeypatch.setattr(gold.cli.commands, "demo_main", no_model)  # gold demo
+    monkeypatch.setattr(gold.cli.commands, "_load", no_model)  # gold align, gold demo --alignment-only
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -189,6 +267,9 @@ def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys, monke
     assert expected in lines[0], lines[0]
     if name in NAMES_THE_PATH:
         assert f"{tmp_path}/{NAMES_THE_PATH[name]}'" in lines[0], lines[0]
+    if name in ESCAPED:
+        assert ESCAPED[name] in lines[0], lines[0]
+    assert "\x1b" not in lines[0] and "\x07" not in lines[0], lines[0]  # a raw ESC or BEL drives the terminal
 
 
 def test_a_refused_yaml_tag_is_one_line_from_the_console_script(tmp_path) -> None:
@@ -212,3 +293,26 @@ def test_jsonl_splits_on_newlines_only_and_names_a_bom(tmp_path) -> None:
     with pytest.warns(UserWarning, match="byte-order mark"):
         read = read_rows(path)
     assert list(read) == rows and read.labels == [f"{path} line 1", f"{path} line 2"]
+
+
+def test_overwrite_saves_over_a_model_folder_and_a_run_folder_is_not_foreign(tmp_path) -> None:
+    """A model folder as training.output_dir is refused unless --overwrite (issue 29, item 5); a finished run's
+    folder holds weights and a tokenizer too, and stays the run's (--resume goes on with it)."""
+    from gold.cli.guard import RUN_FILE, prepare_output_dir
+    from gold.cli.recipe import RecipeError
+
+    recipe = {"data": {"path": str(tmp_path / "rows.jsonl"), "eval_path": None}}
+    _write(tmp_path / "model" / "model.safetensors", b"")
+    with pytest.raises(RecipeError, match="holds model weights"):
+        prepare_output_dir(tmp_path / "model", recipe, resume=None, overwrite=False)
+    prepare_output_dir(tmp_path / "model", recipe, resume=None, overwrite=True)
+    _write(tmp_path / "model" / RUN_FILE, json.dumps({"recipe": recipe}))
+    prepare_output_dir(tmp_path / "model", recipe, resume="latest", overwrite=False)
+
+
+def test_printed_paths_are_escaped(tmp_path, capsys) -> None:
+    """A path gold prints after the work (here the HTML view's) shows ESC and BEL escaped (issue 29, item 10)."""
+    page = tmp_path / "\x1b]0;title\x07.html"
+    assert main(["align", "--student", "qwen2.5", "--teacher", "llama-3", "12345", "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert page.is_file() and "\\x1b]0;title\\x07.html" in out and "\x1b" not in out and "\x07" not in out

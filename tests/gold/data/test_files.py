@@ -39,7 +39,7 @@ def test_tables_read_as_rows(tmp_path, suffix) -> None:
     table.to_parquet(str(path)) if suffix == ".parquet" else table.to_csv(str(path), index=False)
     rows = read_rows(path)
     assert [(r["prompt"], r["completion"]) for r in rows] == [(r["prompt"], r["completion"]) for r in TEXT_ROWS]
-    assert rows.labels[2] == f"{path} row 2"
+    assert rows.labels[2] == f"{path} row 3"  # 1-based, as lines are
 
 
 def test_hub_ids_name_the_download_when_offline(offline) -> None:

@@ -4,6 +4,7 @@ reward functions are named."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_advantages_equal_trls_group_normalised_advantages(seed) -> None:
 def test_bad_reward_functions_are_named() -> None:
     with pytest.raises(RewardError, match=r"must look like 'package\.module:function'"):
         load_reward_funcs(["no_colon"])
-    with pytest.raises(RewardError, match="module 'no_such_module_xyz' cannot be imported"):
+    with pytest.raises(RewardError, match="no module 'no_such_module_xyz' on the path"):
         load_reward_funcs(["no_such_module_xyz:reward"])
     with pytest.raises(RewardError, match="'math' has no function 'nope'"):
         load_reward_funcs(["math:nope"])
@@ -63,8 +64,59 @@ def test_bad_reward_functions_are_named() -> None:
 
     with pytest.raises(RewardError, match="'short' returned 1 rewards for 2 completions"):
         compute_rewards([short], ["p", "p"], ["a", "b"], {})
-    with pytest.raises(RewardError, match="'infinite' returned inf for completion 0"):
+    with pytest.raises(RewardError, match="'infinite' returned inf for completion 1 of 2;"):
         compute_rewards([infinite], ["p", "p"], ["a", "b"], {})
+
+
+def test_a_reward_that_raises_is_named_with_the_row() -> None:
+    """Issue 29, item 9: the function, its error and the row it failed on (counted from 1, with the row's file and
+    line), not a bare traceback from inside the training step."""
+
+    def fragile(prompts, completions, **columns):
+        return [1.0 / (len(c) - 2) for c in completions]
+
+    labels = ["data.jsonl line 1", "data.jsonl line 1", "data.jsonl line 4"]
+    with pytest.raises(RewardError, match=r"'fragile' raised ZeroDivisionError: float division by zero on completion "
+                       r"2 of 3 \(data\.jsonl line 1\); fix it"):  # fmt: skip
+        compute_rewards([fragile], ["p"] * 3, ["abc", "ab", "abcd"], {}, labels=labels)
+
+
+def _module(folder, name: str, source: str):
+    """A module file ``name`` (dots: packages) in ``folder``, whose import leaves ``folder/ran-<name>`` behind."""
+    path = folder.joinpath(*name.split(".")).with_suffix(".py")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for package in path.relative_to(folder).parents:
+        if str(package) != ".":
+            (folder / package / "__init__.py").write_text(f"open({str(folder / f'ran-{package}')!r}, 'w').close()\n")
+    path.write_text(f"open({str(folder / f'ran-{name}')!r}, 'w').close()\n{source}")
+    return folder / f"ran-{name}"
+
+
+def test_reward_modules_are_checked_before_they_run(tmp_path, monkeypatch) -> None:
+    """Issue 29, item 11: a module that does not define the named function is refused from its source, without
+    running it or its package; one that does is imported (its code then runs: the trust model of reward_funcs)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = ("gold_t29_plain", "gold_t29_pkg", "gold_t29_pkg.rewards", "gold_t29_broken")
+    try:
+        plain = _module(tmp_path, "gold_t29_plain", "def helper(prompts, completions, **kw):\n    return []\n")
+        with pytest.raises(RewardError, match=r"defines no 'reward' at its top level; .*\(the module was not imported"):
+            load_reward_funcs(["gold_t29_plain:reward"])
+        assert not plain.exists()
+        nested = _module(tmp_path, "gold_t29_pkg.rewards", "try:\n    from math import fabs as reward\nexcept "
+                         "ImportError:\n    def reward(prompts, completions, **kw):\n        return []\n")  # fmt: skip
+        with pytest.raises(RewardError, match="defines no 'other'"):
+            load_reward_funcs(["gold_t29_pkg.rewards.other"])
+        assert not nested.exists() and not (tmp_path / "ran-gold_t29_pkg").exists()
+        broken = _module(tmp_path, "gold_t29_broken", "def reward(:\n")
+        with pytest.raises(RewardError, match=r"gold_t29_broken\.py is not valid Python"):
+            load_reward_funcs(["gold_t29_broken:reward"])
+        assert not broken.exists()
+        with pytest.raises(RewardError, match="no module 'gold_t29_missing' on the path"):
+            load_reward_funcs(["gold_t29_missing:reward"])
+        assert load_reward_funcs(["gold_t29_pkg.rewards:reward"]) == [math.fabs] and nested.exists()
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
 
 
 def test_rewards_see_the_rows_columns_and_shape_the_advantages(tmp_path, student_tokenizer,
@@ -207,3 +259,30 @@ def test_opd_gradient_through_the_trainer_is_reinforce_on_group_likelihoods(tmp_
     reference.backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(ours[name].double(), p.grad.double(), rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gold_train_names_a_raising_reward_its_row_and_the_last_checkpoint(tmp_path, monkeypatch, capsys) -> None:
+    """Issue 29, item 9, through the command line: one line with the step, the function, the row and the
+    checkpoint to go on from."""
+    from gold.cli import main
+    from tests.gold.cli.test_commands import _recipe
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "gold_t29_flaky.py").write_text(
+        "calls = []\n\ndef flaky(prompts, completions, **columns):\n    calls.append(1)\n"
+        "    if len(calls) > 1:\n        raise KeyError('score')\n    return [float(len(c)) for c in completions]\n"
+    )
+    argv = ["train", str(_recipe(tmp_path)), "loss.opd_weight=1", "loss.hybrid_weight=0", "loss.opd_alpha=0",
+            "loss.reward_funcs=[gold_t29_flaky:flaky]", "rollout.lmbda=1", "rollout.num_generations=2",
+            "rollout.temperature=1", "training.max_steps=3", "training.save_strategy=steps",
+            "training.save_steps=1"]  # fmt: skip
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+    finally:
+        sys.modules.pop("gold_t29_flaky", None)
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("gold train: at step 2: reward function 'flaky' raised KeyError: 'score' on completion 1 of")
+    assert f"({tmp_path / 'rows.jsonl'} line " in line, line
+    assert line.endswith(f"the last whole checkpoint is {tmp_path / 'out' / 'checkpoint-1'}"), line
