@@ -33,7 +33,7 @@ from alignment import (
 from gold.cli.checks import CommandError, OneLineParser, at_least, read_utf8, writable_dir, writable_file
 from gold.cli.demo import DemoSettings
 from gold.cli.demo import run_demo as demo_main
-from gold.cli.guard import clear_run, prepare_output_dir, record_run, resolve_resume
+from gold.cli.guard import check_resume, clear_run, prepare_output_dir, record_run, resolve_resume
 from gold.cli.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
 from gold.cli.run import build_trainer, check_model_folder
 from gold.cli.teacher_cache import add_teacher_cache, run_teacher_cache
@@ -201,14 +201,15 @@ def run_train(args: argparse.Namespace) -> int:
         output_dir = Path(config.training.get("output_dir", DEFAULT_OUTPUT_DIR))
         writable_dir(output_dir, "training.output_dir")
         prepare_output_dir(output_dir, recipe, resume=args.resume, overwrite=args.overwrite)  # before any loading
-        resume, skipped = resolve_resume(output_dir, args.resume)
+        resume, notes = resolve_resume(output_dir, args.resume)
+        notes += check_resume(Path(resume), recipe) if resume is not None else []
         trainer = build_trainer(config)
     except (RecipeError, DataError, CheckpointError, ZooPackageMissing, ValueError, ImportError, OSError) as err:
         raise CommandError(f"gold train: {err}") from None
     if args.overwrite:
         clear_run(output_dir)  # only now that the new run is known to start
-    for note in skipped if trainer.is_world_process_zero() else []:
-        print(f"gold train: skipping incomplete checkpoint {note}", file=sys.stderr)
+    for note in notes if trainer.is_world_process_zero() else []:
+        print(f"gold train: {note}", file=sys.stderr)
     if trainer.is_world_process_zero():
         record_run(output_dir, recipe)
         _show_first_alignment(trainer)
