@@ -266,8 +266,8 @@ def run_eval(args: argparse.Namespace) -> int:
         for path, flag in ((args.json, "--json"), (args.plot, "--plot")):
             if path is not None:
                 writable_file(path, flag)  # before the scoring, not after it
-        for run_dir in args.checkpoints:
-            eval_run.checkpoints(run_dir)  # names a folder without checkpoints before the teacher loads
+        # a folder without whole checkpoints is named before the teacher loads; damaged checkpoints are skipped
+        runs = [(run_dir, *eval_run.checkpoints(run_dir)) for run_dir in args.checkpoints]
         for spec in [*args.student, *([args.teacher] if args.teacher else [])]:
             if Path(spec).is_dir():
                 check_model_folder(Path(spec))
@@ -275,13 +275,16 @@ def run_eval(args: argparse.Namespace) -> int:
         rows = read_rows(str(args.data), what="--data")[: args.limit]
         # every row checked before a model loads (with --sample-teacher, after: its completions are the teacher's)
         data = None if args.sample_teacher else eval_run.eval_set(rows, answer_field=args.answer_field)
+        skipped = [note for _, _, notes in runs for note in notes]
+        for note in skipped:
+            print(f"gold eval: skipping checkpoint {note}", file=sys.stderr)
         teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
         data = data or eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
                                          samples_per_prompt=args.sample_teacher,
                                          max_new_tokens=args.max_new_tokens)  # fmt: skip
         students = [(spec, None, spec) for spec in args.student]
-        for run_dir in args.checkpoints:
-            students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in eval_run.checkpoints(run_dir)]
+        for run_dir, whole, _ in runs:
+            students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in whole]
         options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
                    "cache": eval_run.AgreementCache(), "stop_samples": args.stop_samples,
                    "student_samples": args.sample_student}  # fmt: skip
@@ -298,7 +301,8 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"{len(data.examples)} examples from {args.data} ({data.source})\n")
     print(eval_run.format_table(scores))
     if args.json:
-        eval_run.write_json(args.json, scores, data, {"data": str(args.data), "teacher": args.teacher})
+        extra = {"data": str(args.data), "teacher": args.teacher, "skipped_checkpoints": skipped}
+        eval_run.write_json(args.json, scores, data, extra)
         print(f"\nscores written to {args.json}")
     if args.plot:
         eval_run.plot_steps(args.plot, scores)

@@ -181,6 +181,10 @@ CASES = {
         lambda t: ["eval", "--data", "d.jsonl", "--checkpoints", str(t / "run")],
         "run' is not a folder",
     ),
+    "eval checkpoints all damaged": (
+        lambda t: ["eval", "--data", "d.jsonl", "--checkpoints", str(_cut(_run(t), "model.safetensors").parent)],
+        "out holds no whole checkpoint: ",
+    ),
     "eval student without weights": (
         lambda t: ["eval", "--data", "d.jsonl", "--student", str(_folder(t, weights=False, tokenizer=True))],
         "holds no weights",
