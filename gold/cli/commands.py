@@ -33,7 +33,7 @@ from alignment import (
 from gold.cli.checks import CommandError, OneLineParser, at_least, read_utf8, say, writable_dir, writable_file
 from gold.cli.demo import DemoSettings
 from gold.cli.demo import run_demo as demo_main
-from gold.cli.guard import clear_run, prepare_output_dir, record_run, resolve_resume
+from gold.cli.guard import check_resume, clear_run, prepare_output_dir, record_run, resolve_resume
 from gold.cli.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
 from gold.cli.run import build_trainer, check_model_folder
 from gold.cli.teacher_cache import add_teacher_cache, run_teacher_cache
@@ -199,14 +199,15 @@ def run_train(args: argparse.Namespace) -> int:
         output_dir = Path(config.training.get("output_dir", DEFAULT_OUTPUT_DIR))
         writable_dir(output_dir, "training.output_dir")
         prepare_output_dir(output_dir, recipe, resume=args.resume, overwrite=args.overwrite)  # before any loading
-        resume, skipped = resolve_resume(output_dir, args.resume)
+        resume, notes = resolve_resume(output_dir, args.resume)
+        notes += check_resume(Path(resume), recipe) if resume is not None else []
         trainer = build_trainer(config)
     except (RecipeError, DataError, CheckpointError, ZooPackageMissing, ValueError, ImportError, OSError) as err:
         raise CommandError(f"gold train: {err}") from None
     if args.overwrite:
         clear_run(output_dir)  # only now that the new run is known to start
-    for note in skipped if trainer.is_world_process_zero() else []:
-        say(f"gold train: skipping incomplete checkpoint {note}", file=sys.stderr)
+    for note in notes if trainer.is_world_process_zero() else []:
+        say(f"gold train: {note}", file=sys.stderr)
     if trainer.is_world_process_zero():
         record_run(output_dir, recipe)
         _show_first_alignment(trainer)
@@ -265,8 +266,8 @@ def run_eval(args: argparse.Namespace) -> int:
                 writable_file(path, flag)  # before the scoring, not after it
         if args.plot is not None:
             eval_run.check_plot_path(args.plot)
-        for run_dir in args.checkpoints:
-            eval_run.checkpoints(run_dir)  # names a folder without checkpoints before the teacher loads
+        # a folder without whole checkpoints is named before the teacher loads; damaged checkpoints are skipped
+        runs = [(run_dir, *eval_run.checkpoints(run_dir)) for run_dir in args.checkpoints]
         for spec in [*args.student, *([args.teacher] if args.teacher else [])]:
             if Path(spec).is_dir():
                 check_model_folder(Path(spec))
@@ -275,13 +276,16 @@ def run_eval(args: argparse.Namespace) -> int:
         rows, labels = read[: args.limit], read.labels[: args.limit]  # labels: file and line, as gold train's
         # every row checked before a model loads (with --sample-teacher, after: its completions are the teacher's)
         data = None if args.sample_teacher else eval_run.eval_set(rows, answer_field=args.answer_field, labels=labels)
+        skipped = [note for _, _, notes in runs for note in notes]
+        for note in skipped:
+            say(f"gold eval: skipping checkpoint {note}", file=sys.stderr)
         teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
         data = data or eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
                                          samples_per_prompt=args.sample_teacher, max_new_tokens=args.max_new_tokens,
                                          labels=labels)  # fmt: skip
         students = [(spec, None, spec) for spec in args.student]
-        for run_dir in args.checkpoints:
-            students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in eval_run.checkpoints(run_dir)]
+        for run_dir, whole, _ in runs:
+            students += [(str(path), step, f"{run_dir.name}@{step}") for step, path in whole]
         options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
                    "cache": eval_run.AgreementCache(), "stop_samples": args.stop_samples,
                    "student_samples": args.sample_student}  # fmt: skip
@@ -298,7 +302,8 @@ def run_eval(args: argparse.Namespace) -> int:
     say(f"{len(data.examples)} examples from {args.data} ({data.source})\n")
     say(eval_run.format_table(scores))
     if args.json:
-        eval_run.write_json(args.json, scores, data, {"data": str(args.data), "teacher": args.teacher})
+        extra = {"data": str(args.data), "teacher": args.teacher, "skipped_checkpoints": skipped}
+        eval_run.write_json(args.json, scores, data, extra)
         say(f"\nscores written to {args.json}")
     if args.plot:
         eval_run.plot_steps(args.plot, scores)

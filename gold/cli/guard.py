@@ -1,7 +1,9 @@
 """Never clobber a run: ``gold train`` into a folder that holds one refuses unless told how to go on, and a resumed
-run must have the recipe of the run it resumes (``gold_run.json`` in the output folder records it). Nor a model or a
-data set: a folder that holds model weights, a tokenizer or the training data is not an output folder (the final
-save would replace the weights the run started from)."""
+run must continue its checkpoint: a whole one (:func:`gold.models.checkpoint.verify_checkpoint`), of the same recipe
+(the one saved in the checkpoint, else the run record ``gold_run.json`` beside it or in the output folder), with its
+optimizer and scheduler state, and ``training.max_steps`` beyond its step. Nor a model or a data set: a folder that
+holds model weights, a tokenizer or the training data is not an output folder (the final save would replace the
+weights the run started from)."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from typing import Any
 
 from gold.cli.recipe import RecipeError
 from gold.models.build import WEIGHT_FILES
+from gold.models.checkpoint import RUN_FILE, checkpoint_run, checkpoint_step, split_checkpoints, verify_checkpoint
 from gold.models.zoo import TOKENIZER_FILES
-from gold.training.guard import STAGING, CheckpointError, last_checkpoint
+from gold.training.guard import STAGING, CheckpointError
 
-RUN_FILE = "gold_run.json"
 # training keys a resumed run may change: how long it runs, how often it logs, saves and evaluates, where it reports
 RESUMABLE = {"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps", "eval_steps",
              "report_to", "logging_dir", "run_name", "disable_tqdm", "output_dir"}  # fmt: skip
@@ -62,15 +64,22 @@ def prepare_output_dir(folder: Path, recipe: dict[str, Any], *, resume: str | No
                           "student would be saved over it or beside it; choose another training.output_dir (or save "
                           "over it with --overwrite)")  # fmt: skip
     if resume is not None and (folder / RUN_FILE).is_file():
-        try:
-            recorded = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))["recipe"]
-        except (ValueError, KeyError, TypeError):
-            raise RecipeError(f"{folder / RUN_FILE} is not a gold run record (no recipe in it); remove it to resume "
-                              "without the recipe check") from None  # fmt: skip
-        changed = differing_keys(recorded, recipe)
+        changed = differing_keys(recorded_recipe(folder / RUN_FILE), recipe)
         if changed:
             raise RecipeError(f"--resume: the recipe differs from the run's in {', '.join(changed)}; resume with the "
                               "run's recipe (its recipe.yaml) or start a new run in another output_dir")  # fmt: skip
+
+
+def recorded_recipe(record: Path) -> dict[str, Any]:
+    """The recipe in the run record ``record`` (a ``gold_run.json``); :class:`RecipeError` if it holds none."""
+    try:
+        recipe = json.loads(record.read_text(encoding="utf-8"))["recipe"]
+    except (ValueError, KeyError, TypeError):
+        recipe = None
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{record} is not a gold run record (no recipe in it); remove it to resume without the "
+                          "recipe check")  # fmt: skip
+    return recipe
 
 
 def clear_run(folder: Path) -> None:
@@ -120,40 +129,91 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resolve_resume(folder: Path, resume: str | None) -> tuple[str | None, list[str]]:
-    """The checkpoint ``--resume`` names (``latest``: the highest whole one in ``folder``) and a note per incomplete
-    checkpoint skipped on the way. Raises :class:`CheckpointError` naming the folder and what it lacks."""
+    """The checkpoint ``--resume`` names (``latest``: the highest whole one in ``folder``) and a note per incomplete or
+    damaged checkpoint skipped on the way. Raises :class:`CheckpointError` naming the folder and what is wrong."""
     if resume is None:
         return None, []
     if resume != "latest":
         return str(check_checkpoint(Path(resume))), []
-    skipped = [(path, "an interrupted save: it never got its name") for path in (folder / STAGING).glob("checkpoint-*")]
-    skipped += [(path, "no trainer_state.json: an interrupted save") for path in folder.glob("checkpoint-*")
-                if path.is_dir() and not (path / "trainer_state.json").is_file()]  # fmt: skip
-    last = last_checkpoint(folder)
-    notes = [f"{path} ({why})" for path, why in sorted(skipped) if last is None or _step(path) > _step(last)]
+    skipped = [(_step(path), path, "an interrupted save: it never got its name")
+               for path in (folder / STAGING).glob("checkpoint-*")]  # fmt: skip
+    whole, broken = split_checkpoints(folder)
+    last = whole[-1][1] if whole else None
+    notes = [f"{path} ({why})" for step, path, why in sorted(skipped + broken) if last is None or step > _step(last)]
     if last is None:
         found = f"; skipped {', '.join(notes)}" if notes else ""
         raise CheckpointError(f"--resume latest: {folder} holds no whole checkpoint{found}; start without --resume "
                               "(with --overwrite if the folder holds a run)")  # fmt: skip
-    return str(check_checkpoint(last)), notes
+    return str(last), [f"skipping incomplete checkpoint {note}; resuming {last}" for note in notes]
 
 
 def check_checkpoint(path: Path) -> Path:
-    """``path`` if it is a whole checkpoint folder: trainer state and weights (FSDP shards count)."""
+    """``path`` if it is a whole checkpoint folder (:func:`gold.models.checkpoint.verify_checkpoint`)."""
     if not path.exists():
         raise CheckpointError(f"--resume {path}: no such folder; give a checkpoint-N folder or 'latest'")
     if not path.is_dir():
         raise CheckpointError(f"--resume {path}: not a folder; give a checkpoint-N folder or 'latest'")
-    if not (path / "trainer_state.json").is_file():
-        raise CheckpointError(f"--resume {path}: not a whole checkpoint (no trainer_state.json; an interrupted save, "
-                              "or not a checkpoint); give another checkpoint-N folder or 'latest'")  # fmt: skip
-    # FSDP shards, DeepSpeed's global_step* folders
-    sharded = any(child.is_dir() and ("pytorch_model_fsdp" in child.name or child.name.startswith("global_step"))
-                  for child in path.iterdir())  # fmt: skip
-    if not sharded and not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise CheckpointError(f"--resume {path}: the checkpoint holds no model weights ({', '.join(WEIGHT_FILES[:3])}"
-                              ", ...); give another checkpoint-N folder or 'latest'")  # fmt: skip
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"--resume {path}: not a whole checkpoint ({problem}); give another checkpoint-N folder "
+                              "or 'latest' (which skips damaged ones)")  # fmt: skip
     return path
+
+
+def check_resume(checkpoint: Path, recipe: dict[str, Any]) -> list[str]:
+    """Refuses a whole ``checkpoint`` that this ``recipe`` would not continue: another recipe, ``training.max_steps``
+    not beyond its step, no optimizer or scheduler state. Returns a warning per thing the resumed run cannot check or
+    will not reproduce (no recipe recorded for the checkpoint, no RNG state)."""
+    return [note for note in (_recipe_note(checkpoint, recipe), *_state_notes(checkpoint, recipe)) if note]
+
+
+def _recipe_note(checkpoint: Path, recipe: dict[str, Any]) -> str | None:
+    recorded, source = _checkpoint_recipe(checkpoint)
+    if recorded is None:
+        return (f"--resume {checkpoint}: no recipe is recorded for this checkpoint (no run record in it or {RUN_FILE} "
+                "beside it: a run started from Python, or by an older gold), so this recipe cannot be checked against "
+                "its run's; make sure it is the same")  # fmt: skip
+    changed = differing_keys(recorded, recipe)
+    if changed:
+        raise RecipeError(f"--resume {checkpoint}: the recipe differs from the checkpoint's ({source}) in "
+                          f"{', '.join(changed)}; resume with that run's recipe (its recipe.yaml) or start a new run "
+                          "in another output_dir")  # fmt: skip
+    return None
+
+
+def _state_notes(checkpoint: Path, recipe: dict[str, Any]) -> list[str]:
+    step, max_steps = checkpoint_step(checkpoint), int(recipe["training"].get("max_steps", -1))
+    if 0 < max_steps <= step:
+        raise CheckpointError(f"--resume {checkpoint}: the checkpoint is at step {step} and training.max_steps is "
+                              f"{max_steps}: no step would be trained; raise training.max_steps above "
+                              f"{step}")  # fmt: skip
+    # Trainer loads the optimizer only together with scheduler.pt and silently starts both afresh without it (Adam's
+    # moments gone, warmup again): refused, not warned. DeepSpeed keeps both in its global_step* folder.
+    wanted = {"optimizer.pt": "optimizer*", "scheduler.pt": "scheduler.pt"}
+    missing = [] if _has(checkpoint, "global_step*/") else [n for n, p in wanted.items() if not _has(checkpoint, p)]
+    if missing:
+        raise CheckpointError(f"--resume {checkpoint}: the checkpoint has no {' or '.join(missing)} (saved with "
+                              "save_only_model?); Trainer would restart the optimizer and the learning-rate schedule "
+                              f"at step {step}; resume a checkpoint that has them, or start a new run from its "
+                              f"weights with student.model={checkpoint}")  # fmt: skip
+    if _has(checkpoint, "rng_state*.pth"):
+        return []
+    return [f"--resume {checkpoint}: the checkpoint has no rng_state.pth: dropout and other draws from the global "
+            "random generators will not reproduce the uninterrupted run's (gold's rollouts and source choices are "
+            "seeded by step and still do)"]  # fmt: skip
+
+
+def _checkpoint_recipe(checkpoint: Path) -> tuple[dict[str, Any] | None, str]:
+    """The recipe saved in the checkpoint, else the one in the run record beside it; with where it came from."""
+    saved = checkpoint_run(checkpoint)
+    if saved is not None:
+        return saved["recipe"], "saved in it"
+    beside = checkpoint.parent / RUN_FILE
+    return (recorded_recipe(beside), str(beside)) if beside.is_file() else (None, "")
+
+
+def _has(folder: Path, pattern: str) -> bool:
+    return any(folder.glob(pattern))
 
 
 def _step(path: Path) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,10 +21,9 @@ from gold.data.files import example_from_row
 from gold.evaluation.agreement import AgreementCache, group_agreement
 from gold.evaluation.bits_per_byte import LN2, completion_logprobs, contains_answer
 from gold.evaluation.own_samples import student_sample_scores
+from gold.models.checkpoint import split_checkpoints
 from gold.models.zoo import MODEL_TOKENIZERS, load_tokenizer
 from gold.rollout import sample_texts, seeded_samples, stop_rate
-
-CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -153,14 +151,18 @@ def eval_set(
     return EvalSet(examples, answers, f"{samples_per_prompt} teacher sample(s) per prompt", prompts)
 
 
-def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``checkpoint-N`` folder of a training run, by step."""
+def checkpoints(run_dir: Path) -> tuple[list[tuple[int, Path]], list[str]]:
+    """``(step, path)`` of every whole ``checkpoint-N`` folder of a training run, by step, and ``path (what is
+    wrong)`` for each of the others (:func:`gold.models.checkpoint.verify_checkpoint`)."""
     if not run_dir.is_dir():
         raise DataError(f"--checkpoints {str(run_dir)!r} is not a folder; give a training output_dir")
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CHECKPOINT.search(p.name)) and p.is_dir()]
-    if not found:
+    whole, broken = split_checkpoints(run_dir)
+    notes = [f"{path} ({why})" for _, path, why in broken]
+    if not whole and not notes:
         raise DataError(f"{run_dir} holds no checkpoint-N folders (set training.save_steps to keep some)")
-    return sorted(found)
+    if not whole:
+        raise DataError(f"{run_dir} holds no whole checkpoint: {', '.join(notes)}")
+    return whole, notes
 
 
 def load_scored_model(spec: str, *, dtype: str | None = None) -> tuple[Any, Any]:

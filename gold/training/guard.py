@@ -5,6 +5,8 @@
   every process has written its part, so a folder named ``checkpoint-N`` is always whole; a save cut by SIGTERM, SIGINT
   or a crash leaves only the staging folder, which ``--resume latest`` skips, saying so (:mod:`gold.cli.guard`), and
   the next whole save clears. ``push_to_hub`` pushes the checkpoint under its final name.
+- Each checkpoint carries ``gold_manifest.json`` (its files' sizes and the run record, :mod:`gold.models.checkpoint`),
+  written last in the staging folder: a checkpoint damaged afterwards (a full disk, a cut copy) is found and skipped.
 - Before each optimizer step the loss of every slice and the gradient norm must be finite, and before each save the
   weights: a run stops with the step, the non-finite terms and the last checkpoint (all saved checkpoints are finite,
   so ``save_total_limit`` rotation can never leave only a broken one). A gradient norm of exactly zero warns. Under
@@ -24,6 +26,7 @@ import torch
 from transformers.trainer_utils import rotate_checkpoints
 
 from gold.losses.reduce import loss_is_finite
+from gold.models.checkpoint import RUN_FILE, split_checkpoints, write_manifest
 
 STAGING = ".partial"
 
@@ -37,7 +40,7 @@ class PeerFailure(RuntimeError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed: missing, incomplete, or of another model's shape."""
+    """A checkpoint that cannot be resumed: missing, incomplete, damaged, or of another model's shape or recipe."""
 
 
 class ZeroGradientWarning(UserWarning):
@@ -45,13 +48,10 @@ class ZeroGradientWarning(UserWarning):
 
 
 def last_checkpoint(folder: Path) -> Path | None:
-    """The highest-step whole ``checkpoint-N`` in ``folder`` (a gold checkpoint is whole once it has its name)."""
-    steps = []
-    for path in folder.glob("checkpoint-*"):
-        step = path.name.removeprefix("checkpoint-")
-        if step.isdigit() and path.is_dir() and (path / "trainer_state.json").is_file():
-            steps.append((int(step), path))
-    return max(steps)[1] if steps else None
+    """The highest-step whole ``checkpoint-N`` in ``folder``: it has its name (a gold save is whole once it has) and
+    :func:`gold.models.checkpoint.verify_checkpoint` finds nothing wrong with it since."""
+    whole, _ = split_checkpoints(folder)
+    return whole[-1][1] if whole else None
 
 
 class RunGuard:
@@ -157,6 +157,7 @@ class RunGuard:
         self.accelerator.wait_for_everyone()  # type: ignore[attr-defined]  # every process wrote its part
         if args.should_save:
             state.save_to_json(str(staged / "trainer_state.json"))
+            write_manifest(staged, run_record=run_dir / RUN_FILE)
             _swap_in(staged, final)
             rotate_checkpoints(output_dir=str(run_dir), save_total_limit=args.save_total_limit,
                                best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)  # fmt: skip

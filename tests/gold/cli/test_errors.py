@@ -81,6 +81,29 @@ def _checkpoint(tmp: Path) -> Path:
     return folder
 
 
+def _run(tmp: Path, *, step: int = 1, folder: str = "out", overrides: tuple[str, ...] = ()) -> Path:
+    """A run folder as `gold train` leaves it for ``_recipe(tmp)`` with ``overrides`` (its run record and a
+    checkpoint, built in milliseconds); returns the checkpoint."""
+    from gold.cli.guard import record_run
+    from gold.cli.recipe import config_to_dict, load_recipe
+    from tests.gold.models.test_checkpoint import fake_checkpoint
+
+    run = tmp / folder
+    record_run(run, config_to_dict(load_recipe(_recipe(tmp), overrides)))
+    return fake_checkpoint(run / f"checkpoint-{step}", step=step, run_record=run / "gold_run.json")
+
+
+def _cut(checkpoint: Path, name: str) -> Path:
+    """``checkpoint`` with its file ``name`` cut to half (a full disk), or its manifest and ``name`` gone (a save
+    that never wrote it) when ``name`` starts with ``-``."""
+    if name.startswith("-"):
+        for gone in (name[1:], "gold_manifest.json"):
+            (checkpoint / gone).unlink()
+    else:
+        (checkpoint / name).write_bytes((checkpoint / name).read_bytes()[: (checkpoint / name).stat().st_size // 2])
+    return checkpoint
+
+
 def _blocker(tmp: Path) -> Path:
     """A regular file: any path below it can be neither created nor written."""
     return _write(tmp / "blocker", "a file")
@@ -163,6 +186,35 @@ CASES = {
         "not a whole checkpoint",
     ),
     "resume latest, no checkpoint": (lambda t: _train(t, "--resume", "latest"), "holds no whole checkpoint"),
+    # damaged checkpoints, resumes that would not continue their run (issue 29, items 6 and 7)
+    "resume weights cut short": (
+        lambda t: _train(t, "--resume", str(_cut(_run(t), "model.safetensors"))),
+        "not a whole checkpoint (model.safetensors has",
+    ),
+    "resume optimizer cut short": (
+        lambda t: _train(t, "--resume", str(_cut(_run(t), "optimizer.pt"))),
+        "not a whole checkpoint (optimizer.pt has",
+    ),
+    "resume trainer state not json": (
+        lambda t: _train(t, "--resume", str(_cut(_run(t), "trainer_state.json"))),
+        "trainer_state.json is not valid JSON",
+    ),
+    "resume latest, every checkpoint damaged": (
+        lambda t: _train(_cut(_run(t), "model.safetensors").parents[1], "--resume", "latest"),  # parents[1]: t
+        "checkpoint-1 (model.safetensors has",
+    ),
+    "resume another run's recipe": (
+        lambda t: _train(t, "--resume", str(_run(t, folder="other", overrides=("loss.beta=0.2",)))),
+        "differs from the checkpoint's (saved in it) in loss.beta (0.2 → 0.5)",
+    ),
+    "resume at max_steps": (
+        lambda t: _train(t, "--resume", str(_run(t, step=2))),
+        "checkpoint is at step 2 and training.max_steps is 2",
+    ),
+    "resume without scheduler state": (
+        lambda t: _train(t, "--resume", str(_cut(_run(t), "-scheduler.pt"))),
+        "has no scheduler.pt",
+    ),
     "student folder without weights": (
         lambda t: _train(t, f"student.model={_folder(t, weights=False, tokenizer=True)}", "student.tiny={}"),
         "holds no weights",
@@ -197,6 +249,10 @@ CASES = {
     "eval checkpoints missing": (
         lambda t: ["eval", "--data", "d.jsonl", "--checkpoints", str(t / "run")],
         "run' is not a folder",
+    ),
+    "eval checkpoints all damaged": (
+        lambda t: ["eval", "--data", "d.jsonl", "--checkpoints", str(_cut(_run(t), "model.safetensors").parent)],
+        "out holds no whole checkpoint: ",
     ),
     "eval student without weights": (
         lambda t: ["eval", "--data", "d.jsonl", "--student", str(_folder(t, weights=False, tokenizer=True))],

@@ -4,7 +4,9 @@ run before the optimizer step or the save, naming the last (finite) checkpoint."
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +18,12 @@ from safetensors.torch import load_file
 
 from gold import GoldTrainer
 from gold.cli import main
+from gold.cli.guard import resolve_resume
+from gold.models.checkpoint import MANIFEST, RUN_FILE, checkpoint_run, verify_checkpoint
 from gold.training.guard import STAGING, NonFiniteError, ZeroGradientWarning, last_checkpoint
 from tests.gold.cli.test_commands import _recipe
 from tests.gold.conftest import ROWS, tiny, training_args
+from tests.gold.models.test_checkpoint import cut
 
 # a `gold train` whose optimizer save at SLOW_STEP prints SAVING and then hangs: the test's SIGTERM lands mid-save
 # (model weights written, optimizer written, trainer_state.json not yet)
@@ -88,8 +93,13 @@ def test_a_checkpoint_of_another_shape_is_named(tmp_path, capsys) -> None:
     recipe = str(_recipe(tmp_path))
     assert main(["train", recipe, "training.max_steps=1", "training.save_strategy=steps", "training.save_steps=1"]) == 0
     other = ["student.tiny.hidden_size=32", f"training.output_dir={tmp_path / 'other'}"]
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    with pytest.raises(SystemExit, match=r"differs from the checkpoint's \(saved in it\) in student.tiny.hidden_size"):
+        main(["train", recipe, *other, "--resume", str(checkpoint)])  # by its recipe, before a model loads
+    (checkpoint / MANIFEST).unlink()
+    (tmp_path / "out" / RUN_FILE).unlink()  # a run of an older gold: no recipe to check, found when loading
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", recipe, *other, "--resume", str(tmp_path / "out" / "checkpoint-1")])
+        main(["train", recipe, *other, "--resume", str(checkpoint)])
     assert exit_info.value.code == 2
     assert "holds a model of another shape (size mismatch" in capsys.readouterr().err
 
@@ -171,3 +181,102 @@ def test_a_step_saved_again_replaces_its_checkpoint_whole(tmp_path) -> None:
     assert main(["train", recipe, *saving, "--resume", str(out / "checkpoint-1")]) == 0
     assert (out / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns > first
     assert _finite(out / "checkpoint-2") and not (out / STAGING).exists()
+
+
+# ---- issue 29 items 6 and 7: damaged checkpoints, and resumes that would not continue their run ----
+
+SAVING = ["training.save_strategy=steps", "training.save_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A `gold train` run of 2 steps with checkpoint-1 and checkpoint-2: its recipe and output folder (copy it)."""
+    root = tmp_path_factory.mktemp("trained")
+    recipe = _recipe(root)
+    assert main(["train", str(recipe), "training.max_steps=2", *SAVING]) == 0
+    return recipe, root / "out"
+
+
+def _copy(trained, tmp_path):
+    """The trained run copied to ``tmp_path / 'out'``, and the argv that trains the recipe there."""
+    recipe, out = trained
+    shutil.copytree(out, tmp_path / "out")
+    return tmp_path / "out", ["train", str(recipe), *SAVING, f"training.output_dir={tmp_path / 'out'}"]
+
+
+def test_each_save_carries_a_manifest_with_the_run_recipe(trained) -> None:
+    _, out = trained
+    recorded = json.loads((out / RUN_FILE).read_text())
+    for step in (1, 2):
+        checkpoint = out / f"checkpoint-{step}"
+        assert verify_checkpoint(checkpoint) is None and checkpoint_run(checkpoint) == recorded
+        files = json.loads((checkpoint / MANIFEST).read_text())["files"]
+        assert {"model.safetensors", "optimizer.pt", "trainer_state.json", "rng_state.pth"} <= set(files)
+
+
+DAMAGES = {
+    "model.safetensors": (lambda c: cut(c / "model.safetensors"), "model.safetensors has"),
+    "optimizer.pt": (lambda c: cut(c / "optimizer.pt"), "optimizer.pt has"),
+    "trainer_state.json": (lambda c: (c / "trainer_state.json").write_text("{", encoding="utf-8"), "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGES))
+def test_resume_latest_falls_back_past_a_damaged_checkpoint(trained, tmp_path, name) -> None:
+    out, _ = _copy(trained, tmp_path)
+    damage, reason = DAMAGES[name]
+    damage(out / "checkpoint-2")
+    resume, notes = resolve_resume(out, "latest")
+    assert resume == str(out / "checkpoint-1")
+    assert len(notes) == 1 and f"skipping incomplete checkpoint {out / 'checkpoint-2'} (" in notes[0]
+    assert reason in notes[0] and notes[0].endswith(f"resuming {out / 'checkpoint-1'}")
+    assert last_checkpoint(out) == out / "checkpoint-1"  # what the stop messages name as the last whole one
+
+
+def test_a_resume_past_a_cut_checkpoint_trains_on_from_the_one_before(trained, tmp_path, capsys) -> None:
+    out, argv = _copy(trained, tmp_path)
+    cut(out / "checkpoint-2" / "model.safetensors")
+    capsys.readouterr()
+    assert main([*argv, "training.max_steps=3", "--resume", "latest"]) == 0
+    assert f"gold train: skipping incomplete checkpoint {out / 'checkpoint-2'} (model.safetensors" in \
+        capsys.readouterr().err  # fmt: skip
+    assert [verify_checkpoint(out / f"checkpoint-{step}") for step in (1, 2, 3)] == [None, None, None]
+
+
+def test_resume_refuses_another_runs_checkpoint_by_the_recipe_saved_in_it(trained, tmp_path) -> None:
+    """The checkpoint's own recipe counts, not only the output folder's gold_run.json (here: none beside it)."""
+    out, argv = _copy(trained, tmp_path)
+    (out / RUN_FILE).unlink()
+    fresh = [*argv[:-1], f"training.output_dir={tmp_path / 'fresh'}", "training.max_steps=3", "loss.beta=0.2"]
+    with pytest.raises(SystemExit, match=r"the recipe differs from the checkpoint's \(saved in it\) in loss\.beta "
+                                         r"\(0\.5 → 0\.2\)"):  # fmt: skip
+        main([*fresh, "--resume", str(out / "checkpoint-2")])
+
+
+def test_resume_refuses_max_steps_not_beyond_the_checkpoint(trained, tmp_path) -> None:
+    _, argv = _copy(trained, tmp_path)
+    with pytest.raises(SystemExit, match=r"checkpoint is at step 2 and training.max_steps is 2: no step would be"):
+        main([*argv, "training.max_steps=2", "--resume", "latest"])
+
+
+def test_resume_refuses_a_checkpoint_without_its_scheduler(trained, tmp_path) -> None:
+    """Trainer would load neither the optimizer nor the schedule, and go on at step 2 as if from scratch."""
+    out, argv = _copy(trained, tmp_path)
+    (out / "checkpoint-2" / "scheduler.pt").unlink()
+    (out / "checkpoint-2" / MANIFEST).unlink(missing_ok=True)  # saved without scheduler.pt, not damaged since
+    with pytest.raises(SystemExit, match=r"the checkpoint has no scheduler.pt .*restart the optimizer"):
+        main([*argv, "training.max_steps=3", "--resume", str(out / "checkpoint-2")])
+
+
+def test_a_resume_that_cannot_be_checked_or_reproduced_says_so(trained, tmp_path, capsys) -> None:
+    """A run of an older gold (no manifest, no gold_run.json) resumed under a changed recipe, from a checkpoint
+    without RNG state: it goes on, with one line for each thing that cannot be checked or will not reproduce."""
+    out, argv = _copy(trained, tmp_path)
+    (out / RUN_FILE).unlink()
+    (out / "checkpoint-2" / MANIFEST).unlink(missing_ok=True)
+    (out / "checkpoint-2" / "rng_state.pth").unlink()
+    capsys.readouterr()
+    assert main([*argv, "training.max_steps=3", "loss.beta=0.2", "--resume", "latest"]) == 0
+    err = capsys.readouterr().err
+    assert "no recipe is recorded for this checkpoint" in err and "cannot be checked" in err
+    assert "has no rng_state.pth: dropout and other draws" in err

@@ -13,6 +13,7 @@ from gold.evaluation.bits_per_byte import distillation_gap
 from gold.evaluation.run import EvalSet, ModelScore, contains_answer, format_table, score_model
 from tests.gold.cli.test_commands import _recipe
 from tests.gold.conftest import ROWS, tiny
+from tests.gold.models.test_checkpoint import cut
 
 HELD_OUT = [
     {"prompt": "What is 7 plus 1?\n", "completion": "It is 8. Café!", "answer": "8"},
@@ -93,6 +94,20 @@ def test_eval_checkpoints_and_plot(tmp_path, folders, capsys) -> None:
                for m in students)  # fmt: skip
     assert models[0]["role"] == "teacher" and models[0]["reverse_kl_bits_per_byte"] is None
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_checkpoints_scores_the_whole_ones_and_names_the_others(tmp_path, folders, capsys) -> None:
+    """A checkpoint cut short (issue 29, item 6) is named with what is wrong and skipped; the whole ones are scored."""
+    assert main(["train", str(_recipe(tmp_path)), "training.save_strategy=steps", "training.save_steps=1"]) == 0
+    cut(tmp_path / "out" / "checkpoint-1" / "model.safetensors")
+    out = tmp_path / "scores.json"
+    capsys.readouterr()
+    assert main(["eval", "--data", str(folders / "held_out.jsonl"), "--checkpoints", str(tmp_path / "out"),
+                 "--stop-samples", "0", "--json", str(out)]) == 0  # fmt: skip
+    skipped = f"{tmp_path / 'out' / 'checkpoint-1'} (model.safetensors has"
+    assert f"gold eval: skipping checkpoint {skipped}" in capsys.readouterr().err
+    scores = json.loads(out.read_text())
+    assert [m["step"] for m in scores["models"]] == [2] and scores["skipped_checkpoints"][0].startswith(skipped)
 
 
 def test_eval_errors_name_the_fix(folders, tmp_path, capsys) -> None:
