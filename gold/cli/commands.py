@@ -41,6 +41,7 @@ from gold.data.examples import CompletionBytesError, DataError
 from gold.data.files import read_rows
 from gold.evaluation import run as eval_run
 from gold.models.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer, tokenizer_names
+from gold.rollout.vllm_memory import EngineStartError
 from gold.rollout.vllm_server import ServerError
 from gold.teacher.cache import CacheError
 from gold.training.arguments import DEFAULT_OUTPUT_DIR
@@ -240,7 +241,8 @@ def _train(trainer: Any, resume: str | None, output_dir: Path) -> None:
         trainer.save_model()
     except (NonFiniteError, CheckpointError, PeerFailure) as err:
         raise CommandError(f"gold train: {err}") from None
-    except (DataError, RewardError, CompletionBytesError, ServerError, CacheError) as err:  # met during training
+    except (DataError, RewardError, CompletionBytesError, ServerError, CacheError,
+            EngineStartError) as err:  # met during training  # fmt: skip
         last = last_checkpoint(output_dir)
         where = f"; the last whole checkpoint is {last}" if last else ""
         raise CommandError(f"gold train: at step {trainer.state.global_step + 1}: {err}{where}") from None

@@ -213,9 +213,10 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
             model = self.accelerator.unwrap_model(self.model)
             if self.rollout_config.use_vllm:
                 step = None if self.is_fsdp_enabled else self.state.global_step  # a shard is not the weights
+                prompts = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
                 self._student_generator = VLLMGenerator(model, self.student_tokenizer, self.rollout_config,
-                                                        self.student_stop, step=step,
-                                                        accelerator=self.accelerator)  # fmt: skip
+                                                        self.student_stop, step=step, accelerator=self.accelerator,
+                                                        prompts_per_call=prompts)  # fmt: skip
             else:
                 self._student_generator = HFGenerator(model, self.student_tokenizer, self.rollout_config,
                                                       self.student_stop)  # fmt: skip
