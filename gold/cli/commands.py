@@ -204,7 +204,8 @@ def run_train(args: argparse.Namespace) -> int:
         prepare_output_dir(output_dir, recipe, resume=args.resume, overwrite=args.overwrite)  # before any loading
         resume, skipped = resolve_resume(output_dir, args.resume)
         trainer = build_trainer(config)
-    except (RecipeError, DataError, CheckpointError, ZooPackageMissing, ValueError, ImportError, OSError) as err:
+    except (RecipeError, DataError, CheckpointError, ZooPackageMissing, ValueError, ImportError, OSError,
+            ServerError) as err:  # fmt: skip
         raise CommandError(f"gold train: {err}") from None
     if args.overwrite:
         clear_run(output_dir)  # only now that the new run is known to start

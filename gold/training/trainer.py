@@ -40,6 +40,7 @@ from gold.models.stops import model_stop_rule
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
 from gold.teacher import LocalTeacher, Teacher
+from gold.teacher.served import ServedTeacher
 from gold.training.completions_log import completion_views
 from gold.training.completions_log import report as report_completions
 from gold.training.guard import RunGuard
@@ -119,6 +120,8 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
                 raise ValueError("teacher is a model: pass teacher_tokenizer= (its fast tokenizer)")
             teacher = LocalTeacher(teacher, teacher_tokenizer, device=args.device)
         self.teacher: Teacher = teacher
+        if self.rollout_config.seq_kd and self.rollout_config.lmbda < 1 and isinstance(teacher, ServedTeacher):
+            teacher.generator(self.rollout_config)  # refuses now, not at the first off-policy step
         self.student_tokenizer = student_tokenizer
         self.student_stop = model_stop_rule(model, student_tokenizer)
         tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher.num_rows,
