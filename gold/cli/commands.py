@@ -41,6 +41,7 @@ from gold.data.examples import CompletionBytesError, DataError
 from gold.data.files import read_rows
 from gold.evaluation import run as eval_run
 from gold.models.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer, tokenizer_names
+from gold.rollout.vllm_memory import EngineStartError
 from gold.rollout.vllm_server import ServerError
 from gold.teacher.cache import CacheError
 from gold.training.arguments import DEFAULT_OUTPUT_DIR
@@ -202,7 +203,8 @@ def run_train(args: argparse.Namespace) -> int:
         resume, notes = resolve_resume(output_dir, args.resume)
         notes += check_resume(Path(resume), recipe) if resume is not None else []
         trainer = build_trainer(config)
-    except (RecipeError, DataError, CheckpointError, ZooPackageMissing, ValueError, ImportError, OSError) as err:
+    except (RecipeError, DataError, CheckpointError, ZooPackageMissing, ValueError, ImportError, OSError,
+            ServerError) as err:  # fmt: skip
         raise CommandError(f"gold train: {err}") from None
     if args.overwrite:
         clear_run(output_dir)  # only now that the new run is known to start
@@ -239,7 +241,8 @@ def _train(trainer: Any, resume: str | None, output_dir: Path) -> None:
         trainer.save_model()
     except (NonFiniteError, CheckpointError, PeerFailure) as err:
         raise CommandError(f"gold train: {err}") from None
-    except (DataError, RewardError, CompletionBytesError, ServerError, CacheError) as err:  # met during training
+    except (DataError, RewardError, CompletionBytesError, ServerError, CacheError,
+            EngineStartError) as err:  # met during training  # fmt: skip
         last = last_checkpoint(output_dir)
         where = f"the last whole checkpoint is {last}" if last else "no checkpoint saved"
         raise CommandError(f"gold train: at step {trainer.state.global_step + 1}: {err}; {where}") from None

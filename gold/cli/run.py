@@ -9,7 +9,7 @@ from gold.config import GoldConfig
 from gold.data.files import Rows, check_prompt_lengths, examples_from_rows, read_rows, training_examples
 from gold.models.build import DTYPES, build_model, build_tokenizer, check_model_folder
 from gold.teacher import SELF_TEACHERS, self_teacher
-from gold.teacher.build import build_teacher
+from gold.teacher.build import build_teacher, check_served_seq_kd, served_teacher
 from gold.training.arguments import training_arguments
 from gold.training.trainer import GoldTrainer
 
@@ -18,8 +18,10 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
     """Tokenizers, data, models and trainer of a run (``trainer_cls``: e.g. the SFT baseline
     :class:`gold.training.baselines.SequenceKDTrainer`, on the same data path). Everything that can be checked without
     the
-    models (rows, prompt lengths in both tokenizations, model folders) is checked before they load."""
+    models (rows, prompt lengths in both tokenizations, model folders, a served teacher) is checked before they
+    load."""
     args = training_arguments(config.training)
+    check_served_seq_kd(config.teacher, config.rollout)
     self_kind = config.teacher.model if config.teacher.model in SELF_TEACHERS else None
     student_tokenizer = build_tokenizer(config.student)
     teacher_tokenizer = student_tokenizer if self_kind else build_tokenizer(config.teacher)
@@ -36,14 +38,15 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
     for spec in (config.student, config.teacher):
         if spec.model and Path(spec.model).is_dir():
             check_model_folder(Path(spec.model))
+    server_url = getattr(config.teacher, "server_url", None)  # a TeacherConfig's; a plain ModelConfig has none
+    served = served_teacher(config.teacher, teacher_tokenizer) if server_url else None  # checked before models load
     student = build_model(config.student, student_tokenizer, seed=args.seed)
     if self_kind:  # self-distillation: the student's start (frozen copy) or the student itself
         teacher = self_teacher(self_kind, student, student_tokenizer, device=config.teacher.device or args.device,
                                dtype=DTYPES.get(config.teacher.dtype))  # fmt: skip
-    else:
-        teacher = build_teacher(
-            config.teacher, teacher_tokenizer, device=config.teacher.device or args.device, seed=args.seed + 1
-        )  # a served or cached teacher, or a local model
+    else:  # a served or cached teacher, or a local model
+        teacher = build_teacher(config.teacher, teacher_tokenizer, device=config.teacher.device or args.device,
+                                seed=args.seed + 1, served=served)  # fmt: skip
     return trainer_cls(student, teacher, args=args, train_dataset=examples, student_tokenizer=student_tokenizer,
                        teacher_tokenizer=teacher_tokenizer, loss=config.loss, rollout=config.rollout,
                        alignment=config.alignment, held_out=held_out,

@@ -89,10 +89,13 @@ class VLLMGenerator:
             push before the first rollout).
         accelerator: with several processes in server mode, the main process sends every process's prompts and
             weights, and hands each its samples back.
+        prompts_per_call: prompts of one engine call (one optimizer step's); a colocated CPU engine sizes its KV
+            cache for them × ``num_generations``.
     """
 
     def __init__(self, model: Any, tokenizer: Any, config: RolloutConfig, stop: StopRule | None = None, *,
-                 engine: Engine | None = None, step: int | None = 0, accelerator: Any = None) -> None:  # fmt: skip
+                 engine: Engine | None = None, step: int | None = 0, accelerator: Any = None,
+                 prompts_per_call: int | None = None) -> None:  # fmt: skip
         self.config = config
         shared = config.vllm_mode == "server" and accelerator is not None and accelerator.num_processes > 1
         self.accelerator = accelerator if shared else None
@@ -108,7 +111,8 @@ class VLLMGenerator:
         elif engine is None and config.vllm_mode == "colocate":
             from gold.rollout.vllm_colocate import ColocatedEngine
 
-            engine = ColocatedEngine(model, tokenizer, config)
+            prompts = prompts_per_call or config.generation_batch_size or 1
+            engine = ColocatedEngine(model, tokenizer, config, prompts_per_call=prompts)
             self.synced_step = step
         self.engine = engine  # None on the other processes in server mode
         self.calls: list[int] = []  # prompts of each engine call (one call per optimizer step with on-policy slices)

@@ -13,6 +13,7 @@ import torch
 
 from gold.config import RolloutConfig
 from gold.rollout.vllm_engine import EngineSample, StateDict, checkpoint_tensors, import_vllm
+from gold.rollout.vllm_memory import cpu_engine_memory, start_failure
 
 
 class ColocatedEngine:
@@ -21,9 +22,11 @@ class ColocatedEngine:
     The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weights are pushed as tensors
     through the worker's ``reload_weights``, without a copy on disk. Eager mode on CPU (start-up in seconds);
     CUDA graphs on GPUs. Sleep mode (CUDA): the engine frees its memory after sampling and takes it back before.
+    On CPU the KV cache is sized for ``prompts_per_call`` prompts (:mod:`gold.rollout.vllm_memory`); a start that
+    fails raises :class:`gold.rollout.vllm_memory.EngineStartError`, one line naming the option to change.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, config: RolloutConfig) -> None:
+    def __init__(self, model: Any, tokenizer: Any, config: RolloutConfig, *, prompts_per_call: int = 1) -> None:
         vllm = import_vllm()
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process: weights are pushed as tensors
         device = next(model.parameters()).device
@@ -34,17 +37,25 @@ class ColocatedEngine:
         self.sleep, self.asleep = config.vllm_enable_sleep_mode, False
         _tolerate_foreign_namespaces()
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        with warnings.catch_warnings():  # vLLM's start-up scan touches deprecated torch names
-            warnings.simplefilter("ignore", FutureWarning)
-            self.llm = self._start(vllm, config, dtype, device)
+        on_cpu = device.type == "cpu"
+        memory = cpu_engine_memory(model, config, prompts_per_call=prompts_per_call) if on_cpu else {}
+        try:
+            with warnings.catch_warnings():  # vLLM's start-up scan touches deprecated torch names
+                warnings.simplefilter("ignore", FutureWarning)
+                self.llm = self._start(vllm, config, dtype, on_cpu, memory)
+        except (ValueError, RuntimeError, MemoryError, OSError) as err:
+            self.folder.cleanup()
+            raise start_failure(err, on_cpu=on_cpu, memory=memory) from err
         self._rest()
 
-    def _start(self, vllm: Any, config: RolloutConfig, dtype: str, device: torch.device) -> Any:
+    def _start(self, vllm: Any, config: RolloutConfig, dtype: str, on_cpu: bool, memory: dict[str, int]) -> Any:
+        """``vllm.LLM``; on CPU with ``memory``'s context and KV cache size (so vLLM skips its check of
+        ``gpu_memory_utilization`` against the host memory free now)."""
         return vllm.LLM(
-            model=self.folder.name, dtype=dtype, max_model_len=config.vllm_max_model_length,
+            model=self.folder.name, dtype=dtype, **{"max_model_len": config.vllm_max_model_length, **memory},
             gpu_memory_utilization=config.vllm_gpu_memory_utilization,
             tensor_parallel_size=config.vllm_tensor_parallel_size, enable_sleep_mode=self.sleep,
-            enforce_eager=device.type == "cpu", logprobs_mode="raw_logprobs", seed=0,
+            enforce_eager=on_cpu, logprobs_mode="raw_logprobs", seed=0,
         )  # fmt: skip
 
     def _rest(self) -> None:

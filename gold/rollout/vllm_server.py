@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -128,22 +129,28 @@ def _sample_of(choice: dict[str, Any]) -> EngineSample:
     return EngineSample(ids, logprobs, stop if isinstance(stop, int) else None)
 
 
-def wait_for_server(url: str, timeout: float, hint: str | None = None) -> None:
-    """Polls ``url/health`` until it answers 200, or raises naming the URL and how to start a server (``hint``:
-    instead of the student sampler's)."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+def wait_for_server(url: str, timeout: float, hint: str | None = None, *, attempt_timeout: float = 5.0) -> None:
+    """Polls ``url/health`` until it answers 200, for ``timeout`` seconds (0: one try; each try at most
+    ``attempt_timeout`` s), or raises naming the URL and how to start a server (``hint``: instead of the student
+    sampler's). A host name that does not resolve is not waited for."""
+    deadline, within = time.monotonic() + timeout, f" within {timeout:.0f} s" if timeout > 0 else ""
+    while True:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as response:
+            with urllib.request.urlopen(url + "/health", timeout=attempt_timeout) as response:
                 if response.status == 200:
                     return
+                last: object = f"status {response.status}"
         except (urllib.error.URLError, OSError) as err:
             last = err
+            if isinstance(getattr(err, "reason", None), socket.gaierror):
+                within = ""  # no such host: waiting will not make one
+                break
+        if time.monotonic() >= deadline:
+            break
         time.sleep(1.0)
     hint = hint or ("start one with `gold vllm-serve MODEL_DIR --port PORT` and set rollout.vllm_server_base_url "
                     "(or host and port)")  # fmt: skip
-    raise ServerError(f"no vLLM server answered at {url}/health within {timeout:.0f} s ({last}); {hint}")
+    raise ServerError(f"no vLLM server answered at {url}/health{within} ({last}); {hint}")
 
 
 def serve_command(model: str, *, host: str = "0.0.0.0", port: int = 8001, dtype: str = "auto",

@@ -4,20 +4,22 @@ cache from a recipe is ``gold teacher-cache build``: :mod:`gold.cli.teacher_cach
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gold.config import ModelConfig
+from gold.config import ModelConfig, RecipeError, RolloutConfig
 from gold.models.build import build_model
 from gold.teacher.cache import (
     CachedTeacher,
     TeacherCache,
 )
 from gold.teacher.local import LocalTeacher
-from gold.teacher.served import ServedTeacher
+from gold.teacher.served import SEQ_KD_REFUSAL, ServedTeacher
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+logger = logging.getLogger(__name__)
 
 
 def model_identity(spec: ModelConfig, *, seed: int = 0) -> str:
@@ -53,16 +55,47 @@ def served_identity(teacher: ServedTeacher) -> str:
     return folder_identity(folder) if folder.is_dir() else f"model:{teacher.model}"
 
 
-def build_teacher(spec: ModelConfig, tokenizer: Any, *, device: str | None, seed: int) -> Any:
-    """The teacher of a recipe's ``teacher`` section: a served one (``server_url``), a cache (``cache``; the model or
-    server asked on a miss, loaded on the first miss), or a local model."""
+def teacher_sources(spec: Any) -> str | None:
+    """Where a ``teacher`` section's rows come from when it names more than one source (None: one source): the cache
+    first, a miss then goes to the server, else to the local model; a model beside a server is never loaded."""
+    server_url, cache, model = spec.server_url, spec.cache, spec.model
+    if not (cache and (server_url or model)) and not (server_url and model):
+        return None
+    unused = f"; teacher.model {model!r} is not loaded (teacher.server_url wins)" if server_url and model else ""
+    if not cache:
+        return f"gold: teacher rows come from the served teacher at {server_url}{unused}"
+    if spec.cache_miss == "error":
+        miss = "a miss is an error (teacher.cache_miss: error)"
+    else:
+        miss = f"a miss asks the served teacher at {server_url}" if server_url else f"a miss loads {model!r}"
+    return f"gold: teacher rows come from the cache {cache}; {miss}{unused}"
+
+
+def check_served_seq_kd(spec: Any, rollout: RolloutConfig) -> None:
+    """Refuses, before anything loads, ``rollout.seq_kd`` with a served teacher and no cache of teacher samples: a
+    server gives log-probs, not samples (else the first off-policy step would fail)."""
+    if not (rollout.seq_kd and rollout.lmbda < 1 and getattr(spec, "server_url", None)):
+        return
+    if spec.cache and TeacherCache(spec.cache).info.samples_per_prompt:
+        return  # the cache replays its teacher samples
+    raise RecipeError(SEQ_KD_REFUSAL.format(url=spec.server_url))
+
+
+def build_teacher(spec: ModelConfig, tokenizer: Any, *, device: str | None, seed: int,
+                  served: ServedTeacher | None = None) -> Any:  # fmt: skip
+    """The teacher of a recipe's ``teacher`` section: a served one (``server_url``), a cache (``cache``; the server or
+    model asked on a miss, the model loaded on the first miss), or a local model (precedence:
+    :func:`teacher_sources`, logged). ``served``: the section's served teacher, already built (and checked)."""
     server_url, cache = getattr(spec, "server_url", None), getattr(spec, "cache", None)
+    sources = teacher_sources(spec) if server_url or cache else None  # a plain ModelConfig has neither
+    if sources:
+        logger.warning(sources)
 
     def local() -> LocalTeacher:
         return LocalTeacher(build_model(spec, tokenizer, seed=seed), tokenizer, device=device,
                             shard=getattr(spec, "shard", False))  # fmt: skip
 
-    served = served_teacher(spec, tokenizer) if server_url else None
+    served = served or (served_teacher(spec, tokenizer) if server_url else None)
     if cache is None:
         return served or local()
     live: Callable[[], Any] | None = (lambda: served) if served else (local if spec.model else None)
@@ -74,4 +107,5 @@ def build_teacher(spec: ModelConfig, tokenizer: Any, *, device: str | None, seed
 def served_teacher(spec: Any, tokenizer: Any) -> ServedTeacher:
     """The served teacher of a recipe's ``teacher`` section (``server_url``)."""
     return ServedTeacher(spec.server_url, tokenizer, top_k=spec.top_k, timeout=spec.timeout,
-                         max_concurrency=spec.max_concurrency, retries=spec.retries)  # fmt: skip
+                         max_concurrency=spec.max_concurrency, retries=spec.retries,
+                         wait=spec.server_wait)  # fmt: skip

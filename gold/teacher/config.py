@@ -10,16 +10,21 @@ from gold.config import ModelConfig
 @dataclass(frozen=True)
 class TeacherConfig(ModelConfig):
     """A teacher: ``model`` loaded locally, or rows from ``server_url`` (a vLLM server) or ``cache`` (a folder from
-    ``gold teacher-cache build``). With a server or a cache, ``model`` may be left out (then give ``tokenizer``);
-    when given, it is the teacher asked on a cache miss and the identity the cache must have been built for."""
+    ``gold teacher-cache build``). With a server or a cache, ``model`` may be left out (then give ``tokenizer``).
+    Precedence (logged at start, :func:`gold.teacher.build.teacher_sources`): the cache answers first; a miss asks the
+    server when ``server_url`` is set, else ``model``; with ``server_url``, ``model`` is never loaded (it names the
+    tokenizer when ``tokenizer`` is unset), and the cache must have been built for the served model."""
 
     # a vLLM server (OpenAI-compatible, `gold vllm-serve TEACHER` or `vllm serve --max-logprobs K`) that serves the
     # teacher: rows come from its prompt_logprobs (gold.teacher.served)
     server_url: str | None = None
     # K: log-probabilities per position from the server or the cache build (plus the actual token's); -1: every id
     top_k: int = 20
-    # seconds to wait for the server, and for each answer
+    # seconds to wait for each answer of the server
     timeout: float = 120.0
+    # seconds to keep asking /health of a server still starting (0: one try of at most 5 s, so a missing server or a
+    # wrong address is named at once)
+    server_wait: float = 0.0
     # requests in flight at once (per process)
     max_concurrency: int = 8
     # further attempts after a connection error or a 5xx / 429 answer
@@ -50,9 +55,10 @@ class TeacherConfig(ModelConfig):
     def _check_served(self) -> None:
         if self.top_k == 0 or self.top_k < -1 or isinstance(self.top_k, bool):
             raise ValueError(f"TeacherConfig.top_k must be -1 (every id) or at least 1, got {self.top_k!r}")
-        if self.timeout <= 0 or self.max_concurrency < 1 or self.retries < 0:
-            raise ValueError(f"TeacherConfig needs timeout > 0, max_concurrency ≥ 1 and retries ≥ 0, got "
-                             f"{self.timeout}, {self.max_concurrency}, {self.retries}")  # fmt: skip
+        if self.timeout <= 0 or self.max_concurrency < 1 or self.retries < 0 or self.server_wait < 0:
+            raise ValueError(f"TeacherConfig needs timeout > 0, max_concurrency ≥ 1, retries ≥ 0 and server_wait ≥ 0, "
+                             f"got {self.timeout}, {self.max_concurrency}, {self.retries}, "
+                             f"{self.server_wait}")  # fmt: skip
         if self.cache_miss not in ("teacher", "error"):
             raise ValueError(f"TeacherConfig.cache_miss must be 'teacher' or 'error', got {self.cache_miss!r}")
         if self.server_url is not None and not self.server_url.startswith(("http://", "https://")):

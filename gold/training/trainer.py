@@ -40,6 +40,7 @@ from gold.models.stops import model_stop_rule
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
 from gold.teacher import LocalTeacher, Teacher
+from gold.teacher.served import ServedTeacher
 from gold.training.call_shapes import resolve_models
 from gold.training.completions_log import completion_views
 from gold.training.completions_log import report as report_completions
@@ -122,6 +123,8 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
             teacher = LocalTeacher(teacher, teacher_tokenizer, device=args.device)
         self.teacher: Teacher = teacher
+        if self.rollout_config.seq_kd and self.rollout_config.lmbda < 1 and isinstance(teacher, ServedTeacher):
+            teacher.generator(self.rollout_config)  # refuses now, not at the first off-policy step
         self.student_tokenizer = student_tokenizer
         self.student_stop = model_stop_rule(model, student_tokenizer)
         tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher.num_rows,
@@ -240,9 +243,10 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
             model = self.accelerator.unwrap_model(self.model)
             if self.rollout_config.use_vllm:
                 step = None if self.is_fsdp_enabled else self.state.global_step  # a shard is not the weights
+                prompts = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
                 self._student_generator = VLLMGenerator(model, self.student_tokenizer, self.rollout_config,
-                                                        self.student_stop, step=step,
-                                                        accelerator=self.accelerator)  # fmt: skip
+                                                        self.student_stop, step=step, accelerator=self.accelerator,
+                                                        prompts_per_call=prompts)  # fmt: skip
             else:
                 self._student_generator = HFGenerator(model, self.student_tokenizer, self.rollout_config,
                                                       self.student_stop)  # fmt: skip

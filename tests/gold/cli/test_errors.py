@@ -14,6 +14,7 @@ import pytest
 from gold.cli import main
 from tests.gold.cli.test_commands import _recipe
 from tests.gold.conftest import ROWS
+from tests.gold.teacher.fake_server import closed_port, fake_teacher_url
 
 BAD_RECIPES = {
     "yaml syntax": ("student: [1,\n", "line 2"),
@@ -285,6 +286,27 @@ CASES = {
         lambda t: ["demo", "--alignment-only", "--out", str(_blocker(t) / "demo")],
         "--out",
     ),
+    # a served teacher, checked before any model loads (tests/gold/teacher/fake_server.py stands in for vLLM)
+    "served teacher: no server": (
+        lambda t: _train(t, f"teacher.server_url=http://127.0.0.1:{closed_port()}"),
+        "no vLLM server answered at http://127.0.0.1:",
+    ),
+    "served teacher: no such host": (
+        lambda t: _train(t, "teacher.server_url=http://gold-no-such-host.invalid:8002"),
+        "no vLLM server answered at http://gold-no-such-host.invalid:8002/health",
+    ),
+    "served teacher with seq_kd": (
+        lambda t: _train(t, "teacher.server_url=http://127.0.0.1:9", "rollout.seq_kd=true"),
+        "rollout.seq_kd samples from the teacher, and the teacher at http://127.0.0.1:9 is served for its log-probs",
+    ),
+    "served teacher: another tokenizer": (
+        lambda t: _train(t, f"teacher.server_url={fake_teacher_url('mismatch')}"),
+        "whose tokenizer encodes a probe text differently from the teacher tokenizer given here",
+    ),
+    "served teacher: NaN rows": (
+        lambda t: _train(t, f"teacher.server_url={fake_teacher_url('nan')}"),
+        "/nan answered log-probability nan",
+    ),
 }
 
 
@@ -295,6 +317,10 @@ NAMES_THE_PATH = {"output_dir unwritable": "blocker/out", "eval --plot unwritabl
 # names with control characters: the line shows them escaped (issue 29, item 10)
 ESCAPED = {"output_dir with ESC and BEL": "/\\x1b[31mred\\x07",
            "data path with ESC and BEL": "/\\x1b]0;title\\x07.jsonl"}  # fmt: skip
+# and these the fix
+NAMES_THE_FIX = {"served teacher: no server": "gold vllm-serve", "served teacher: no such host": "gold vllm-serve",
+                 "served teacher: another tokenizer": "set teacher.tokenizer",
+                 "served teacher: NaN rows": "not from training"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -326,6 +352,7 @@ def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys, monke
     if name in ESCAPED:
         assert ESCAPED[name] in lines[0], lines[0]
     assert "\x1b" not in lines[0] and "\x07" not in lines[0], lines[0]  # a raw ESC or BEL drives the terminal
+    assert NAMES_THE_FIX.get(name, "") in lines[0], lines[0]
 
 
 def test_a_refused_yaml_tag_is_one_line_from_the_console_script(tmp_path) -> None:

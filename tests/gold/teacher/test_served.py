@@ -168,6 +168,10 @@ def test_refusals_name_the_url_and_the_answer(server) -> None:
         ServedTeacher(f"http://127.0.0.1:{port}", tokenizer, timeout=2)
     with pytest.raises(ValueError, match="top_k must be -1"):
         ServedTeacher(server, tokenizer, top_k=0)
+    from tests.conftest import zoo
+
+    with pytest.raises(ServerError, match=rf"{server} serves '.*', whose tokenizer encodes a probe text differently"):
+        ServedTeacher(server, zoo("mistral-v1"))  # another teacher's tokenizer: its ids would be read wrong
     with pytest.raises(ValueError, match="seq_kd"):
         ServedTeacher(server, tokenizer).generator(RolloutConfig())
 
