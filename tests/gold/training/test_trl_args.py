@@ -104,3 +104,25 @@ def test_both_sides_setting_a_field_differently_is_refused(tmp_path) -> None:
 def test_plain_training_arguments_leave_gold_configs_alone(tmp_path) -> None:
     loss, rollout = LossConfig(beta=0.3), RolloutConfig(lmbda=0.1)
     assert from_trl_config(training_args(tmp_path), loss, rollout) == (loss, rollout)
+
+
+def test_the_readme_trl_script_runs_with_trls_own_defaults(tmp_path, student_tokenizer, teacher_tokenizer) -> None:
+    """README "Coming from TRL": models by id, a GOLDConfig with TRL's defaults (gradient checkpointing on, logging
+    every 10 steps; bf16 off only because this is a CPU), eval_dataset and evaluate()."""
+    folders = []
+    for name, tokenizer, seed in (("student", student_tokenizer, 0), ("teacher", teacher_tokenizer, 1)):
+        folders.append(str(tmp_path / name))
+        tiny(tokenizer, seed=seed).save_pretrained(folders[-1])
+        tokenizer.save_pretrained(folders[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = trl_gold.GOLDConfig(output_dir=str(tmp_path / "out"), lmbda=0.5, beta=0.0, max_completion_length=8,
+                                   use_uld_loss=True, uld_use_hybrid_loss=True, max_steps=2,
+                                   per_device_train_batch_size=2, use_cpu=True, bf16=False, report_to=[])  # fmt: skip
+    assert args.gradient_checkpointing
+    trainer = GoldTrainer(model=folders[0], teacher_model=folders[1], args=args, train_dataset=ROWS,
+                          eval_dataset=ROWS[:2])  # fmt: skip
+    assert (trainer.loss_config.hybrid_weight, trainer.loss_config.beta, trainer.rollout_config.lmbda) == (1, 0, 0.5)
+    trainer.train()
+    scores = trainer.evaluate()
+    assert scores["eval_forward_kl_bits_per_byte"] > 0 and "eval_reverse_kl_bits_per_byte" in scores
