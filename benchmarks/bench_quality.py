@@ -23,6 +23,7 @@ accuracy (demo), and KL(student‖teacher) per byte on the student's own samples
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -34,6 +35,7 @@ import torch
 from transformers import TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from benchmarks.recovery import format_recovery, recovery
 from gold.cli.demo import DemoSettings
 from gold.cli.demo_task import SOUNDS, fit_to_task, task_prompts, teacher_examples
 from gold.config import LossConfig, RolloutConfig
@@ -61,6 +63,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "gold hybrid temperature 2": {"loss": {"student_temperature": 2.0, "teacher_temperature": 2.0}},
 }
 ON_POLICY = {"gold hybrid on-policy (λ 0.5 β 0.5)": {"loss": {"beta": 0.5}, "lmbda": 0.5}}
+CONTROL = "demo-control"
+# the two arms recovery compares: SFT's gap to distillation's, across tokenizers and on one tokenizer
+RECOVERY_ARMS = ("SFT on teacher samples", "gold hybrid (default)")
 METRICS = ("kl_bits_per_byte", "bits_per_byte", "next_byte_agreement", "stop_rate", "accuracy",
            "reverse_kl_bits_per_byte")  # fmt: skip
 
@@ -80,9 +85,23 @@ class Setting:
     max_new_tokens: int
 
 
-def demo_setting(seed: int, steps: int, copies: int | None = None) -> Setting:
+def demo_setting(seed: int, steps: int, copies: int | None = None, student: str | None = None) -> Setting:
+    """``gold demo``'s task; ``student``: the student's tokenizer (default the demo's, SmolLM2; the control gives it
+    the teacher's, Mistral-v1), everything else the same: teacher, samples, held-out set, batches, seeds."""
     demo = DemoSettings(seed=seed, steps=steps)
-    student_tok, teacher_tok = load_tokenizer(demo.student), load_tokenizer(demo.teacher)
+    student_tok = load_tokenizer(student or demo.student)
+    teacher, teacher_tok, train, held_out = _demo_teacher(seed, steps, copies)
+    start = tiny_model(student_tok, seed=seed + 2).state_dict()
+    args = {"per_device_train_batch_size": demo.batch_size, "learning_rate": demo.lr, "max_steps": steps}
+    return Setting(student_tok, (teacher, teacher_tok), train, held_out, start,
+                   lambda: tiny_model(student_tok, seed=seed + 2), args, demo.beta, 16)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def _demo_teacher(seed: int, steps: int, copies: int | None) -> tuple[Any, Any, list[Any], Any]:
+    """The demo's fitted teacher, its training samples and the held-out set: shared by a seed's two settings."""
+    demo = DemoSettings(seed=seed, steps=steps)
+    teacher_tok = load_tokenizer(demo.teacher)
     train_prompts, held_prompts = task_prompts()
     torch.manual_seed(seed)
     teacher = tiny_model(teacher_tok, seed=seed + 1)
@@ -91,11 +110,7 @@ def demo_setting(seed: int, steps: int, copies: int | None = None) -> Setting:
     train = teacher_examples(teacher, teacher_tok, train_prompts, copies=copies)
     rows = [{"prompt": p.text, "completion": e.completion, "ended": e.ended, "answer": SOUNDS[p.animal]}
             for p in held_prompts for e in teacher_examples(teacher, teacher_tok, [p], copies=4)]  # fmt: skip
-    held_out = eval_set(rows, answer_field="answer")
-    start = tiny_model(student_tok, seed=seed + 2).state_dict()
-    args = {"per_device_train_batch_size": demo.batch_size, "learning_rate": demo.lr, "max_steps": steps}
-    return Setting(student_tok, (teacher, teacher_tok), train, held_out, start,
-                   lambda: tiny_model(student_tok, seed=seed + 2), args, demo.beta, 16)  # fmt: skip
+    return teacher, teacher_tok, train, eval_set(rows, answer_field="answer")
 
 
 def real_pair_setting(seed: int, steps: int) -> Setting:
@@ -139,7 +154,10 @@ def train_arm(setting: Setting, arm: dict[str, Any], seed: int, out: Path) -> tu
 
 def run_seed(setting_name: str, seed: int, steps: int, arms: dict[str, dict[str, Any]], out: Path,
              copies: int | None = None) -> dict[str, Any]:  # fmt: skip
-    setting = demo_setting(seed, steps, copies) if setting_name == "demo" else real_pair_setting(seed, steps)
+    if setting_name == "real-pair":
+        setting = real_pair_setting(seed, steps)
+    else:  # demo, or its same-tokenizer control: the student on the teacher's tokenizer
+        setting = demo_setting(seed, steps, copies, DemoSettings.teacher if setting_name == CONTROL else None)
     cache = AgreementCache()
     options = {"teacher": setting.teacher, "cache": cache, "max_new_tokens": setting.max_new_tokens, "seed": seed,
                "student_samples": 4}  # fmt: skip
@@ -187,7 +205,9 @@ def format_summary(table: dict[str, dict[str, float]], seconds: str = "s", digit
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setting", choices=["demo", "real-pair"], default="demo")
+    parser.add_argument("--setting", choices=["demo", CONTROL, "real-pair"], default="demo")
+    parser.add_argument("--control", action="store_true", help="demo: run the same-tokenizer control too (the student "
+                        "on the teacher's tokenizer) and print recovery")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, help="student steps per arm (default: the setting's own)")
     parser.add_argument("--arms", help="arm names to run, separated by commas (default: the setting's ARMS)")
@@ -196,26 +216,38 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/bench_quality"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    arms = {**ARMS, **(ON_POLICY if args.setting == "real-pair" else {})}
-    if args.arms:
-        known = {**ARMS, **ON_POLICY, **ABLATIONS}
-        chosen = args.arms.split(",")
-        unknown = [name for name in chosen if name not in known]
-        if unknown:
-            parser.error(f"unknown arms {unknown}; known: {', '.join(known)}")
-        arms = {name: known[name] for name in chosen}
-    steps = args.steps or (DemoSettings.steps if args.setting == "demo" else 32)
+    arms = _chosen_arms(parser, args)
+    if args.control and (args.setting != "demo" or not set(RECOVERY_ARMS) <= set(arms)):
+        parser.error(f"--control runs with --setting demo and needs the arms {', '.join(RECOVERY_ARMS)}")
+    steps = args.steps or (DemoSettings.steps if args.setting != "real-pair" else 32)
+    settings = [args.setting, *([CONTROL] if args.control else [])]
     started = time.perf_counter()
-    runs = []
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
     for seed in range(args.seeds):
-        print(f"seed {seed}: {args.setting}, {steps} steps, {len(arms)} arms", flush=True)
-        runs.append(run_seed(args.setting, seed, steps, arms, args.out / args.setting, args.copies))
-    table = summary(runs)
-    print("\n" + format_summary(table) + f"\n({time.perf_counter() - started:.0f} s in all)")
+        for name in settings:
+            print(f"seed {seed}: {name}, {steps} steps, {len(arms)} arms", flush=True)
+            runs[name].append(run_seed(name, seed, steps, arms, args.out / name, args.copies))
+    payload: dict[str, Any] = {"steps": steps, "seeds": args.seeds, "copies": args.copies}
+    for name in settings:
+        payload[name] = {"runs": runs[name], "summary": summary(runs[name])}
+        print(f"\n{name}\n" + format_summary(payload[name]["summary"]))
+    if args.control:
+        payload["recovery"] = recovery(runs["demo"], runs[CONTROL], *RECOVERY_ARMS)
+        print("\nrecovery (across tokenizers ÷ same tokenizer)\n" + format_recovery(payload["recovery"]))
+    print(f"({time.perf_counter() - started:.0f} s in all)")
     if args.json:
-        payload = {"setting": args.setting, "steps": steps, "seeds": args.seeds, "copies": args.copies, "runs": runs,
-                   "summary": table}  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def _chosen_arms(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    if not args.arms:
+        return {**ARMS, **(ON_POLICY if args.setting == "real-pair" else {})}
+    known = {**ARMS, **ON_POLICY, **ABLATIONS}
+    chosen = args.arms.split(",")
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        parser.error(f"unknown arms {unknown}; known: {', '.join(known)}")
+    return {name: known[name] for name in chosen}
 
 
 if __name__ == "__main__":
