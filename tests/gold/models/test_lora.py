@@ -46,7 +46,7 @@ def test_the_recipe_section_is_checked_and_a_teacher_has_none() -> None:
                        ({"target_modules": []}, "peft.target_modules"), ({}, "non-empty mapping")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             ModelConfig(model="x", peft=bad)
-    with pytest.raises(ValueError, match="teacher.peft: the teacher is frozen"):
+    with pytest.raises(ValueError, match=r"teacher\.peft: the teacher is frozen"):
         TeacherConfig(model="x", peft={"r": 4})
 
 
@@ -62,7 +62,7 @@ def test_only_the_adapters_require_gradients() -> None:
 def test_a_tied_output_layer_is_not_adapted_and_the_model_is_given_back_whole() -> None:
     model = llama(tied=True)
     names = [name for name, _ in model.named_parameters()]
-    with pytest.raises(ValueError, match="tied to its input embedding.*leave the output layer"):
+    with pytest.raises(ValueError, match=r"tied to its input embedding.*leave the output layer"):
         peft_student(model, {"r": 4, "target_modules": ["q_proj", "lm_head"]})
     assert [name for name, _ in model.named_parameters()] == names
     assert not any(is_lora_layer(module) for module in model.modules())
