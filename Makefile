@@ -70,7 +70,7 @@ lint: install-test
 # the vLLM tests, for real on vLLM's CPU build (skipped in .venv, which has no vLLM)
 test-vllm: install-vllm
 	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q -m vllm tests/gold/rollout/test_vllm.py tests/gold/rollout/test_vllm_sampling.py \
-		tests/gold/rollout/test_vllm_server.py \
+		tests/gold/rollout/test_vllm_server.py tests/gold/rollout/test_vllm_lora.py \
 		tests/gold/teacher/test_served.py
 
 test: lint kernels
