@@ -45,6 +45,9 @@ def test_train_resume_and_export_a_lora_student(tmp_path, capsys) -> None:
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
     assert (out / "tokenizer.json").is_file()
+    adapter_only = r"holds a LoRA adapter, not a model; write the merged model with `gold export --merge"
+    with pytest.raises(SystemExit, match=adapter_only):  # gold eval names the way to a model folder
+        main(["eval", "--data", str(tmp_path / "rows.jsonl"), "--student", str(checkpoint)])
 
 
 def test_export_refuses_what_it_cannot_merge(tmp_path) -> None:
