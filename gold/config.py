@@ -315,8 +315,12 @@ class ModelConfig:
     # run the model's or tokenizer's own code from its folder (a *.py its config names). A risk: that code runs with
     # your permissions; gold never runs it otherwise (such a folder is refused, naming it)
     trust_remote_code: bool = False
+    # LoRA adapters, the only weights that train (gold.models.lora; gold-distill[peft]): {r, alpha, dropout,
+    # target_modules} and any other peft.LoraConfig field. None: every weight trains
+    peft: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        self._check_peft()
         if not isinstance(self.trust_remote_code, bool):
             raise ValueError(f"ModelConfig.trust_remote_code must be true or false, got {self.trust_remote_code!r}")
         if not self.model:
@@ -342,6 +346,23 @@ class ModelConfig:
                              "one of them (dtype)")  # fmt: skip
         object.__setattr__(self, "dtype", name)
         object.__setattr__(self, "torch_dtype", None)
+
+    def _check_peft(self) -> None:
+        """``peft``: a mapping; r a positive integer, alpha positive, dropout in [0, 1), target_modules name(s)."""
+        if self.peft is None:
+            return
+        peft, where = self.peft, "ModelConfig.peft"
+        if not isinstance(peft, dict) or not peft:
+            raise ValueError(f"{where} must be a non-empty mapping such as {{r: 16, alpha: 32}}, got {peft!r}")
+        checks = {"r": (lambda v: isinstance(v, int) and v >= 1, "the adapter rank, a positive integer"),
+                  "alpha": (lambda v: isinstance(v, int | float) and v > 0, "a positive number (scale alpha / r)"),
+                  "dropout": (lambda v: isinstance(v, int | float) and 0 <= v < 1, "a number in [0, 1)"),
+                  "target_modules": (lambda v: isinstance(v, str) or (isinstance(v, list) and bool(v) and all(
+                      isinstance(t, str) for t in v)), "a name pattern or a list such as [q_proj, v_proj]"),
+                  }  # fmt: skip
+        for key, (ok, what) in checks.items():
+            if key in peft and (isinstance(peft[key], bool) or not ok(peft[key])):
+                raise ValueError(f"{where}.{key} must be {what}, got {peft[key]!r}")
 
     def _check_tiny(self) -> None:
         """``tiny`` takes gold.models.build.tiny_model's sizes: positive integers, hidden_size a multiple of heads."""

@@ -19,6 +19,7 @@ EXTRA_OF = {
     "triton": "triton",
     "wandb": "wandb",
     "vllm": "vllm",
+    "peft": "peft",
     "tiktoken": "zoo",
     "gguf": "zoo",
     "sentencepiece": "zoo",

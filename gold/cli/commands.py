@@ -7,6 +7,7 @@ gold align --student gemma-3 --teacher smollm2 --file notes.txt --html out.html
 gold demo                    # cross-family distillation on 2 CPU cores, a few minutes
 gold demo --alignment-only   # just the alignment of a built-in multilingual sample
 gold vllm-serve out/student-start --port 8001   # a vLLM server for rollout.vllm_mode: server
+gold export --merge out/lora/checkpoint-32 out/lora-merged   # a LoRA checkpoint as a plain model folder
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from alignment import (
 from gold.cli.checks import CommandError, OneLineParser, at_least, read_utf8, say, writable_dir, writable_file
 from gold.cli.demo import DemoSettings
 from gold.cli.demo import run_demo as demo_main
+from gold.cli.export import add_export, run_export
 from gold.cli.guard import check_resume, clear_run, prepare_output_dir, record_run, resolve_resume
 from gold.cli.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
 from gold.cli.run import build_trainer, check_model_folder
@@ -98,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_eval(commands)
     _add_vllm_serve(commands)
     add_teacher_cache(commands)
+    add_export(commands)
     return parser
 
 
@@ -371,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gold`` console script."""
     args = _parser().parse_args(argv)
     handlers = {"align": run_align, "demo": run_demo, "train": run_train, "eval": run_eval,
-                "vllm-serve": run_vllm_serve, "teacher-cache": run_teacher_cache}  # fmt: skip
+                "vllm-serve": run_vllm_serve, "teacher-cache": run_teacher_cache, "export": run_export}  # fmt: skip
     try:
         return handlers[args.command](args)
     except CommandError as err:

@@ -50,4 +50,4 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
     return trainer_cls(student, teacher, args=args, train_dataset=examples, student_tokenizer=student_tokenizer,
                        teacher_tokenizer=teacher_tokenizer, loss=config.loss, rollout=config.rollout,
                        alignment=config.alignment, held_out=held_out,
-                       held_out_samples=config.data.eval_samples)  # fmt: skip
+                       held_out_samples=config.data.eval_samples, peft_config=config.student.peft)  # fmt: skip

@@ -67,7 +67,7 @@ class HiddenLogits:
     @property
     def requires_grad(self) -> bool:
         """Whether rows computed from it carry gradients (to the hidden states or the output layer)."""
-        return self.hidden.requires_grad or self.head.weight.requires_grad
+        return self.hidden.requires_grad or self.head.requires_grad
 
     def detach(self) -> HiddenLogits:
         """The same logits outside the autograd graph (a target, like ``logits.detach()``)."""

@@ -73,6 +73,9 @@ def _loading_kwargs(spec: ModelConfig) -> dict[str, Any]:
 
 def check_model_folder(folder: Path) -> None:
     """A model folder holds a config and weights; names the folder and what is missing (before loading)."""
+    if (folder / "adapter_config.json").is_file() and not any((folder / name).is_file() for name in WEIGHT_FILES[:4]):
+        raise RecipeError(f"model folder {str(folder)!r} holds a LoRA adapter, not a model; write the merged model "
+                          f"with `gold export --merge {folder} OUT` and use OUT")  # fmt: skip
     if not (folder / "config.json").is_file():
         raise RecipeError(f"model folder {str(folder)!r} has no config.json: not a Hugging Face model folder "
                           "(save one with model.save_pretrained(DIR))")  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from gold.config import RolloutConfig
+from gold.models.lora import save_student
 from gold.rollout.vllm_engine import EngineSample, StateDict, checkpoint_tensors, import_vllm
 from gold.rollout.vllm_memory import cpu_engine_memory, start_failure
 
@@ -32,7 +33,7 @@ class ColocatedEngine:
         device = next(model.parameters()).device
         _check_head_size(model, device)
         self.folder = tempfile.TemporaryDirectory(prefix="gold-vllm-")
-        model.save_pretrained(self.folder.name, safe_serialization=True)
+        save_student(model, self.folder.name)  # a PEFT student: its merged weights, a plain model for vLLM
         tokenizer.save_pretrained(self.folder.name)
         self.sleep, self.asleep = config.vllm_enable_sleep_mode, False
         _tolerate_foreign_namespaces()

@@ -39,6 +39,8 @@ class TeacherConfig(ModelConfig):
     shard: bool = False
 
     def __post_init__(self) -> None:
+        if self.peft is not None:
+            raise ValueError("teacher.peft: the teacher is frozen, adapters would never train; give student.peft")
         if not self.model and (self.server_url or self.cache):
             if not self.tokenizer:
                 raise ValueError("a served or cached teacher without teacher.model needs teacher.tokenizer (a zoo "

@@ -36,6 +36,7 @@ from gold.data.files import check_prompt_lengths, examples_from_rows
 from gold.data.rendering import unequal_rendering
 from gold.evaluation.callback import HeldOutEvalCallback
 from gold.losses import PairTables
+from gold.models.lora import peft_student, student_weights
 from gold.models.stops import model_stop_rule
 from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
@@ -86,6 +87,8 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         student_generator: replaces the HF ``generate`` sampler (e.g. a vLLM engine).
         held_out: examples or rows scored every ``args.eval_steps`` in both directions and logged as ``eval_*``
             (:class:`gold.evaluation.callback.HeldOutEvalCallback`); ``held_out_samples`` student samples per prompt.
+        peft_config: a ``peft.PeftConfig`` or a ``student.peft`` dict (``{r, alpha, dropout, target_modules}``):
+            the student is wrapped in those adapters and only they train (:func:`gold.models.lora.peft_student`).
         **kwargs: passed to ``transformers.Trainer`` (callbacks, optimizers, ...).
     """
 
@@ -108,6 +111,7 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         held_out_samples: int = 1,
         reward_funcs: Sequence[Any] = (),
         eval_dataset: Sequence[Any] | None = None,
+        peft_config: Any = None,
         **kwargs: Any,
     ) -> None:
         loss, rollout = from_trl_config(args, loss, rollout)  # a TRL GOLDConfig / GKDConfig / DistillationConfig
@@ -120,6 +124,8 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         self.reward_funcs = load_reward_funcs([*reward_funcs, *self.loss_config.reward_funcs])
         check_objectives(self.loss_config, self.rollout_config, self.reward_funcs, given=bool(reward_funcs))
         alignment_config = alignment or AlignmentConfig()
+        if peft_config is not None:
+            model = peft_student(model, peft_config)
         if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
             teacher = LocalTeacher(teacher, teacher_tokenizer, device=args.device)
         self.teacher: Teacher = teacher
@@ -290,13 +296,13 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
 
     def student_state_dict(self) -> dict[str, torch.Tensor]:
         """The student's full state dict with Hugging Face names: DDP unwrapped, FSDP shards gathered (to the
-        host); what a weight push sends to vLLM."""
+        host), a PEFT student's adapters merged under its base model's names; what a weight push sends to vLLM."""
         if self.is_fsdp_enabled:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
             return get_model_state_dict(self.model, options=options)
-        return dict(self.accelerator.unwrap_model(self.model).state_dict())
+        return student_weights(self.accelerator.unwrap_model(self.model))
 
     def _teacher_sample(self, ids: Sequence[int], index: int) -> Completion:
         """A teacher sample (``seq_kd``) as a completion: the teacher keeps its own tokens and stop id."""
