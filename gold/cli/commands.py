@@ -181,7 +181,11 @@ def run_eval(args: argparse.Namespace) -> int:
         skipped = [note for _, _, notes in runs for note in notes]
         for note in skipped:
             say(f"gold eval: skipping checkpoint {note}", file=sys.stderr)
+        if args.teacher:
+            _progress("eval", f"loading the teacher {args.teacher}")
         teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
+        if data is None:
+            _progress("eval", f"sampling {args.sample_teacher} teacher completion(s) per prompt of {len(rows)} rows")
         data = data or eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
                                          samples_per_prompt=args.sample_teacher, max_new_tokens=args.max_new_tokens,
                                          labels=labels)  # fmt: skip
@@ -192,9 +196,13 @@ def run_eval(args: argparse.Namespace) -> int:
                    "cache": eval_run.AgreementCache(), "stop_samples": args.stop_samples,
                    "student_samples": args.sample_student}  # fmt: skip
         scores = []
+        sampled = f" (with {args.stop_samples} sample(s) per prompt)" if args.stop_samples else ""
         if teacher is not None:
+            _progress("eval", f"scoring the teacher{sampled}")
             scores.append(eval_run.score_model(args.teacher, teacher, data, role="teacher", **options))
         for spec, step, name in students:
+            _progress("eval", f"scoring {name}" + (f" (with {args.sample_student} of its own samples per prompt)"
+                                                   if args.sample_student else sampled))  # fmt: skip
             model = eval_run.load_scored_model(spec, dtype=args.dtype)
             scores.append(eval_run.score_model(name, model, data, role="student", step=step, teacher=teacher,
                                                **options))  # fmt: skip
@@ -211,6 +219,11 @@ def run_eval(args: argparse.Namespace) -> int:
         eval_run.plot_steps(args.plot, scores)
         say(f"plot written to {args.plot}")
     return 0
+
+
+def _progress(command: str, text: str) -> None:
+    """A ``gold <command>: <stage>`` line on stderr, so that a long stretch is not silent."""
+    say(f"gold {command}: {text}", file=sys.stderr, flush=True)
 
 
 def run_vllm_serve(args: argparse.Namespace) -> int:
