@@ -105,7 +105,8 @@ def _demo_teacher(seed: int, steps: int, copies: int | None) -> tuple[Any, Any, 
     train_prompts, held_prompts = task_prompts()
     torch.manual_seed(seed)
     teacher = tiny_model(teacher_tok, seed=seed + 1)
-    fit_to_task(teacher, teacher_tok, train_prompts, steps=demo.teacher_steps, lr=demo.teacher_lr, seed=seed)
+    fit_to_task(teacher, teacher_tok, train_prompts, steps=demo.teacher_steps, lr=demo.teacher_lr, seed=seed,
+                progress="teacher fit")  # fmt: skip
     copies = copies or -(-steps * demo.batch_size // len(train_prompts))  # default: every sample seen once
     train = teacher_examples(teacher, teacher_tok, train_prompts, copies=copies)
     rows = [{"prompt": p.text, "completion": e.completion, "ended": e.ended, "answer": SOUNDS[p.animal]}

@@ -86,7 +86,9 @@ def train(setting: Setting, arm: dict[str, Any], start: dict[str, Any], seed: in
 
 
 def run_seed(seed: int, warm_steps: int, steps: int, arms: dict[str, dict[str, Any]], out: Path) -> dict[str, Any]:
+    print(f"  seed {seed}: fitting the teacher, sampling its completions", flush=True)
     setting = demo_setting(seed, warm_steps)
+    print(f"  seed {seed}: warm start, {warm_steps} SFT steps on the teacher's samples", flush=True)
     options = {"teacher": setting.teacher, "cache": AgreementCache(), "max_new_tokens": setting.max_new_tokens,
                "seed": seed, "student_samples": 4}  # fmt: skip
     warm, _ = train(setting, RECIPES["SFT on teacher samples (continued)"], setting.start, seed, warm_steps,
@@ -95,6 +97,7 @@ def run_seed(seed: int, warm_steps: int, steps: int, arms: dict[str, dict[str, A
     result = {"warm start": asdict(score_model("warm start", (warm, setting.student_tok), setting.held_out,
                                                role="student", **options))}  # fmt: skip
     for name, arm in arms.items():
+        print(f"  seed {seed} · {name}: {steps} steps from the warm start", flush=True)
         student, per_step = train(setting, arm, warm_state, seed, steps, out / f"seed{seed}" / name.replace(" ", "_"))
         score = score_model(name, (student, setting.student_tok), setting.held_out, role="student", **options)
         result[name] = {**asdict(score), "train_seconds": per_step}

@@ -1,7 +1,12 @@
-"""Every example starts with its launch command and loads; offline recipes name only offline assets."""
+"""Every example starts with its launch command and loads; offline recipes name only offline assets; the smoke
+recipe runs without a warning and prints a compact line per logging step."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +84,48 @@ def test_example_reward_functions_load_by_name_and_score() -> None:
         os.chdir(cwd)
     rewards = compute_rewards([func], ["p"] * 3, ["124", "12 4", "x"], {"answer": ["124", "124", None]})
     assert rewards[:2, 0].tolist() == [1.0, 0.0] and rewards[2, 0].isnan()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``gold train examples/tiny_recipe.yaml`` as users run it (4 steps, a log each step): its output and folder."""
+    out = tmp_path_factory.mktemp("tiny") / "out"
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "PYTHONWARNINGS": "default"}
+    done = subprocess.run([sys.executable, "-m", "gold.cli", "train", "examples/tiny_recipe.yaml",
+                           f"training.output_dir={out}"], cwd=EXAMPLES.parent, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, out
+
+
+def test_the_tiny_recipe_runs_without_a_warning(tiny_run) -> None:
+    done, _ = tiny_run
+    warned = [line for line in done.stderr.splitlines() if "Warning" in line or "warning:" in line.lower()]
+    assert not warned, "\n".join(warned)
+
+
+def test_each_logging_step_prints_one_compact_line_and_the_whole_dict_is_kept(tiny_run) -> None:
+    """One line per step with step, loss, its terms, lr, s/step and stop rate; no dict printed; the ~26 keys of
+    each log still reach trainer_state.json (and TensorBoard, which reads the same log)."""
+    done, out = tiny_run
+    lines = [line for line in done.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split(" · ")[0] for line in lines] == [f"step {step}/4" for step in (1, 2, 3, 4)], done.stdout
+    for line in lines:
+        assert " · loss " in line and "(hybrid " in line and " · lr " in line and " · stop " in line, line
+        assert len(line) < 120, line
+    assert all(" s/step" in line for line in lines[1:]), lines
+    assert "{'loss'" not in done.stdout and "'align/groups'" not in done.stdout
+    history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    steps = [entry for entry in history if "loss" in entry]
+    assert len(steps) == 4 and all({"align/groups", "loss/hybrid", "stop_rate/dataset"} <= entry.keys()
+                                   or {"align/groups", "loss/hybrid", "stop_rate/student"} <= entry.keys()
+                                   for entry in steps), steps  # fmt: skip
+    assert min(len(entry) for entry in steps) > 20
+
+
+def test_the_trainer_build_prints_a_line_per_stage(tiny_run) -> None:
+    done, _ = tiny_run
+    stages = [line.split("] ", 1)[1] for line in done.stderr.splitlines() if line.startswith("gold train: [")]
+    assert [stage.split(" ")[0] for stage in stages] == ["tokenizers:", "reading", "loading", "loading", "building",
+                                                         "ready"], stages  # fmt: skip
+    assert stages[2].startswith("loading the student") and stages[3].startswith("loading the teacher")

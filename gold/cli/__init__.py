@@ -1,6 +1,7 @@
 """The ``gold`` command line, the top of the flow.
 
-The commands (:mod:`gold.cli.commands`: ``train``, ``eval``, ``align``, ``demo``, ``teacher-cache``,
+The parser (:mod:`gold.cli.parser`, light: ``gold --help`` answers before torch imports), the commands
+(:mod:`gold.cli.commands`: ``train``, ``eval``, ``align``, ``demo``, ``teacher-cache``,
 ``vllm-serve``), their up-front checks and one-line errors (:mod:`gold.cli.checks`), YAML recipes with
 ``section.key=value`` overrides (:mod:`gold.cli.recipe`), building a run from a recipe (:mod:`gold.cli.run`), the
 output-folder and resume guard (:mod:`gold.cli.guard`), the teacher cache's build command
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``gold`` command (the console script and ``python -m gold.cli``)."""
-    from gold.cli.commands import main as run
+    """The ``gold`` command (the console script and ``python -m gold.cli``): parses the arguments first, so that
+    ``--help`` and usage errors answer before the commands' heavy imports."""
+    from gold.cli.parser import main as run
 
     return run(argv)

@@ -2,6 +2,6 @@
 
 import sys
 
-from gold.cli.commands import main
+from gold.cli.parser import main
 
 sys.exit(main())

@@ -16,7 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from alignment import escape_controls
+
+def escape_controls(text: str) -> str:
+    """:func:`alignment.escape_controls`, imported on first use: ``alignment`` imports numpy, and the parser that
+    ``gold --help`` builds imports this module."""
+    from alignment import escape_controls as escape
+
+    return escape(text)
 
 
 class CommandError(SystemExit):

@@ -1,13 +1,7 @@
-"""The ``gold`` command line: ``gold train``, ``gold eval``, ``gold align`` and ``gold demo``.
+"""What each ``gold`` command does once its arguments are parsed (:mod:`gold.cli.parser` builds the parser).
 
-gold train recipe.yaml rollout.lmbda=1.0 training.max_steps=50
-gold eval --data held_out.jsonl --teacher gemma-3-270m --student smollm2-135m-instruct --checkpoints out/run
-gold align --student qwen2.5 --teacher llama-3 "Some text"
-gold align --student gemma-3 --teacher smollm2 --file notes.txt --html out.html
-gold demo                    # cross-family distillation on 2 CPU cores, a few minutes
-gold demo --alignment-only   # just the alignment of a built-in multilingual sample
-gold vllm-serve out/student-start --port 8001   # a vLLM server for rollout.vllm_mode: server
-gold export --merge out/lora/checkpoint-32 out/lora-merged   # a LoRA checkpoint as a plain model folder
+This module imports torch, transformers and the trainer: :func:`gold.cli.main` imports it only after the arguments
+are known, so that ``gold --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -17,7 +11,6 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,25 +24,24 @@ from alignment import (
     render_html,
     render_text,
 )
-from gold.cli.checks import CommandError, OneLineParser, at_least, read_utf8, say, writable_dir, writable_file
+from gold.cli.checks import CommandError, read_utf8, say, writable_dir, writable_file
 from gold.cli.demo import DemoSettings
 from gold.cli.demo import run_demo as demo_main
-from gold.cli.export import add_export, run_export
+from gold.cli.export import run_export
 from gold.cli.guard import check_resume, clear_run, prepare_output_dir, record_run, resolve_resume
 from gold.cli.recipe import RecipeError, config_to_dict, dump_recipe, load_recipe
 from gold.cli.run import build_trainer, check_model_folder
-from gold.cli.teacher_cache import add_teacher_cache, run_teacher_cache
+from gold.cli.teacher_cache import run_teacher_cache
 from gold.data.examples import CompletionBytesError, DataError
 from gold.data.files import read_rows
 from gold.evaluation import run as eval_run
-from gold.models.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer, tokenizer_names
+from gold.models.zoo import ZooPackageMissing, check_tokenizer_folder, load_tokenizer
 from gold.rollout.vllm_memory import EngineStartError
 from gold.rollout.vllm_server import ServerError
 from gold.teacher.cache import CacheError
 from gold.training.arguments import DEFAULT_OUTPUT_DIR
 from gold.training.guard import CheckpointError, NonFiniteError, PeerFailure, last_checkpoint
 from gold.training.rewards import RewardError
-from gold.version import __version__
 
 # A built-in sample for the demo: prose, numbers, accents, CJK, emoji with modifiers and ZWJ, code.
 DEMO_TEXTS = [
@@ -60,103 +52,6 @@ DEMO_TEXTS = [
     'def fib(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
     "    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
 ]
-DEMO_STUDENT = "gemma-3"
-DEMO_TEACHER = "smollm2"  # for --alignment-only
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="gold", description="Cross-tokenizer knowledge distillation.")
-    parser.add_argument("--version", action="version", version=f"gold-distill {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    align = commands.add_parser("align", help="show how two tokenizers split the same bytes")
-    names = ", ".join(tokenizer_names())
-    align.add_argument("--student", required=True, help=f"zoo name ({names}) or a tokenizer directory")
-    align.add_argument("--teacher", required=True, help="zoo name or a tokenizer directory")
-    source = align.add_mutually_exclusive_group(required=True)
-    source.add_argument("text", nargs="?", help="the text to align")
-    source.add_argument("--file", type=Path, help="read the text from this UTF-8 file")
-    align.add_argument("--html", type=Path, help="also write an HTML view to this file")
-    align.add_argument("--max-groups", type=at_least(1), default=200, help="groups shown in the terminal table")
-
-    demo_help = ("the embedded demo: distil a tiny teacher into a student of another tokenizer family, "
-                 "compare with SFT, write plots and an HTML view")  # fmt: skip
-    demo = commands.add_parser("demo", help=demo_help)
-    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
-    demo.add_argument("--steps", type=at_least(1), default=DemoSettings.steps, help="student training steps per run")
-    demo.add_argument("--alignment-only", action="store_true", help="only align two tokenizers on a built-in sample")
-    demo.add_argument("--student", default=DEMO_STUDENT, help="zoo tokenizer of the student (--alignment-only)")
-    demo.add_argument("--teacher", default=DEMO_TEACHER, help="zoo tokenizer of the teacher (--alignment-only)")
-
-    train = commands.add_parser("train", help="distil as a YAML recipe says (runs under accelerate launch too)")
-    train.add_argument("recipe", type=Path, help="YAML recipe (see examples/)")
-    train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.beta=0.3")
-    train.add_argument("--resume", help="checkpoint directory to resume from, or 'latest' in training.output_dir")
-    train.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a run already in training.output_dir (its checkpoints are deleted)",
-    )
-    _add_eval(commands)
-    _add_vllm_serve(commands)
-    add_teacher_cache(commands)
-    add_export(commands)
-    return parser
-
-
-def _add_vllm_serve(commands: Any) -> None:
-    serve = commands.add_parser("vllm-serve", help="start a vLLM server for student rollouts (rollout.vllm_mode: "
-                                "server); runs until stopped")  # fmt: skip
-    serve.add_argument("model", help="the student's starting weights: a Hugging Face model folder or hub id")
-    serve.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on; 0.0.0.0 lets other machines in, including to reload its weights",
-    )
-    serve.add_argument("--port", type=at_least(1), default=8001, help="port (rollout.vllm_server_port)")
-    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    serve.add_argument("--max-model-len", type=at_least(2), help="context length (prompt + completion)")
-    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory (CUDA)")
-    serve.add_argument("--tensor-parallel-size", type=at_least(1), default=1)
-    serve.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (always eager on CPU)")
-    serve.add_argument("--dry-run", action="store_true", help="print the command and exit")
-    serve.add_argument("--vllm-args", default="", help='more flags for vLLM\'s server, one string: "--seed 1"')
-
-
-def _add_eval(commands: Any) -> None:
-    evaluate = commands.add_parser("eval", help="bits per byte, teacher→student KL per byte and agreement")
-    evaluate.add_argument("--data", type=Path, required=True,
-                          help="held-out .jsonl/.json rows: prompt+completion, messages, or text")  # fmt: skip
-    evaluate.add_argument("--student", action="append", default=[], help="zoo model or local folder (repeatable)")
-    evaluate.add_argument("--teacher", help="zoo model or local folder; enables KL and agreement")
-    evaluate.add_argument("--checkpoints", action="append", type=Path, default=[],
-                          help="a training output_dir: score each checkpoint-N as a student (repeatable)")  # fmt: skip
-    evaluate.add_argument("--sample-teacher", type=at_least(0), default=0, metavar="N",
-                          help="score N teacher samples per prompt instead of the file's completions")  # fmt: skip
-    evaluate.add_argument("--max-new-tokens", type=at_least(1), default=64,
-                          help="length of teacher samples and answers")  # fmt: skip
-    evaluate.add_argument("--answer-field", help="row field holding the answer: also report task accuracy")
-    evaluate.add_argument("--limit", type=at_least(1), help="use only the first N rows")
-    evaluate.add_argument("--batch-size", type=at_least(1), default=8)
-    evaluate.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast models to this dtype")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of teacher sampling and stop-rate samples")
-    evaluate.add_argument(
-        "--sample-student",
-        type=at_least(0),
-        default=0,
-        metavar="N",
-        help="also score N samples per prompt of each student's own text with both models: KL(student‖teacher) per "
-        "byte, the teacher's bits per byte of it, and the stop rate on them",
-    )
-    evaluate.add_argument(
-        "--stop-samples",
-        type=at_least(0),
-        default=1,
-        metavar="N",
-        help="samples per prompt of each model for its stop rate (share that stops within --max-new-tokens); 0: skip",
-    )
-    evaluate.add_argument("--json", type=Path, help="write the scores as JSON here")
-    evaluate.add_argument("--plot", type=Path, help="with --checkpoints: plot the metrics against the step here")
 
 
 def _load(name: str, command: str) -> object:
@@ -193,7 +88,9 @@ def run_demo(args: argparse.Namespace) -> int:
         writable_dir(args.out, "--out")  # before the work, with --alignment-only too
     except OSError as err:
         raise CommandError(f"gold demo: {err}") from None
-    return run_alignment_demo(args) if args.alignment_only else demo_main(args.out, DemoSettings(steps=args.steps))
+    if args.alignment_only:
+        return run_alignment_demo(args)
+    return demo_main(args.out, DemoSettings() if args.steps is None else DemoSettings(steps=args.steps))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -285,7 +182,11 @@ def run_eval(args: argparse.Namespace) -> int:
         skipped = [note for _, _, notes in runs for note in notes]
         for note in skipped:
             say(f"gold eval: skipping checkpoint {note}", file=sys.stderr)
+        if args.teacher:
+            _progress("eval", f"loading the teacher {args.teacher}")
         teacher = eval_run.load_scored_model(args.teacher, dtype=args.dtype) if args.teacher else None
+        if data is None:
+            _progress("eval", f"sampling {args.sample_teacher} teacher completion(s) per prompt of {len(rows)} rows")
         data = data or eval_run.eval_set(rows, answer_field=args.answer_field, teacher=teacher, seed=args.seed,
                                          samples_per_prompt=args.sample_teacher, max_new_tokens=args.max_new_tokens,
                                          labels=labels)  # fmt: skip
@@ -296,9 +197,13 @@ def run_eval(args: argparse.Namespace) -> int:
                    "cache": eval_run.AgreementCache(), "stop_samples": args.stop_samples,
                    "student_samples": args.sample_student}  # fmt: skip
         scores = []
+        sampled = f" (with {args.stop_samples} sample(s) per prompt)" if args.stop_samples else ""
         if teacher is not None:
+            _progress("eval", f"scoring the teacher{sampled}")
             scores.append(eval_run.score_model(args.teacher, teacher, data, role="teacher", **options))
         for spec, step, name in students:
+            _progress("eval", f"scoring {name}" + (f" (with {args.sample_student} of its own samples per prompt)"
+                                                   if args.sample_student else sampled))  # fmt: skip
             model = eval_run.load_scored_model(spec, dtype=args.dtype)
             scores.append(eval_run.score_model(name, model, data, role="student", step=step, teacher=teacher,
                                                **options))  # fmt: skip
@@ -315,6 +220,11 @@ def run_eval(args: argparse.Namespace) -> int:
         eval_run.plot_steps(args.plot, scores)
         say(f"plot written to {args.plot}")
     return 0
+
+
+def _progress(command: str, text: str) -> None:
+    """A ``gold <command>: <stage>`` line on stderr, so that a long stretch is not silent."""
+    say(f"gold {command}: {text}", file=sys.stderr, flush=True)
 
 
 def run_vllm_serve(args: argparse.Namespace) -> int:
@@ -370,9 +280,8 @@ def run_alignment_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``gold`` console script."""
-    args = _parser().parse_args(argv)
+def run_command(args: argparse.Namespace) -> int:
+    """Runs the parsed command; a refusal is printed as its one line (exit code 2)."""
     handlers = {"align": run_align, "demo": run_demo, "train": run_train, "eval": run_eval,
                 "vllm-serve": run_vllm_serve, "teacher-cache": run_teacher_cache, "export": run_export}  # fmt: skip
     try:
@@ -380,7 +289,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as err:
         print(err, file=sys.stderr)
         raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainingArguments
-from transformers.trainer_callback import ProgressCallback
 
 from alignment import AlignmentStats, align_text_batch, format_stats, html_page, render_html
 from gold.cli.demo_task import accuracy, fit_to_task, task_prompts, teacher_examples
@@ -33,6 +32,7 @@ from gold.evaluation.run import model_stop_rate
 from gold.models.build import tiny_model
 from gold.models.zoo import load_tokenizer
 from gold.training.baselines import SequenceKDTrainer
+from gold.training.console import ConsoleLine
 from gold.training.trainer import GoldTrainer
 
 
@@ -67,13 +67,6 @@ class Scores:
     student_bits_per_byte: float
     accuracy: float
     stop_rate: float
-
-
-class _BarOnly(ProgressCallback):
-    """A progress bar without a printed dict per logging step (the demo logs every step)."""
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        return None
 
 
 def _phase(name: str) -> Callable[[], None]:
@@ -128,8 +121,7 @@ def _train(
         student, teacher, args=args, train_dataset=data, student_tokenizer=tokenizers[0],
         teacher_tokenizer=tokenizers[1], loss=LossConfig(beta=settings.beta), rollout=rollout,
     )  # fmt: skip
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_BarOnly())
+    trainer.remove_callback(ConsoleLine)  # the demo logs every step: its bar is enough
     curve = _HeldOutCurve(student, tokenizers, teacher, held_out, settings.eval_every)
     trainer.add_callback(curve)
     trainer.train()
@@ -189,7 +181,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> int:
     done = _phase(f"fitting a tiny teacher to the task ({settings.teacher_steps} steps)")
     teacher = tiny_model(teacher_tok, seed=settings.seed + 1)
     teacher_curve = fit_to_task(teacher, teacher_tok, train_prompts, steps=settings.teacher_steps,
-                                lr=settings.teacher_lr, seed=settings.seed)  # fmt: skip
+                                lr=settings.teacher_lr, seed=settings.seed, progress="teacher fit")  # fmt: skip
     teacher_accuracy = accuracy(teacher, teacher_tok, held_prompts)
     teacher_stops = model_stop_rate(teacher, teacher_tok, [p.text for p in held_prompts], samples=4, max_new_tokens=16)
     done()

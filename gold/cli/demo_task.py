@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from alignment import encode_continuation
 from gold.config import RolloutConfig
@@ -75,8 +76,10 @@ def fit_to_task(
     batch_size: int = 32,
     lr: float = 1e-2,
     seed: int = 0,
+    progress: str | None = None,
 ) -> list[float]:
-    """Maximum likelihood on task answers (completion tokens only); returns the loss per step."""
+    """Maximum likelihood on task answers (completion tokens only); returns the loss per step. ``progress``: the
+    label of a progress bar on stderr (the demo's teacher fit is minutes on 2 cores); None: quiet."""
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
@@ -84,6 +87,7 @@ def fit_to_task(
     end_id = model_stop_rule(model, tokenizer).end_id  # the teacher learns to stop after its answer
     losses = []
     model.train()
+    bar = tqdm(total=steps, desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
     for _ in range(steps):
         chosen = [rng.choice(prompts) for _ in range(batch_size)]
         prompt_batch = [cached.setdefault(p.text, prompt_ids(tokenizer, p.text)) for p in chosen]
@@ -97,6 +101,9 @@ def fit_to_task(
         schedule.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        bar.update()
+    bar.close()
     model.eval()
     return losses
 

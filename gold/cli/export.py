@@ -10,22 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-from typing import Any
 
 from gold.cli.checks import CommandError, writable_dir
 from gold.config import ModelConfig, RecipeError
 from gold.models.build import build_model
 from gold.models.lora import load_adapted, save_merged
 from gold.models.zoo import load_tokenizer
-
-
-def add_export(commands: Any) -> None:
-    export = commands.add_parser("export", help="write a LoRA checkpoint's merged weights as a plain model folder")
-    export.add_argument("--merge", action="store_true", required=True, help="merge the adapter into the base weights")
-    export.add_argument("checkpoint", type=Path, help="a checkpoint-N (or final) folder of a student.peft run")
-    export.add_argument("out", type=Path, help="the new model folder (must not exist, or be empty)")
-    export.add_argument("--base", help="the base model: zoo name or folder (default: the one the adapter records)")
 
 
 def run_export(args: argparse.Namespace) -> int:

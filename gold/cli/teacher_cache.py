@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from gold.cli.checks import CommandError, at_least, writable_dir
+from gold.cli.checks import CommandError, writable_dir
 from gold.cli.recipe import RecipeError, load_recipe
 from gold.config import GoldConfig
 from gold.data.batch import PairTables
@@ -36,26 +36,6 @@ from gold.teacher.local import LocalTeacher
 from gold.teacher.served import ServedTeacher, real_sequences
 from gold.teacher.sparse import SparseRows, next_token_ids, top_k_rows
 from gold.training.arguments import training_arguments
-
-
-def add_teacher_cache(commands: Any) -> None:
-    cache = commands.add_parser("teacher-cache", help="teacher rows computed once, read by any student (teacher.cache)")
-    actions = cache.add_subparsers(dest="action", required=True)
-    build = actions.add_parser("build", help="teacher top-K rows for every completion of a recipe's data (resumable)")
-    build.add_argument("recipe", type=Path, help="YAML recipe: its teacher (model or server_url) and data")
-    build.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. teacher.top_k=64")
-    build.add_argument("--out", type=Path, required=True, help="the cache folder (a rerun resumes it)")
-    build.add_argument("--top-k", type=int, help="K per position (-1: every id; default: teacher.top_k)")
-    build.add_argument("--batch-size", type=at_least(1), default=8, help="sequences per teacher call")
-    build.add_argument(
-        "--seq-kd-samples",
-        type=at_least(0),
-        default=0,
-        metavar="N",
-        help="also draw N teacher samples per prompt, once (rollout.seq_kd reads them), with their rows",
-    )
-    info = actions.add_parser("info", help="what a cache holds: teacher, K, sequences, bytes per token")
-    info.add_argument("folder", type=Path)
 
 
 def run_teacher_cache(args: argparse.Namespace) -> int:

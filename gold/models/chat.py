@@ -34,6 +34,12 @@ BUILTIN_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
         "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
         ("<start_of_turn>", "<end_of_turn>"),
     ),
+    # Mistral v1's [INST] format: its markers are plain text in the v1 SentencePiece vocabulary, not special tokens
+    "mistral": (
+        "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{{ message['content'] }}"
+        "{{ eos_token }}{% else %}[INST] {{ message['content'] }} [/INST]{% endif %}{% endfor %}",
+        (),
+    ),
 }
 
 

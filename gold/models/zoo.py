@@ -21,12 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gold.models import tiktoken_ranks
 from gold.models.hub import hub_tokenizer, is_hub_id
 
 CACHE_VERSION = "1"
 # tokenizers: 2 = Llama-3 / Mistral add BOS as their published tokenizers do; DeepSeek has BOS/EOS
 TOKENIZER_CACHE_VERSION = "2"
+
+
+def _ranks() -> Any:
+    """:mod:`gold.models.tiktoken_ranks`, imported when a tokenizer is built: it imports transformers, and the zoo's
+    names are read by ``gold --help``, which must not wait for it."""
+    from gold.models import tiktoken_ranks
+
+    return tiktoken_ranks
 
 
 class ZooPackageMissing(ImportError):
@@ -89,7 +96,7 @@ def _fast(tokenizer: Any, **special: str) -> Any:
 
 
 def _build_qwen(folder: Path) -> Any:
-    tok = tiktoken_ranks.qwen2_tokenizer(folder / "resources" / "qwen.tiktoken")
+    tok = _ranks().qwen2_tokenizer(folder / "resources" / "qwen.tiktoken")
     return _fast(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
@@ -105,12 +112,12 @@ def _with_bos(tok: Any, bos: str) -> Any:
 
 
 def _build_llama3(folder: Path) -> Any:
-    tok = _with_bos(tiktoken_ranks.llama3_tokenizer(folder / "llama3" / "tokenizer.model"), "<|begin_of_text|>")
+    tok = _with_bos(_ranks().llama3_tokenizer(folder / "llama3" / "tokenizer.model"), "<|begin_of_text|>")
     return _fast(tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>")
 
 
 def _build_tekken(folder: Path) -> Any:
-    tok = _with_bos(tiktoken_ranks.tekken_tokenizer(folder / "data" / "tekken_240911.json"), "<s>")
+    tok = _with_bos(_ranks().tekken_tokenizer(folder / "data" / "tekken_240911.json"), "<s>")
     return _fast(tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
 
 

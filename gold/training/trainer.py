@@ -45,6 +45,7 @@ from gold.teacher.served import ServedTeacher
 from gold.training.call_shapes import resolve_models
 from gold.training.completions_log import completion_views
 from gold.training.completions_log import report as report_completions
+from gold.training.console import use_console_line
 from gold.training.guard import RunGuard
 from gold.training.hidden_states import HiddenPlan, hidden_logits, hidden_plan, teacher_hidden_logits
 from gold.training.metrics import StepMetrics
@@ -168,6 +169,7 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
                          eval_dataset=self._eval_examples, data_collator=list, processing_class=student_tokenizer,
                          **kwargs)  # fmt: skip
+        use_console_line(self)  # one compact line per log on the console; the whole dict in log_history
         if held_out is not None:
             self._add_held_out_eval(_examples(held_out), held_out_samples)
         self._held_out_scorer = None if self._eval_examples is None else self._scorer(self._eval_examples, 1)

@@ -307,6 +307,61 @@ CASES = {
         lambda t: _train(t, f"teacher.server_url={fake_teacher_url('nan')}"),
         "/nan answered log-probability nan",
     ),
+    # integrations, refused before any model loads (issue 30, item 5); SETUP below makes each machine state
+    "report_to wandb, not installed": (
+        lambda t: _train(t, "training.report_to=[wandb]"),
+        "training.report_to: [wandb] needs wandb, which is not installed: pip install 'gold-distill[wandb]'",
+    ),
+    "push_to_hub without a token": (
+        lambda t: _train(t, "training.push_to_hub=true"),
+        "training.push_to_hub needs a Hugging Face token, and none is set: run `hf auth login` or set HF_TOKEN",
+    ),
+    "push_to_hub, hub unreachable": (
+        lambda t: _train(t, "training.push_to_hub=true"),
+        "training.push_to_hub is set, and the hub at http://127.0.0.1:",
+    ),
+    "push_to_hub offline": (lambda t: _train(t, "training.push_to_hub=true"), "HF_HUB_OFFLINE=1 keeps this run off"),
+    "accelerate FSDP config without GPUs": (
+        lambda t: _train(t),
+        "the accelerate config asks for FSDP (ACCELERATE_USE_FSDP=true), which accelerate runs on GPUs only",
+    ),
+}
+
+
+def _no_wandb(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError, as when not installed
+
+
+def _hub(monkeypatch, *, token: str | None, endpoint: str = "http://127.0.0.1:9", offline: bool = False) -> None:
+    """The hub as this process sees it: ``token`` in HF_TOKEN (no token file), ``endpoint``, offline or not."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    if token is None:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", "/nonexistent/gold-test-token")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+
+
+def _fsdp_launch_on_cpu(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets for distributed_type: FSDP
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+# the machine state a case needs (never the network: the hub is a closed local port)
+SETUP = {
+    "report_to wandb, not installed": _no_wandb,
+    "push_to_hub without a token": lambda mp: _hub(mp, token=None),
+    "push_to_hub, hub unreachable": lambda mp: _hub(
+        mp, token="hf_gold_test", endpoint=f"http://127.0.0.1:{closed_port()}"
+    ),
+    "push_to_hub offline": lambda mp: _hub(mp, token="hf_gold_test", offline=True),
+    "accelerate FSDP config without GPUs": _fsdp_launch_on_cpu,
 }
 
 
@@ -320,7 +375,9 @@ ESCAPED = {"output_dir with ESC and BEL": "/\\x1b[31mred\\x07",
 # and these the fix
 NAMES_THE_FIX = {"served teacher: no server": "gold vllm-serve", "served teacher: no such host": "gold vllm-serve",
                  "served teacher: another tokenizer": "set teacher.tokenizer",
-                 "served teacher: NaN rows": "not from training"}  # fmt: skip
+                 "served teacher: NaN rows": "not from training",
+                 "push_to_hub, hub unreachable": "set training.push_to_hub=false",
+                 "accelerate FSDP config without GPUs": "--multi_gpu"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -331,6 +388,7 @@ def test_bad_input_exits_2_with_one_line_naming_it(name, tmp_path, capsys, monke
 
     build, expected = CASES[name]
     argv = build(tmp_path)
+    SETUP.get(name, lambda mp: None)(monkeypatch)
 
     def no_model(*args, **kwargs):
         raise AssertionError(f"{name}: a model loaded before the bad input was refused")

@@ -49,16 +49,23 @@ def test_bad_chat_templates_are_named(tmp_path) -> None:
     mistral = copy.deepcopy(zoo("mistral-v1"))
     with pytest.raises(ValueError, match=r"chat template 'chatml' needs the special tokens \['<\|im_start\|>'"):
         set_chat_template(mistral, "chatml")
-    with pytest.raises(ValueError, match=r"neither a built-in \(chatml, llama-3, gemma\) nor an existing Jinja file"):
+    with pytest.raises(ValueError, match=r"neither a built-in \(chatml, llama-3, gemma, mistral\) nor an existing"):
         set_chat_template(mistral, "chatmll")
     template = tmp_path / "plain.jinja"
     template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}", encoding="utf-8")
     assert set_chat_template(mistral, str(template)).chat_template.startswith("{% for m in messages %}")
     with pytest.raises(RecipeError, match="needs the special tokens"):
         build_tokenizer(ModelConfig(model="tiny", tokenizer="mistral-v1", chat_template="llama-3"))
-    assert set(BUILTIN_TEMPLATES) == {"chatml", "llama-3", "gemma"}
+    assert set(BUILTIN_TEMPLATES) == {"chatml", "llama-3", "gemma", "mistral"}
     with pytest.raises(ValueError, match="chat_template is empty"):
         ModelConfig(model="tiny", tokenizer="mistral-v1", chat_template="")
+
+
+def test_the_mistral_template_renders_v1_instructions() -> None:
+    """The tiny recipe's teacher (Mistral v1, no template of its own) renders chat rows as Mistral does."""
+    mistral = build_tokenizer(ModelConfig(model="tiny", tokenizer="mistral-v1", chat_template="mistral"))
+    assert mistral.decode(prompt_ids(mistral, CHAT.prompt)) == "<s>[INST] Say hi [/INST]"
+    assert mistral.convert_ids_to_tokens(stop_rule(mistral).end_id) == "</s>"
 
 
 def test_recipe_chat_template_reaches_the_tokenizer() -> None:
