@@ -34,11 +34,8 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
     check_served_seq_kd(config.teacher, config.rollout)
     stage = stages(enabled=args.process_index == 0)
     self_kind = config.teacher.model if config.teacher.model in SELF_TEACHERS else None
-    stage(f"tokenizers: student {config.student.tokenizer or config.student.model}, teacher "
-          f"{config.teacher.tokenizer or config.teacher.model}")  # fmt: skip
     student_tokenizer = build_tokenizer(config.student)
     teacher_tokenizer = student_tokenizer if self_kind else build_tokenizer(config.teacher)
-    stage(f"reading and checking the rows of {config.data.path}")
     examples = training_examples(config)
     if isinstance(examples, Rows):
         check_prompt_lengths(examples, {"student": student_tokenizer, "teacher": teacher_tokenizer},
@@ -54,7 +51,10 @@ def build_trainer(config: GoldConfig, *, trainer_cls: type[GoldTrainer] = GoldTr
             check_model_folder(Path(spec.model))
     server_url = getattr(config.teacher, "server_url", None)  # a TeacherConfig's; a plain ModelConfig has none
     served = served_teacher(config.teacher, teacher_tokenizer) if server_url else None  # checked before models load
-    stage(f"loading the student ({config.student.model}; a zoo model is dequantized once per machine)")
+    # the lines start here, once every check has passed: a refused input stays one line
+    rows = f"{len(examples)} rows" if isinstance(examples, list) else "streamed rows"
+    stage(f"tokenizers and {rows} checked; loading the student ({config.student.model}; a zoo model is dequantized "
+          "once per machine)")  # fmt: skip
     student = build_model(config.student, student_tokenizer, seed=args.seed)
     stage(f"loading the teacher ({config.teacher.model or 'its server or cache'})")
     if self_kind:  # self-distillation: the student's start (frozen copy) or the student itself
