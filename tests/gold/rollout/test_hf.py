@@ -165,13 +165,14 @@ HOSTILE_FIELDS = {
 A, B = 42, 43  # ":" and ";"; the prompt holds A, so repetition and n-gram rules would touch it
 
 
-def peaked(tokenizer):
-    """A tiny model whose next token after ``[A, 44, A]`` is A, B or the end token with p ≈ (0.48, 0.29, 0.22)
-    (tied embeddings: each output row is a multiple of the final norm's sign vector, logit ≈ 16·multiple)."""
-    model = tiny(tokenizer)
+def peaked(tokenizer, model=None, scales=(1.0, 0.96875, 0.95)):
+    """A tiny model (``model``, default :func:`tiny`'s) whose next token after ``[A, 44, A]`` is A, B or the end
+    token with p ≈ (0.48, 0.29, 0.22) at the default ``scales`` (tied embeddings: each output row is a multiple of the
+    final norm's sign vector, logit ≈ 16·multiple)."""
+    model = model if model is not None else tiny(tokenizer)
     with torch.no_grad():
         sign = model.model.layers[0].input_layernorm.weight.sign()
-        for token, scale in ((A, 1.0), (B, 0.96875), (tokenizer.eos_token_id, 0.95)):
+        for token, scale in zip((A, B, tokenizer.eos_token_id), scales, strict=True):
             model.get_output_embeddings().weight[token] = scale * sign
     return model
 

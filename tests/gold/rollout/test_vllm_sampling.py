@@ -14,6 +14,7 @@ import torch
 from gold.config import RolloutConfig
 from gold.rollout import HFGenerator
 from tests.gold.conftest import require_vllm
+from tests.gold.rollout.test_hf import PROMPTS, A, B, peaked
 from tests.gold.rollout.test_vllm import vllm_model
 
 require_vllm()
@@ -22,23 +23,11 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 from gold.rollout.vllm import VLLMGenerator  # noqa: E402
 
-A, B = 42, 43
-PROMPT = [A, 44, A]
+PROMPT = PROMPTS[0]
 DRAWS = 2000
 # the sampling fields vLLM itself reads from a generation_config.json: each would change what is sampled
 GENERATION_FIELDS = {"do_sample": True, "repetition_penalty": 1.3, "min_p": 0.5, "top_k": 1, "top_p": 0.1,
                      "temperature": 0.1}  # fmt: skip
-
-
-def peaked(tokenizer):
-    """A tiny head-size-32 model whose next token after PROMPT is A, B or the end token, each likely, the rest
-    of the vocabulary sharing what is left (tied embeddings: each output row a multiple of the norm's sign)."""
-    model = vllm_model(tokenizer)
-    with torch.no_grad():
-        sign = model.model.layers[0].input_layernorm.weight.sign()
-        for token, scale in ((A, 0.2), (B, 0.19), (tokenizer.eos_token_id, 0.185)):
-            model.get_output_embeddings().weight[token] = scale * sign
-    return model
 
 
 def frequencies(ids: list[int], tokens: list[int]) -> torch.Tensor:
@@ -58,7 +47,7 @@ def test_hf_and_vllm_sample_the_models_own_softmax(student_tokenizer) -> None:
     """2,000 one-token draws from each: each token's frequency is the model's probability within 4.5 σ, and the two
     samplers agree (two-sample χ² with 3 degrees of freedom below 16.3, p = 0.001), with a generation config that
     would make vLLM's and HF's defaults greedy-like (top_k 1, repetition_penalty 1.3, min_p 0.5)."""
-    model = peaked(student_tokenizer)
+    model = peaked(student_tokenizer, vllm_model(student_tokenizer), scales=(0.2, 0.19, 0.185))  # head size 32
     model.generation_config.update(**GENERATION_FIELDS)
     tokens = [A, B, student_tokenizer.eos_token_id]
     config = RolloutConfig(temperature=1.0, max_completion_length=1, num_generations=DRAWS, use_vllm=True)
