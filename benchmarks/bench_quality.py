@@ -63,6 +63,16 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "gold hybrid temperature 2": {"loss": {"student_temperature": 2.0, "teacher_temperature": 2.0}},
 }
 ON_POLICY = {"gold hybrid on-policy (λ 0.5 β 0.5)": {"loss": {"beta": 0.5}, "lmbda": 0.5}}
+# what might close the gap on the student's own text (issue 32): on-policy slices at other λ and β, the
+# vocabulary-free terms at other weights, ULD's exact sort for the unmatched mass
+REVERSE_GAP = {
+    "on-policy λ 0.25 β 0.5": {"loss": {"beta": 0.5}, "lmbda": 0.25},
+    "on-policy λ 0.25 β 1": {"loss": {"beta": 1.0}, "lmbda": 0.25},
+    "on-policy λ 0.5 β 1": {"loss": {"beta": 1.0}, "lmbda": 0.5},
+    "gold hybrid + span 0.3": {"loss": {"span_weight": 0.3}},
+    "gold hybrid + byte marginal 0.3": {"loss": {"byte_marginal_weight": 0.3}},
+    "gold hybrid exact ULD sort": {"loss": {"uld_method": "exact"}},
+}
 CONTROL = "demo-control"
 # the two arms recovery compares: SFT's gap to distillation's, across tokenizers and on one tokenizer
 RECOVERY_ARMS = ("SFT on teacher samples", "gold hybrid (default)")
@@ -243,7 +253,7 @@ def main() -> None:
 def _chosen_arms(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if not args.arms:
         return {**ARMS, **(ON_POLICY if args.setting == "real-pair" else {})}
-    known = {**ARMS, **ON_POLICY, **ABLATIONS}
+    known = {**ARMS, **ON_POLICY, **ABLATIONS, **REVERSE_GAP}
     chosen = args.arms.split(",")
     unknown = [name for name in chosen if name not in known]
     if unknown:
