@@ -2,8 +2,8 @@
 
 The order (DESIGN §2), lowest first; a module may import its own wing and the wings below it, never one above:
 
-    alignment → leaves (gold.config, gold.extras, gold.version) → models → data → losses → rollout → teacher
-    → evaluation → training → cli
+    alignment → leaves (gold.config, gold.model_config, gold.extras, gold.version) → models → data → losses → rollout
+    → teacher → evaluation → training → cli
 
 ``gold/__init__.py`` (the public API, every name imported lazily) stands above them all. Imports inside functions
 count as much as those at module level: a deferred import hides a circle, it does not remove it. A module never
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("alignment", "leaf", "models", "data", "losses", "rollout", "teacher", "evaluation", "training", "cli", "api")
-LEAVES = {"gold.config", "gold.extras", "gold.version"}
+LEAVES = {"gold.config", "gold.model_config", "gold.extras", "gold.version"}
 
 
 def wing(module: str) -> str:
