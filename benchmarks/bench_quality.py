@@ -72,6 +72,12 @@ REVERSE_GAP = {
     "gold hybrid + span 0.3": {"loss": {"span_weight": 0.3}},
     "gold hybrid + byte marginal 0.3": {"loss": {"byte_marginal_weight": 0.3}},
     "gold hybrid exact ULD sort": {"loss": {"uld_method": "exact"}},
+    "gold hybrid + span 0.6": {"loss": {"span_weight": 0.6}},
+    "gold hybrid + byte marginal 0.6": {"loss": {"byte_marginal_weight": 0.6}},
+    "gold hybrid + span 0.3 + byte marginal 0.3": {"loss": {"span_weight": 0.3, "byte_marginal_weight": 0.3}},
+    "gold hybrid + projection 0.3": {"loss": {"projection_weight": 0.3}},
+    "gold hybrid + projection 1": {"loss": {"projection_weight": 1.0}},
+    "gold hybrid + projection 3": {"loss": {"projection_weight": 3.0}},
 }
 CONTROL = "demo-control"
 # the two arms recovery compares: SFT's gap to distillation's, across tokenizers and on one tokenizer
@@ -220,6 +226,8 @@ def main() -> None:
     parser.add_argument("--control", action="store_true", help="demo: run the same-tokenizer control too (the student "
                         "on the teacher's tokenizer) and print recovery")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed … first-seed + seeds - 1 (to "
+                        "add a seed to an earlier run)")  # fmt: skip
     parser.add_argument("--steps", type=int, help="student steps per arm (default: the setting's own)")
     parser.add_argument("--arms", help="arm names to run, separated by commas (default: the setting's ARMS)")
     parser.add_argument("--copies", type=int, help="demo: teacher samples per training prompt (default: enough that "
@@ -234,11 +242,12 @@ def main() -> None:
     settings = [args.setting, *([CONTROL] if args.control else [])]
     started = time.perf_counter()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name in settings:
             print(f"seed {seed}: {name}, {steps} steps, {len(arms)} arms", flush=True)
             runs[name].append(run_seed(name, seed, steps, arms, args.out / name, args.copies))
-    payload: dict[str, Any] = {"steps": steps, "seeds": args.seeds, "copies": args.copies}
+    payload: dict[str, Any] = {"steps": steps, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
+                               "copies": args.copies}  # fmt: skip
     for name in settings:
         payload[name] = {"runs": runs[name], "summary": summary(runs[name])}
         print(f"\n{name}\n" + format_summary(payload[name]["summary"]))

@@ -44,6 +44,10 @@ class LossConfig:
     # KL of the next-byte distributions at group starts (exact, vocabulary-free). Added: 0.475 ± 0.025, which
     # overlaps the hybrid's spread, and 1.9× the step time; off, a candidate to revisit on the real pair
     byte_marginal_weight: float = 0.0
+    # both next-token distributions at group starts projected into the teacher's vocabulary through the tokens'
+    # bytes (each token counts towards the longest teacher token it starts with; gold.losses.projection), compared
+    # there: identity-aware where the hybrid's unmatched part (ULD) is not
+    projection_weight: float = 0.0
     # SFT mixing: the student's cross-entropy on completions it did not write (dataset rows, teacher samples; never
     # its own rollouts), a mean over their tokens in the step, logged as loss/sft (gold.training.sft_mix)
     sft_weight: float = 0.0
@@ -99,7 +103,7 @@ class LossConfig:
     hidden_states: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self) -> None:
-        weights = ("hybrid_weight", "uld_weight", "span_weight", "byte_marginal_weight")
+        weights = ("hybrid_weight", "uld_weight", "span_weight", "byte_marginal_weight", "projection_weight")
         for name in (*weights, "sft_weight", "opd_weight"):
             if not 0 <= getattr(self, name) <= MAX_WEIGHT:
                 raise ValueError(f"LossConfig.{name} must be in [0, {MAX_WEIGHT:g}] (a larger scale belongs in the "

@@ -16,6 +16,7 @@ import torch
 from alignment import Alignment, AlignmentStats, VocabMap, token_bytes_table
 from alignment.shifted import ShiftedPairs, group_shifts
 from gold.data.byte_bins import first_byte_table, shared_bins
+from gold.data.prefix_classes import PrefixClasses, prefix_classes
 from gold.models.stops import StopRule, stop_rule
 
 
@@ -32,6 +33,7 @@ class PairTables:
         shifted: the column pairs of groups whose last tokens start at different bytes
             (:class:`alignment.ShiftedPairs`; None: such groups use the global map too).
         teacher_tail: the tail column of sparse teacher rows (:mod:`gold.teacher.sparse`), None for a dense teacher.
+        prefix_classes: the projection term's classes (:mod:`gold.data.prefix_classes`), built only when asked.
     """
 
     student_matched: torch.Tensor
@@ -41,12 +43,13 @@ class PairTables:
     shared_bins: torch.Tensor
     shifted: ShiftedPairs | None = None
     teacher_tail: int | None = None
+    prefix_classes: PrefixClasses | None = None
 
     @classmethod
     def build(
         cls, student_tokenizer: Any, teacher_tokenizer: Any, *, student_rows: int, teacher_rows: int,
         student_stop: StopRule | None = None, teacher_stop: StopRule | None = None, vocab_match: str = "bytes",
-        teacher_tail: int | None = None,
+        teacher_tail: int | None = None, with_prefix_classes: bool = False,
     ) -> PairTables:  # fmt: skip
         """Tables for a pair; ``*_rows`` are the models' embedding (logit) sizes (with sparse teacher rows, the tail
         column ``teacher_tail`` included: it partners no student id).
@@ -55,6 +58,7 @@ class PairTables:
         their strings (``<|im_end|>`` ↔ ``<end_of_turn>``): both mean "the completion ends here". Every stop
         id falls in the byte marginal's END bin. ``vocab_match``: "bytes" (canonical bytes, gold's) or "raw"
         (identical piece strings, TRL 1.16's; :meth:`alignment.VocabMap.build_raw`; no shifted pairs).
+        ``with_prefix_classes``: build the projection term's classes too (``loss.projection_weight``).
         """
         if vocab_match not in ("bytes", "raw"):
             raise ValueError(f"vocab_match must be 'bytes' or 'raw', got {vocab_match!r}")
@@ -71,10 +75,15 @@ class PairTables:
             raise ValueError(f"the teacher's tail column must be its last row ({teacher_rows - 1}), got {teacher_tail}")
         last_teacher_id = teacher_rows if teacher_tail is None else teacher_tail
         keep = (student_matched < student_rows) & (teacher_matched < last_teacher_id)
-        student_bins = first_byte_table(token_bytes_table(student_tokenizer), num_rows=student_rows,
-                                        end_ids=sorted(student_stop.stop_ids))  # fmt: skip
-        teacher_bins = first_byte_table(token_bytes_table(teacher_tokenizer), num_rows=teacher_rows,
-                                        end_ids=sorted(teacher_stop.stop_ids))  # fmt: skip
+        student_table, teacher_table = token_bytes_table(student_tokenizer), token_bytes_table(teacher_tokenizer)
+        student_ends, teacher_ends = sorted(student_stop.stop_ids), sorted(teacher_stop.stop_ids)
+        student_bins = first_byte_table(student_table, num_rows=student_rows, end_ids=student_ends)
+        teacher_bins = first_byte_table(teacher_table, num_rows=teacher_rows, end_ids=teacher_ends)
+        classes = None
+        if with_prefix_classes:
+            classes = prefix_classes(student_table, teacher_table, student_rows=student_rows,
+                                     teacher_rows=teacher_rows, student_end_ids=student_ends,
+                                     teacher_end_ids=teacher_ends)  # fmt: skip
         return cls(
             student_matched=torch.from_numpy(student_matched[keep].astype(np.int64)),
             teacher_matched=torch.from_numpy(teacher_matched[keep].astype(np.int64)),
@@ -83,12 +92,14 @@ class PairTables:
             shared_bins=shared_bins(student_bins, teacher_bins),
             shifted=ShiftedPairs.of(vocab) if vocab_match == "bytes" else None,
             teacher_tail=teacher_tail,
+            prefix_classes=classes,
         )
 
     def to(self, device: torch.device | str) -> PairTables:
+        classes = None if self.prefix_classes is None else self.prefix_classes.to(device)
         return PairTables(*(t.to(device) for t in (self.student_matched, self.teacher_matched, self.student_bins,
                                                     self.teacher_bins, self.shared_bins)),
-                          shifted=self.shifted, teacher_tail=self.teacher_tail)  # fmt: skip
+                          shifted=self.shifted, teacher_tail=self.teacher_tail, prefix_classes=classes)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from gold.losses.composite import cross_tokenizer_loss
 from gold.losses.divergences import forward_kl, generalized_jsd, reverse_kl
 from gold.losses.hybrid import HybridParts, hybrid
 from gold.losses.merge import GroupIndex, GroupRows, group_logprobs, index_groups, rows_of, with_rest_bucket
+from gold.losses.projection import projection
 from gold.losses.reduce import NonFiniteLossError, check_finite, reduce_rows
 from gold.losses.span import span_likelihood
 from gold.losses.uld import uld, uld_topk, uld_topk_error_bound
@@ -29,6 +30,7 @@ __all__ = [
     "group_logprobs",
     "hybrid",
     "index_groups",
+    "projection",
     "reduce_rows",
     "reverse_kl",
     "rows_of",

@@ -26,10 +26,11 @@ __all__ = ["END_BIN", "NO_BYTE", "NUM_BINS", "byte_marginal", "first_byte_table"
            "shared_bins"]  # fmt: skip
 
 
-def fold_to_bytes(logprobs: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """(G, V) log-probability rows → (G, 258) log-probabilities of the next byte (or of the end)."""
+def fold_to_bytes(logprobs: torch.Tensor, bins: torch.Tensor, num_bins: int = NUM_BINS) -> torch.Tensor:
+    """(G, V) log-probability rows → (G, 258) log-probabilities of the next byte (or of the end); with other
+    ``bins`` and ``num_bins``, of any classes of tokens (:mod:`gold.losses.projection`)."""
     probs = logprobs.exp()
-    folded = torch.zeros(probs.shape[0], NUM_BINS, dtype=probs.dtype, device=probs.device)
+    folded = torch.zeros(probs.shape[0], num_bins, dtype=probs.dtype, device=probs.device)
     folded = folded.index_add(1, bins.to(probs.device), probs)
     # log of empty bins is -inf with a zero gradient (log is taken of a stand-in 1 there)
     present = folded > 0

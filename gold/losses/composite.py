@@ -16,6 +16,7 @@ no (B, T, V) logits exist at all.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -28,24 +29,26 @@ from gold.losses.byte_marginal import byte_marginal
 from gold.losses.fused import FUSED_TERMS, fused_applies, fused_row_terms
 from gold.losses.hybrid import HybridParts, hybrid
 from gold.losses.merge import GroupIndex, check_same_groups, index_groups, reduction_dtype, rows_of, start_rows
+from gold.losses.projection import projection
 from gold.losses.reduce import check_finite, reduce_rows
 from gold.losses.span import span_likelihood
 from gold.losses.triton_uld import triton_uld_quantized
 from gold.losses.uld import uld, uld_topk
 from gold.losses.uld_quantized import uld_quantized
 
-TERMS = ("hybrid", "uld", "span", "byte_marginal")
+TERMS = ("hybrid", "uld", "span", "byte_marginal", "projection")
 
 
 def _row_terms(
     config: LossConfig, terms: frozenset[str], batch: AlignedBatch, student_logits: torch.Tensor,
     teacher_logits: torch.Tensor, student_index: GroupIndex, teacher_index: GroupIndex, select: torch.Tensor,
 ) -> torch.Tensor:  # fmt: skip
-    """(7, g) per-group values for one chunk: hybrid, ULD, byte marginal, teacher matched mass, the hybrid's
+    """(8, g) per-group values for one chunk: hybrid, ULD, byte marginal, projection, teacher matched mass, the hybrid's
     matched (JSD) and unmatched (ULD) parts before weighting, and the teacher mass the global vocabulary map
     matches (zeros for terms not asked)."""
     zeros = torch.zeros(select.shape[0], dtype=reduction_dtype(student_logits), device=student_logits.device)
-    hybrid_rows, uld_rows, byte_rows, mass, matched, unmatched = zeros, zeros, zeros, zeros, zeros, zeros
+    hybrid_rows, uld_rows, byte_rows, projection_rows = zeros, zeros, zeros, zeros
+    mass, matched, unmatched = zeros, zeros, zeros
     mass_before = zeros
     if "hybrid" in terms or "uld" in terms:
         student_rows = rows_of(student_logits, student_index, select)  # (g, Vs)
@@ -66,7 +69,28 @@ def _row_terms(
             shared=batch.tables.shared_bins,
             beta=config.beta,
         )  # fmt: skip
-    return torch.stack([hybrid_rows, uld_rows, byte_rows, mass, matched.detach(), unmatched.detach(), mass_before])
+    if "projection" in terms:
+        projection_rows = _projection_rows(config, batch, student_logits, teacher_logits, student_index,
+                                           teacher_index, select)  # fmt: skip
+    return torch.stack([hybrid_rows, uld_rows, byte_rows, projection_rows, mass, matched.detach(), unmatched.detach(),
+                        mass_before])  # fmt: skip
+
+
+def _projection_rows(
+    config: LossConfig, batch: AlignedBatch, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+    student_index: GroupIndex, teacher_index: GroupIndex, select: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """The projection term's rows for one chunk (:mod:`gold.losses.projection`); sparse teacher rows leave their
+    tail out, as the byte marginal does."""
+    classes = batch.tables.prefix_classes
+    if classes is None:
+        raise ValueError("loss.projection_weight > 0 needs the pair's prefix classes: build the PairTables with "
+                         "with_prefix_classes=True (GoldTrainer does when the weight is set)")  # fmt: skip
+    known = slice(None, batch.tables.teacher_tail)
+    classes = dataclasses.replace(classes, teacher=classes.teacher[known])
+    return projection(start_rows(student_logits, student_index, select),
+                      start_rows(teacher_logits, teacher_index, select).detach()[:, known], classes,
+                      beta=config.beta)  # fmt: skip
 
 
 def _hybrid_rows(
@@ -153,7 +177,7 @@ def cross_tokenizer_loss(
         (each term, matched mass, alignment coverage).
     """
     weights = {"hybrid": config.hybrid_weight, "uld": config.uld_weight, "span": config.span_weight,
-               "byte_marginal": config.byte_marginal_weight}  # fmt: skip
+               "byte_marginal": config.byte_marginal_weight, "projection": config.projection_weight}  # fmt: skip
     fused = fused_applies(config, student_logits, teacher_logits) and bool((batch.student_groups >= 0).any())
     dtype = reduction_dtype(student_logits)
     loss = torch.zeros((), dtype=dtype, device=student_logits.device)
@@ -192,10 +216,11 @@ def _torch_rows(
     teacher_index = index_groups(teacher_logits, batch.teacher_ids, batch.teacher_groups,
                                  temperature=config.teacher_temperature)  # fmt: skip
     check_same_groups(student_index.num_groups, teacher_index.num_groups)
-    per_row = _chunked(config, terms, batch, student_logits, teacher_logits, student_index, teacher_index)  # (7, G)
+    per_row = _chunked(config, terms, batch, student_logits, teacher_logits, student_index, teacher_index)  # (8, G)
     span_rows = span_likelihood(student_index.observed, teacher_index.observed.detach(), beta=config.beta)
-    rows = {"hybrid": per_row[0], "uld": per_row[1], "span": span_rows, "byte_marginal": per_row[2]}
-    return rows, per_row[3:]
+    rows = {"hybrid": per_row[0], "uld": per_row[1], "span": span_rows, "byte_marginal": per_row[2],
+            "projection": per_row[3]}  # fmt: skip
+    return rows, per_row[4:]
 
 
 def _chunked(
@@ -210,9 +235,9 @@ def _chunked(
         # still views of the student logits, so the (zero) loss has a graph to call backward on
         empty = student_logits.flatten()[:0].to(dtype) if isinstance(student_logits, torch.Tensor) else (
             student_logits.empty_view(dtype))  # fmt: skip
-        return torch.stack([empty] * 7)
-    if not terms & {"hybrid", "uld", "byte_marginal"}:
-        return torch.zeros(7, total, dtype=dtype, device=device)
+        return torch.stack([empty] * 8)
+    if not terms & {"hybrid", "uld", "byte_marginal", "projection"}:
+        return torch.zeros(8, total, dtype=dtype, device=device)
     hidden = not isinstance(student_logits, torch.Tensor)  # gold.losses.hidden: never all rows at once
     size = config.chunk_groups or (student_logits.rows_per_block if hidden else total)  # type: ignore[union-attr,attr-defined]
     parts = []

@@ -47,7 +47,9 @@ class Objectives:
         """The divergence terms (:func:`cross_tokenizer_loss`, unchecked: checked on every process before the step)
         and, on rollouts, OPD-RL (:func:`gold.losses.opd.opd_loss`)."""
         config = self.loss_config
-        if config.hybrid_weight or config.uld_weight or config.span_weight or config.byte_marginal_weight:
+        terms = (config.hybrid_weight, config.uld_weight, config.span_weight, config.byte_marginal_weight,
+                 config.projection_weight)  # fmt: skip
+        if any(terms):
             loss, metrics = cross_tokenizer_loss(student_logits, teacher_logits, batch.aligned, config,
                                                  num_items_in_batch=num_items, check=False)  # fmt: skip
         else:  # OPD-RL alone: off-policy slices add nothing (a zero that keeps the graph)

@@ -137,7 +137,8 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher.num_rows,
                                   student_rows=logit_rows(model), student_stop=self.student_stop,
                                   teacher_stop=teacher.stop, vocab_match=self.loss_config.vocab_match,
-                                  teacher_tail=getattr(teacher, "tail_column", None))  # fmt: skip
+                                  teacher_tail=getattr(teacher, "tail_column", None),
+                                  with_prefix_classes=self.loss_config.projection_weight > 0)  # fmt: skip
         self.collator = Collator(student_tokenizer, teacher.tokenizer, tables,
                                  max_completion_length=self.rollout_config.max_completion_length,
                                  max_prompt_length=self.rollout_config.max_prompt_length,

@@ -18,7 +18,8 @@ TEXTS = ["The answer is 12345.", "Café au lait, s'il vous plaît 👍🏽", "de
 def make_batch(student_name: str, teacher_name: str, *, student_rows: int, teacher_rows: int) -> AlignedBatch:
     student, teacher = zoo(student_name), zoo(teacher_name)
     alignments = [align_texts(student, teacher, text) for text in TEXTS]
-    tables = PairTables.build(student, teacher, student_rows=student_rows, teacher_rows=teacher_rows)
+    tables = PairTables.build(student, teacher, student_rows=student_rows, teacher_rows=teacher_rows,
+                              with_prefix_classes=True)  # fmt: skip
     prompt_s = [[student.convert_tokens_to_ids("<|im_start|>")] if student_name == "qwen2.5" else [1]] * len(TEXTS)
     prompt_t = [[teacher.bos_token_id or 1]] * len(TEXTS)
     return AlignedBatch.from_alignments(alignments, tables, student_prefix=prompt_s, teacher_prefix=prompt_t)

@@ -10,6 +10,7 @@ import torch
 
 from alignment import AlignmentStats
 from gold.config import LossConfig
+from gold.data.prefix_classes import PrefixClasses
 from gold.losses import AlignedBatch, NonFiniteLossError, PairTables, cross_tokenizer_loss, fused
 from gold.losses.byte_marginal import NUM_BINS
 from gold.losses.fast_math import FASTMATH, fexp, flog
@@ -39,6 +40,11 @@ def random_batch(seed: int) -> AlignedBatch:
         student_bins=torch.randint(0, NUM_BINS, (STUDENT_VOCAB,), generator=gen),
         teacher_bins=torch.randint(0, NUM_BINS, (TEACHER_VOCAB,), generator=gen),
         shared_bins=torch.ones(NUM_BINS, dtype=torch.bool),
+        prefix_classes=PrefixClasses(  # random classes: the projection term's code paths, not its meaning
+            student=torch.randint(0, TEACHER_VOCAB + 2, (STUDENT_VOCAB,), generator=gen),
+            teacher=torch.randint(0, TEACHER_VOCAB + 2, (TEACHER_VOCAB,), generator=gen),
+            shared=torch.ones(TEACHER_VOCAB + 2, dtype=torch.bool),
+        ),
     )
     return AlignedBatch(_pad(s_ids, 0), _pad(t_ids, 0), _pad(s_groups, -1), _pad(t_groups, -1), tables,
                         AlignmentStats.combine([]))  # fmt: skip

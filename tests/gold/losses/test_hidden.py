@@ -25,10 +25,12 @@ CONFIGS = {
     "uld-quantized": {"hybrid_weight": 0.0, "uld_weight": 1.0, "uld_method": "quantized"},
     "span": {"hybrid_weight": 0.0, "span_weight": 1.0},
     "byte-marginal": {"hybrid_weight": 0.0, "byte_marginal_weight": 1.0},
+    "projection": {"hybrid_weight": 0.0, "projection_weight": 1.0},
     "all-terms-tempered": {
         "uld_weight": 0.5,
         "span_weight": 0.3,
         "byte_marginal_weight": 0.2,
+        "projection_weight": 0.4,
         "student_temperature": 0.8,
         "teacher_temperature": 1.5,
     },

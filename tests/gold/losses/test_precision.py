@@ -21,6 +21,7 @@ TERMS: dict[str, dict[str, Any]] = {
     "uld_quantized": {"hybrid_weight": 0.0, "uld_weight": 1.0, "uld_method": "quantized"},
     "span": {"hybrid_weight": 0.0, "span_weight": 1.0},
     "byte_marginal": {"hybrid_weight": 0.0, "byte_marginal_weight": 1.0},
+    "projection": {"hybrid_weight": 0.0, "projection_weight": 1.0},
 }
 
 

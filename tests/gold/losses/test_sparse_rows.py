@@ -64,6 +64,7 @@ CONFIGS = {
         "uld_weight": 1.0,
         "span_weight": 0.5,
         "byte_marginal_weight": 0.5,
+        "projection_weight": 0.5,
         "beta": 0.3,
     },
 }
@@ -98,7 +99,8 @@ def test_every_column_known_equals_the_dense_teacher(name: str, implementation: 
     loss, metrics, grad = loss_and_grad(student, sparse, sparse_batch(batch), implementation, **CONFIGS[name])
     torch.testing.assert_close(loss, dense_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, dense_grad, rtol=1e-4, atol=1e-6)
-    for key in ("loss/hybrid", "loss/uld", "loss/span", "loss/byte_marginal", "hybrid/teacher_matched_mass"):
+    for key in ("loss/hybrid", "loss/uld", "loss/span", "loss/byte_marginal", "loss/projection",
+                "hybrid/teacher_matched_mass"):  # fmt: skip
         if key in dense_metrics:
             assert metrics[key] == pytest.approx(dense_metrics[key], rel=1e-4, abs=1e-6), key
 
