@@ -143,7 +143,7 @@ class Routing:
         if not self.several:
             return ((self.teacher_ids[0], 1.0),)
         if example.teacher_id not in self.teacher_ids:
-            where = example.label or f"row {index}"
+            where = f"row {index}" + (f" ({example.label})" if example.label else "")
             got = "names no teacher" if example.teacher_id is None else f"names teacher {example.teacher_id!r}"
             raise DataError(f"{where} {got}; each row's teacher_id (data.teacher_field) must be one of "
                             f"{', '.join(map(repr, self.teacher_ids))} (or give teacher_weights to mix every "
