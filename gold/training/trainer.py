@@ -68,7 +68,8 @@ def _examples(dataset: Any) -> list[Example]:
 
 
 class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics, Trainer):
-    """Distils ``teacher`` into ``model`` (the student) across tokenizers.
+    """Distils ``teacher`` (or several ``teachers``, each with its own tokenizer) into ``model`` (the student) across
+    tokenizers.
 
     Args:
         model: the student causal LM.
@@ -85,6 +86,10 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
             (:class:`gold.evaluation.callback.HeldOutEvalCallback`); ``held_out_samples`` student samples per prompt.
         peft_config: a ``peft.PeftConfig`` or a ``student.peft`` dict (``{r, alpha, dropout, target_modules}``):
             the student is wrapped in those adapters and only they train (:func:`gold.models.lora.peft_student`).
+        teachers: several teachers instead of ``teacher``: ``{id: teacher}``, each a :class:`gold.teacher.Teacher` or a
+            ``(causal_lm, tokenizer)`` tuple; each row's ``teacher_id`` routes it to one (gold.training.teachers).
+        teacher_weights: with ``teachers``, ``{id: w}`` (w ≥ 0, one > 0): every row is scored by every teacher of
+            weight > 0 and their losses are added with those weights (mixing) instead of routed.
         **kwargs: passed to ``transformers.Trainer`` (callbacks, optimizers, ...).
     """
 

@@ -15,6 +15,7 @@ from gold.training.teachers import UnusedTeacherWarning
 from gold.training.trainer import GoldTrainer
 from tests.conftest import zoo
 from tests.gold.conftest import ROWS, tiny, training_args
+from tests.gold.distributed_worker import FixedGenerator, ends_with_a_full_stop
 
 TOKENIZERS = {"mistral": "mistral-v1", "qwen": "qwen2.5"}
 TEXT_ROWS = ROWS[:9]  # text prompts: every tokenizer renders them alike (no chat-template warning)
@@ -31,20 +32,31 @@ def _teachers() -> dict[str, Any]:
     return {teacher_id: _teacher(teacher_id) for teacher_id in TOKENIZERS}
 
 
-def _routed(tmp_path, rows=ROUTED, *, teachers=None, rollout=None, loss=None, **args) -> GoldTrainer:
+def _routed(tmp_path, rows=ROUTED, *, teachers=None, rollout=None, loss=None, extra=None, **args) -> GoldTrainer:
     """Two teachers (Mistral's SentencePiece, Qwen2.5's byte BPE) and a SmolLM2 student, all tiny."""
     return GoldTrainer(tiny(zoo("smollm2"), seed=0), teachers=teachers or _teachers(),
                        args=training_args(tmp_path, **args), train_dataset=rows, student_tokenizer=zoo("smollm2"),
                        loss=loss or LossConfig(),
-                       rollout=rollout or RolloutConfig(lmbda=0.0, max_completion_length=12))  # fmt: skip
+                       rollout=rollout or RolloutConfig(lmbda=0.0, max_completion_length=12),
+                       **(extra or {}))  # fmt: skip
 
 
-def _single(tmp_path, teacher_id: str, rows, **args) -> GoldTrainer:
+def _single(tmp_path, teacher_id: str, rows, *, rollout=None, loss=None, extra=None, **args) -> GoldTrainer:
     """The one-teacher trainer of ``teacher_id`` (the reference)."""
     model, tokenizer = _teacher(teacher_id)
     return GoldTrainer(tiny(zoo("smollm2"), seed=0), model, args=training_args(tmp_path, **args), train_dataset=rows,
-                       student_tokenizer=zoo("smollm2"), teacher_tokenizer=tokenizer,
-                       rollout=RolloutConfig(lmbda=0.0, max_completion_length=12))  # fmt: skip
+                       student_tokenizer=zoo("smollm2"), teacher_tokenizer=tokenizer, loss=loss or LossConfig(),
+                       rollout=rollout or RolloutConfig(lmbda=0.0, max_completion_length=12),
+                       **(extra or {}))  # fmt: skip
+
+
+def _opd_setting() -> dict[str, Any]:
+    """OPD-RL with a task reward on fixed student rollouts (2 per prompt), beside the hybrid."""
+    return {
+        "loss": LossConfig(hybrid_weight=0.5, opd_weight=1.0, opd_alpha=1.0),
+        "rollout": RolloutConfig(lmbda=1.0, num_generations=2, max_completion_length=40, temperature=1.0),
+        "extra": {"student_generator": FixedGenerator(zoo("smollm2")), "reward_funcs": [ends_with_a_full_stop]},
+    }
 
 
 def _loss_and_grads(trainer: GoldTrainer, rows) -> tuple[torch.Tensor, float, dict[str, torch.Tensor]]:
@@ -102,16 +114,19 @@ def test_each_row_is_scored_and_sampled_only_by_its_own_teacher(tmp_path) -> Non
     assert sources == {0.0, 1.0}  # both teacher samples and student rollouts were routed
 
 
-def test_routed_loss_is_the_group_weighted_mean_of_each_teachers_own_loss(tmp_path) -> None:
+@pytest.mark.parametrize("setting", ["hybrid", "opd"])
+def test_routed_loss_is_the_group_weighted_mean_of_each_teachers_own_loss(tmp_path, setting) -> None:
     """A slice of both teachers' rows: loss and gradients equal (G_m · L_m + G_q · L_q) / (G_m + G_q), each L_t the
-    one-teacher trainer's mean over its own rows' G_t groups."""
+    one-teacher trainer's mean over its own rows' G_t groups; with OPD-RL on rollouts each row's reward is its own
+    teacher's log-ratio."""
     rows = ROUTED[:5]
-    routed = _routed(tmp_path / "routed", rows)
+    options = _opd_setting() if setting == "opd" else {}
+    routed = _routed(tmp_path / "routed", rows, **options)
     loss, items, grads = _loss_and_grads(routed, routed.train_dataset)
     parts = {}
     for teacher_id in TOKENIZERS:
         own = [r for r in rows if r["teacher_id"] == teacher_id]
-        single = _single(tmp_path / teacher_id, teacher_id, own)
+        single = _single(tmp_path / teacher_id, teacher_id, own, **options)
         parts[teacher_id] = _loss_and_grads(single, single.train_dataset)
     total = sum(groups for _, groups, _ in parts.values())
     assert items == total and all(groups > 0 for _, groups, _ in parts.values())
