@@ -10,6 +10,7 @@ as one line per stage: forwards → ``cross_tokenizer_loss`` → metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -333,7 +334,8 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
                                        weight=part.weight)  # fmt: skip
         self._record_part(part, batch, metrics, num_items)
         self._note_loss_terms(loss, metrics)
-        self._maybe_log_completions(batch, student_logits, teacher_logits, teacher.tokenizer)
+        self._maybe_log_completions(batch, student_logits, teacher_logits, teacher.tokenizer,
+                                    part.teacher_id if self.routing.several else None)  # fmt: skip
         if batch.engine_logprobs is not None and self.rollout_config.vllm_structured_outputs_regex is None:
             # does the engine hold the weights being trained? (a grammar reshapes the engine's log-probs)
             gap, tokens = logprob_gap(student_logits, batch.student.completion_targets(), batch.engine_logprobs)
@@ -362,8 +364,9 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
         return self._hidden_plans[teacher_id]
 
     def _maybe_log_completions(self, batch: TrainBatch, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                               teacher_tokenizer: Any) -> None:  # fmt: skip
-        """The first slice of every ``rollout.log_completions_steps``-th step (and the first step), main process."""
+                               teacher_tokenizer: Any, teacher_id: str | None) -> None:  # fmt: skip
+        """The first slice of every ``rollout.log_completions_steps``-th step (and the first step), main process;
+        ``teacher_id``: the teacher of these rows, named in the log (several teachers)."""
         every, step = self.rollout_config.log_completions_steps, self.state.global_step
         if every is None or step % every or self._completions_logged == step or not self.is_world_process_zero():
             return
@@ -373,6 +376,8 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
                                      student_tokenizer=self.student_tokenizer,
                                      teacher_tokenizer=teacher_tokenizer,
                                      rows=self.rollout_config.num_completions_to_print)  # fmt: skip
+        if teacher_id is not None:
+            views = [dataclasses.replace(view, source=f"{view.source}, teacher {teacher_id}") for view in views]
         report_completions(self, views, step + 1)
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:

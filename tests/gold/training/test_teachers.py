@@ -196,9 +196,12 @@ def test_gradient_accumulation_with_two_teachers_matches_one_big_batch(tmp_path,
     torch.testing.assert_close(final[0], final[1], rtol=1e-4, atol=1e-6)
 
 
-def test_per_teacher_logs_and_group_fractions_that_sum_to_one(tmp_path) -> None:
-    trainer = _routed(tmp_path, max_steps=2, per_device_train_batch_size=4)
+def test_per_teacher_logs_and_group_fractions_that_sum_to_one(tmp_path, capsys) -> None:
+    rollout = RolloutConfig(lmbda=0.0, max_completion_length=12, log_completions_steps=1)
+    trainer = _routed(tmp_path, max_steps=2, per_device_train_batch_size=4, rollout=rollout)
     trainer.train()
+    printed = capsys.readouterr().out
+    assert any(f"[dataset, teacher {t}]" in printed for t in TOKENIZERS)  # the completion log names the rows' teacher
     for logged in (e for e in trainer.state.log_history if "loss" in e):
         fractions = [logged[f"teacher/{t}/group_fraction"] for t in TOKENIZERS]
         assert sum(fractions) == pytest.approx(1.0) and all(0 <= f <= 1 for f in fractions)
