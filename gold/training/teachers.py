@@ -228,15 +228,14 @@ class TeacherRouting:
 
     def _logged_sums(self) -> dict[str, float]:
         out: dict[str, float] = super()._logged_sums()  # type: ignore[misc]
-        if not self.routing.several:
-            return out
-        sums = self._sums
-        ids = self.routing.teacher_ids
+        sums, ids = self._sums, self.routing.teacher_ids
         weighted = sum(sums.get(f"per_teacher/{t}/weighted_groups", 0.0) for t in ids)
+        if not self.routing.several or not weighted:  # one teacher, or nothing recorded per teacher (SFT baseline)
+            return out
         rows = sum(sums.get(f"per_teacher/{t}/rows", 0.0) for t in ids)
         for teacher_id in ids:
             key = f"per_teacher/{teacher_id}"
-            out[f"teacher/{teacher_id}/group_fraction"] = sums.get(f"{key}/weighted_groups", 0.0) / max(weighted, 1e-12)
+            out[f"teacher/{teacher_id}/group_fraction"] = sums.get(f"{key}/weighted_groups", 0.0) / weighted
             out[f"teacher/{teacher_id}/row_fraction"] = sums.get(f"{key}/rows", 0.0) / max(rows, 1.0)
             if sums.get(f"{key}/completions"):
                 out[f"teacher/{teacher_id}/stop_rate"] = sums[f"{key}/ended"] / sums[f"{key}/completions"]

@@ -97,19 +97,23 @@ class Recording:
         return Sampler()
 
 
+def _assert_each_saw_only_its_rows(teachers: dict[str, Recording]) -> None:
+    prompts = {t: [r["prompt"].strip() for r in ROUTED if r["teacher_id"] == t] for t in TOKENIZERS}
+    for teacher_id, teacher in teachers.items():
+        assert teacher.seen, teacher_id
+        others = [p for other, ps in prompts.items() if other != teacher_id for p in ps]
+        for text in teacher.seen:
+            assert any(p in text for p in prompts[teacher_id]), (teacher_id, text)
+            assert not any(p in text for p in others), (teacher_id, text)
+
+
 def test_each_row_is_scored_and_sampled_only_by_its_own_teacher(tmp_path) -> None:
     """Dataset rows, student rollouts and teacher samples (seq_kd) of every slice reach their row's teacher only."""
     teachers = {teacher_id: Recording(LocalTeacher(*_teacher(teacher_id))) for teacher_id in TOKENIZERS}
     rollout = RolloutConfig(lmbda=0.5, seq_kd=True, max_completion_length=6, temperature=1.0)
     trainer = _routed(tmp_path, teachers=teachers, rollout=rollout, max_steps=4, per_device_train_batch_size=3)
     trainer.train()
-    prompts = {t: [r["prompt"].strip() for r in ROUTED if r["teacher_id"] == t] for t in TOKENIZERS}
-    for teacher_id, teacher in teachers.items():
-        assert teacher.seen, teacher_id
-        for text in teacher.seen:
-            assert any(p in text for p in prompts[teacher_id]), (teacher_id, text)
-            others = [p for other, ps in prompts.items() if other != teacher_id for p in ps]
-            assert not any(p in text for p in others), (teacher_id, text)
+    _assert_each_saw_only_its_rows(teachers)
     sources = {e.get("rollout/on_policy_fraction") for e in trainer.state.log_history} - {None}
     assert sources == {0.0, 1.0}  # both teacher samples and student rollouts were routed
 
@@ -249,3 +253,20 @@ def test_teacher_and_teachers_together_are_refused(tmp_path) -> None:
         GoldTrainer(tiny(zoo("smollm2"), seed=0), teachers=_teachers(), teacher_weights={"qwen": 1},
                     args=training_args(tmp_path), train_dataset=ROUTED, student_tokenizer=zoo("smollm2"),
                     loss=LossConfig(sft_weight=0.5))  # fmt: skip
+
+
+def test_the_sft_baseline_trains_on_each_rows_own_teachers_samples(tmp_path) -> None:
+    """SequenceKDTrainer with teachers= and seq_kd: SFT on the union of the teachers' samples, each row's sample
+    drawn from its own teacher (the demo's SFT arm)."""
+    from gold.training.baselines import SequenceKDTrainer
+
+    teachers = {teacher_id: Recording(LocalTeacher(*_teacher(teacher_id))) for teacher_id in TOKENIZERS}
+    trainer = SequenceKDTrainer(tiny(zoo("smollm2"), seed=0), teachers=teachers,
+                                args=training_args(tmp_path, max_steps=2), train_dataset=ROUTED,
+                                student_tokenizer=zoo("smollm2"),
+                                rollout=RolloutConfig(lmbda=0.0, seq_kd=True, max_completion_length=6,
+                                                      temperature=1.0))  # fmt: skip
+    trainer.train()
+    _assert_each_saw_only_its_rows(teachers)
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert logged and all(e["loss/cross_entropy"] == pytest.approx(e["loss"], rel=1e-4) for e in logged)
