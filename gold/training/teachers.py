@@ -28,7 +28,7 @@ import torch
 
 from gold.config import AlignmentConfig, LossConfig, RolloutConfig, check_teacher_weights
 from gold.data.collate import Collator
-from gold.data.examples import DataError, Example, TrainBatch, logit_rows
+from gold.data.examples import DataError, Example, SideInputs, TrainBatch, logit_rows
 from gold.losses import PairTables
 from gold.models.stops import StopRule
 from gold.teacher import LocalTeacher, Teacher
@@ -119,6 +119,20 @@ def build_pair(teacher_id: str, teacher: Teacher, *, student_model: Any, student
                         end_group=alignment.end_group, student_stop=student_stop,
                         teacher_stop=teacher.stop)  # fmt: skip
     return TeacherPair(teacher_id, teacher, collator, role)
+
+
+def shared_logits(previous: tuple[SideInputs, torch.Tensor] | None, inputs: SideInputs) -> torch.Tensor | None:
+    """The student logits of ``previous`` (the slice's last part: its student inputs and logits) when ``inputs`` are
+    the same rows, else None. Mixing hands every teacher the same completions; a row cut at a group boundary of one
+    teacher's alignment can differ for another, so the inputs are compared, not assumed."""
+    if previous is None:
+        return None
+    seen, logits = previous
+    same = seen.prompt_width == inputs.prompt_width and all(
+        a.shape == b.shape and torch.equal(a, b)
+        for a, b in ((seen.input_ids, inputs.input_ids), (seen.attention_mask, inputs.attention_mask),
+                     (seen.position_ids, inputs.position_ids)))  # fmt: skip
+    return logits if same else None
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from gold.training.metrics import StepMetrics
 from gold.training.objectives import Objectives, check_objectives
 from gold.training.rewards import load_reward_funcs
 from gold.training.steps import StepBatches
-from gold.training.teachers import Routing, TeacherPart, TeacherRouting, build_pair, teacher_models
+from gold.training.teachers import Routing, TeacherPart, TeacherRouting, build_pair, shared_logits, teacher_models
 from gold.training.trl_args import from_trl_config
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
         self._init_metrics()
         self._completions_logged = -1
         self._hidden_plans: dict[str, HiddenPlan] = {}
+        self._shared_student: tuple[Any, Any] | None = None  # a slice's student inputs and logits (compute_loss)
         self._eval_examples = _examples(eval_dataset) if eval_dataset is not None else None
         super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
                          eval_dataset=self._eval_examples, data_collator=list, processing_class=student_tokenizer,
@@ -301,10 +302,11 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:  # fmt: skip
-        loss = None
+        loss, self._shared_student = None, None
         for part in self.slice_parts(inputs):  # one per teacher that scores rows of this slice
             part_loss = self._part_loss(model, part, inputs, num_items_in_batch)
             loss = part_loss if loss is None else loss + part_loss
+        self._shared_student = None
         # each process holds its share of the global mean; DDP averages gradients over processes
         loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
@@ -315,8 +317,11 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
         batch: TrainBatch = part.batch.to(self.args.device)
         teacher = self.pairs[part.teacher_id].teacher
         plan = self.hidden_plan(part.teacher_id)
-        if plan.student is None:
-            student_logits: Any = batch.student.logits(model)
+        if plan.student is None:  # mixing: the parts' student rows are often the same, one forward serves them all
+            student_logits: Any = shared_logits(self._shared_student, batch.student)
+            if student_logits is None:
+                student_logits = batch.student.logits(model)
+                self._shared_student = (batch.student, student_logits)
         else:  # the GPU path: hidden states and the output layer, no (B, T, V) logits (gold.losses.hidden)
             student_logits = hidden_logits(model, batch.student, plan.student,
                                            module=self.accelerator.unwrap_model(model))  # fmt: skip

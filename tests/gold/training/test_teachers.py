@@ -270,3 +270,24 @@ def test_the_sft_baseline_trains_on_each_rows_own_teachers_samples(tmp_path) -> 
     _assert_each_saw_only_its_rows(teachers)
     logged = [e for e in trainer.state.log_history if "loss" in e]
     assert logged and all(e["loss/cross_entropy"] == pytest.approx(e["loss"], rel=1e-4) for e in logged)
+
+
+def test_mixing_runs_the_student_once_for_teachers_that_see_the_same_rows(tmp_path, monkeypatch) -> None:
+    """Both teachers score the same completions (none cut): one student forward serves both parts, with the loss and
+    gradients of one forward per part."""
+    import gold.training.trainer
+
+    rollout = RolloutConfig(lmbda=0.0, max_completion_length=64)
+    mixed = GoldTrainer(tiny(zoo("smollm2"), seed=0), teachers=_teachers(), teacher_weights={"mistral": 1, "qwen": 2},
+                        args=training_args(tmp_path), train_dataset=TEXT_ROWS[:3], student_tokenizer=zoo("smollm2"),
+                        rollout=rollout)  # fmt: skip
+    calls = []
+    mixed.model.register_forward_hook(lambda module, args, output: calls.append(1))
+    shared = _loss_and_grads(mixed, mixed.train_dataset)
+    assert len(calls) == 1
+    monkeypatch.setattr(gold.training.trainer, "shared_logits", lambda previous, inputs: None)
+    separate = _loss_and_grads(mixed, mixed.train_dataset)
+    assert len(calls) == 3  # one forward per teacher
+    torch.testing.assert_close(shared[0], separate[0])
+    for name, grad in shared[2].items():
+        torch.testing.assert_close(grad, separate[2][name], rtol=1e-5, atol=1e-8, msg=name)
