@@ -302,6 +302,8 @@ class DataConfig:
     # optional boolean column: false marks a completion cut by a length limit (a teacher sample that did not
     # stop), which gets no end group; rows without it are whole completions
     ended_field: str = "ended"
+    # the column naming each row's teacher when the recipe has several (`teachers:`, routing); ignored with one
+    teacher_field: str = "teacher_id"
     # held-out rows scored every training.eval_steps in both directions (forward KL per byte on their
     # completions; reverse KL, the teacher's bits per byte and the stop rate on student samples), logged as eval/*
     eval_path: str | None = None
@@ -330,9 +332,37 @@ class GoldConfig:
     """
 
     student: ModelConfig
-    teacher: ModelConfig
+    # the one teacher (None when ``teachers`` names several)
+    teacher: ModelConfig | None
     data: DataConfig
     loss: LossConfig = field(default_factory=LossConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     training: dict[str, Any] = field(default_factory=dict)
+    # several teachers, id → teacher section: each row is scored by the teacher its ``data.teacher_field`` names
+    teachers: dict[str, ModelConfig] = field(default_factory=dict)
+    # mixing instead of routing: every row is scored by every teacher of weight > 0 and their losses are added
+    teacher_weights: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.teacher is None) == (not self.teachers):
+            raise ValueError("give either teacher: (one teacher) or teachers: (an id → teacher section mapping, with "
+                             "at least one teacher), not both or neither")  # fmt: skip
+        if self.teacher_weights is not None:
+            if not self.teachers:
+                raise ValueError("teacher_weights mixes the teachers of teachers:; with one teacher: leave it out")
+            check_teacher_weights(self.teacher_weights, list(self.teachers))
+
+
+def check_teacher_weights(weights: dict[str, float], teacher_ids: list[str]) -> None:
+    """Mixing weights name known teachers, are finite numbers ≥ 0, and at least one is > 0; else ``ValueError``
+    naming the bad value."""
+    unknown = sorted(set(weights) - set(teacher_ids))
+    if unknown:
+        raise ValueError(f"teacher_weights names {', '.join(map(repr, unknown))}, which is not a teacher; the "
+                         f"teachers are {', '.join(map(repr, teacher_ids))}")  # fmt: skip
+    for teacher_id, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+            raise ValueError(f"teacher_weights[{teacher_id!r}] must be a finite number >= 0, got {weight!r}")
+    if not any(weight > 0 for weight in weights.values()):
+        raise ValueError(f"teacher_weights are all 0 ({weights}): give at least one teacher a weight > 0")

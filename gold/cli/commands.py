@@ -123,7 +123,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _show_first_alignment(trainer: Any) -> None:
     """How the two tokenizers split the first training completion (the groups the loss compares)."""
     first = next(iter(trainer.train_dataset))
-    alignment = align_texts(trainer.student_tokenizer, trainer.teacher.tokenizer, first.completion)
+    alignment = align_texts(trainer.student_tokenizer, trainer.teacher_of(first).tokenizer, first.completion)
     print("gold train: the first completion, as each side tokenizes it (groups end where both sides end a token):")
     print(render_text(alignment, max_groups=24), flush=True)
 

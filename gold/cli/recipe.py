@@ -43,6 +43,8 @@ SECTIONS: dict[str, type] = {
 }
 # sections whose value is a free mapping (checked later: TrainingArguments, tiny model fields)
 FREE_SECTIONS = ("training",)
+# several teachers: id → teacher section, and their mixing weights (gold.training.teachers)
+TEACHER_SETS = ("teachers", "teacher_weights")
 
 
 def _unknown(key: str, known: Sequence[str], where: str) -> RecipeError:
@@ -87,14 +89,20 @@ def _section(cls: type, values: Any, where: str) -> Any:
 
 def config_from_dict(raw: Mapping[str, Any]) -> GoldConfig:
     """Build and validate a :class:`GoldConfig` from nested mappings (e.g. parsed YAML)."""
-    known = [*SECTIONS, *FREE_SECTIONS]
+    known = [*SECTIONS, *FREE_SECTIONS, *TEACHER_SETS]
     for key in raw:
         if key not in known:
             raise _unknown(str(key), known, "the recipe")
-    for required in ("student", "teacher", "data"):
+    if "teacher" in raw and "teachers" in raw:
+        raise RecipeError("the recipe has both teacher: and teachers:; give teacher: for one teacher or teachers: "
+                          "(id → teacher section) for several")  # fmt: skip
+    for required in ("student", "data"):
         if required not in raw:
             raise RecipeError(f"the recipe has no {required!r} section; it needs student, teacher and data")
+    if "teacher" not in raw and "teachers" not in raw:
+        raise RecipeError("the recipe has no 'teacher' section; it needs student, teacher (or teachers) and data")
     sections = {name: _section(cls, raw[name], name) for name, cls in SECTIONS.items() if name in raw}
+    sections.setdefault("teacher", None)
     if sections["student"].model in ("self", "self-dynamic"):
         raise RecipeError("student.model 'self' names a teacher kind (self-distillation): set teacher.model: self "
                           "or self-dynamic, and the student's model")  # fmt: skip
@@ -102,7 +110,34 @@ def config_from_dict(raw: Mapping[str, Any]) -> GoldConfig:
     if not isinstance(training, Mapping):
         raise RecipeError(f"training must be a mapping of TrainingArguments fields, got {training!r}")
     _check_training(training)
-    return GoldConfig(**sections, training=dict(training))
+    teachers = _teachers(raw["teachers"]) if "teachers" in raw else {}
+    weights = _teacher_weights(raw.get("teacher_weights"))
+    try:
+        return GoldConfig(**sections, training=dict(training), teachers=teachers, teacher_weights=weights)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
+
+
+def _teachers(values: Any) -> dict[str, TeacherConfig]:
+    """``teachers:``: a non-empty mapping of teacher ids to teacher sections (each read as ``teacher:`` is)."""
+    if not isinstance(values, Mapping) or not values:
+        raise RecipeError(f"teachers must be a non-empty mapping of teacher ids to teacher sections, got {values!r}; "
+                          "e.g. teachers: {math: {model: ...}, code: {model: ...}}")  # fmt: skip
+    for teacher_id in values:
+        if not isinstance(teacher_id, str) or not teacher_id or "/" in teacher_id:
+            raise RecipeError(f"teachers: the id {teacher_id!r} must be a non-empty string without '/' (it names "
+                              "the teacher in rows and logs)")  # fmt: skip
+    return {teacher_id: _section(TeacherConfig, section, f"teachers.{teacher_id}")
+            for teacher_id, section in values.items()}  # fmt: skip
+
+
+def _teacher_weights(values: Any) -> dict[str, float] | None:
+    """``teacher_weights:`` (mixing): a mapping of teacher ids to numbers, checked against the teachers later."""
+    if values is None:
+        return None
+    if not isinstance(values, Mapping) or not values:
+        raise RecipeError(f"teacher_weights must be a mapping of teacher ids to weights >= 0, got {values!r}")
+    return dict(values)
 
 
 def _check_training(training: Mapping[str, Any]) -> None:
@@ -151,7 +186,11 @@ def _in_range(training: Mapping[str, Any], key: str, low: float, high: float, wh
 
 def config_to_dict(config: GoldConfig) -> dict[str, Any]:
     """Nested plain mappings that :func:`config_from_dict` turns back into ``config``."""
-    return dataclasses.asdict(config)
+    out = dataclasses.asdict(config)
+    for key, absent in (("teacher", None), ("teachers", {}), ("teacher_weights", None)):  # a one-teacher recipe
+        if out[key] == absent:  # keeps its form (and its run record, compared on resume)
+            del out[key]
+    return out
 
 
 class _Loader(yaml.SafeLoader):

@@ -74,6 +74,9 @@ def build_cache(config: GoldConfig, out: Path, *, top_k: int | None = None, batc
     misses it and falls back to the teacher (``teacher.cache_miss``).
     """
     spec = config.teacher
+    if spec is None:
+        raise ValueError(f"the recipe has teachers: ({', '.join(config.teachers)}); a cache holds one teacher's rows: "
+                         "build it from a recipe with that teacher as teacher:")  # fmt: skip
     k = getattr(spec, "top_k", 20) if top_k is None else top_k
     if k == 0 or k < -1:
         raise ValueError(f"--top-k must be -1 (every id) or at least 1, got {k}")

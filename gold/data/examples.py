@@ -70,6 +70,9 @@ class Example:
     teacher_prompt: str | Messages | None = None
     # where the row came from (``data.jsonl line 7``), named when a reward function fails on it; None: made in code
     label: str | None = field(default=None, compare=False, repr=False)
+    # the id of the teacher that scores this row when a run has several (``GoldTrainer(teachers=...)``, routing);
+    # None: the run's only teacher
+    teacher_id: str | None = None
 
     def __post_init__(self) -> None:
         prompt, completion = move_seam_whitespace(self.prompt, self.completion)

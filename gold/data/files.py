@@ -54,10 +54,15 @@ def example_from_row(row: Mapping[str, Any], *, index: int, config: DataConfig, 
         raise DataError(f"{where}: {config.ended_field!r} must be true or false (was the completion cut?), "
                         f"got {ended!r}")  # fmt: skip
     teacher_prompt = _teacher_prompt(row, where)
-    used = (config.prompt_field, config.completion_field, config.messages_field, config.ended_field)
+    teacher_id = row.get(config.teacher_field)
+    if teacher_id is not None and (not isinstance(teacher_id, str) or not teacher_id):
+        raise DataError(f"{where}: {config.teacher_field!r} must name a teacher (a non-empty string), got "
+                        f"{teacher_id!r:.60}")  # fmt: skip
+    used = (config.prompt_field, config.completion_field, config.messages_field, config.ended_field,
+            config.teacher_field)  # fmt: skip
     fields = {key: value for key, value in row.items() if key not in used}
     return Example(prompt=prompt, completion=completion, ended=ended, fields=fields, teacher_prompt=teacher_prompt,
-                   label=label)  # fmt: skip
+                   label=label, teacher_id=teacher_id)  # fmt: skip
 
 
 def _prompt_completion(prompt: Any, completion: Any, config: DataConfig, where: str) -> tuple[str | Messages, Any]:

@@ -31,12 +31,16 @@ class SequenceKDTrainer(GoldTrainer):
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:  # fmt: skip
-        batch: TrainBatch = inputs["batch"].to(self.args.device)
-        total, _ = completion_cross_entropy(batch.student.logits(model), batch)
-        denominator = num_items_in_batch if num_items_in_batch is not None else max(self.count_items(batch), 1)
-        loss = total / denominator
-        terms = {"loss/cross_entropy": float(loss.detach())}
-        self._record(terms, batch, num_items_in_batch)
-        self._note_loss_terms(loss, terms)
+        parts = self.slice_parts(inputs)  # with several teachers: each teacher's rows (its samples under seq_kd)
+        denominator = num_items_in_batch if num_items_in_batch is not None else max(self.slice_items(inputs), 1)
+        loss = None
+        for part in parts:
+            batch: TrainBatch = part.batch.to(self.args.device)
+            total, _ = completion_cross_entropy(batch.student.logits(model), batch)
+            part_loss = total / denominator if part.weight == 1.0 else part.weight * total / denominator
+            terms = {"loss/cross_entropy": float((total / denominator).detach())}
+            self._record(terms, batch, num_items_in_batch, weight=part.weight)
+            self._note_loss_terms(part_loss, terms)
+            loss = part_loss if loss is None else loss + part_loss
         loss = loss * self.accelerator.num_processes  # each process holds its share of the global mean
         return (loss, None) if return_outputs else loss

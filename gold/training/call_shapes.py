@@ -34,14 +34,19 @@ def init_spec(name: str, init_kwargs: dict[str, Any] | str | None, *, what: str,
     return ModelConfig(model=name, **kwargs)
 
 
-def resolve_models(model: Any, teacher: Any, args: Any, given: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+def resolve_models(model: Any, teacher: Any, args: Any, given: dict[str, Any],
+                   several: bool = False) -> tuple[Any, Any, Any, Any]:  # fmt: skip
     """``(student, teacher, student_tokenizer, teacher_tokenizer)`` from whatever shape was passed: ``given`` holds
     the keyword arguments ``student_tokenizer``, ``teacher_tokenizer``, ``teacher_model``, ``processing_class``,
-    ``teacher_processing_class``, ``model_init_kwargs`` and ``teacher_model_init_kwargs`` (None when absent)."""
+    ``teacher_processing_class``, ``model_init_kwargs`` and ``teacher_model_init_kwargs`` (None when absent).
+    ``several``: the teachers come as ``teachers=`` (the teacher returned is None; one given as well is refused)."""
     teacher = _one_of("teacher", teacher, "teacher_model", given["teacher_model"])
-    if teacher is None:
+    if several and teacher is not None:
+        raise ValueError("teacher= and teachers= were both given; pass teacher= for one teacher or teachers= "
+                         "({id: teacher}) for several")  # fmt: skip
+    if teacher is None and not several:
         teacher = getattr(args, "teacher_model_name_or_path", None)
-    if teacher is None:
+    if teacher is None and not several:
         raise ValueError("no teacher: pass teacher= (or TRL's teacher_model=), a model, a gold Teacher or a model id")
     student_tokenizer = _one_of("student_tokenizer", given["student_tokenizer"], "processing_class",
                                 given["processing_class"])  # fmt: skip

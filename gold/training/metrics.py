@@ -22,17 +22,18 @@ class StepMetrics:
     def count_items(self, batch: TrainBatch) -> int:
         raise NotImplementedError
 
-    def _record(self, metrics: dict[str, float], batch: TrainBatch, num_items: Any) -> None:
-        """Keeps one slice's loss terms, alignment counts and sources for the next log line."""
+    def _record(self, metrics: dict[str, float], batch: TrainBatch, num_items: Any, weight: float = 1.0) -> None:
+        """Keeps one slice's loss terms, alignment counts and sources for the next log line (``weight``: the
+        teacher's mixing weight, :mod:`gold.training.teachers`, on its terms and items)."""
         items = self.count_items(batch)
         for key, value in metrics.items():
             if key.startswith("loss/"):
                 # a term arrives as this slice's sum over the step's items: keep the sum and the slice's item
                 # count, and divide once per logging step, so the log shows the mean that was optimised
-                self._sums[key] += value * (float(num_items) if num_items is not None else items)
+                self._sums[key] += weight * value * (float(num_items) if num_items is not None else items)
             else:
                 self._metrics[key].append(value)
-        self._sums["items"] += items
+        self._sums["items"] += weight * items
         rows = float(len(batch.completions))
         on_policy = batch.source == "student"
         self._metrics["rollout/on_policy_fraction"].append(float(on_policy))  # of slices (what lmbda draws)

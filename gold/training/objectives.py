@@ -28,11 +28,15 @@ class Objectives:
     _sums: Any
 
     def objective(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: TrainBatch,
-                  inputs: dict[str, Any], num_items: Any) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
-        """``(loss, metrics)``: this slice's share of the step's mean, every configured term added."""
+                  inputs: dict[str, Any], num_items: Any, weight: float = 1.0,
+                  ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+        """``(loss, metrics)``: this slice's share of the step's mean, every configured term added; ``weight``: the
+        teacher's mixing weight on the distillation terms (:mod:`gold.training.teachers`; SFT mixing has none)."""
         loss, metrics = self._distillation_loss(student_logits, teacher_logits, batch, num_items,
                                                 inputs.get("advantages"))  # fmt: skip
-        self._record(metrics, batch, num_items)  # type: ignore[attr-defined]
+        if weight != 1.0:
+            loss = loss * weight
+        self._record(metrics, batch, num_items, weight=weight)  # type: ignore[attr-defined]
         if self.loss_config.sft_weight > 0 and batch.source != "student":  # SFT mixing: never on rollouts
             total, tokens = completion_cross_entropy(student_logits, batch)
             loss = loss + self.loss_config.sft_weight * total / inputs["sft_tokens"]

@@ -16,32 +16,27 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
 
 from gold.config import AlignmentConfig, LossConfig, RolloutConfig
-from gold.data.collate import Collator, Completion
 from gold.data.examples import (
-    DataError,
     Example,
     Messages,
     TrainBatch,
-    logit_rows,
     prompt_ids,
 )
 from gold.data.files import check_prompt_lengths, examples_from_rows
 from gold.data.rendering import unequal_rendering
 from gold.evaluation.callback import HeldOutEvalCallback
-from gold.losses import PairTables
 from gold.models.lora import peft_student, student_weights
 from gold.models.stops import model_stop_rule
-from gold.rollout import Generator, HFGenerator, Rollout, logprob_gap
+from gold.rollout import Generator, HFGenerator, logprob_gap
 from gold.rollout.vllm import VLLMGenerator, check_vllm, refuse_zero3
 from gold.teacher import LocalTeacher, Teacher
-from gold.teacher.served import ServedTeacher
 from gold.training.call_shapes import resolve_models
 from gold.training.completions_log import completion_views
 from gold.training.completions_log import report as report_completions
@@ -52,6 +47,7 @@ from gold.training.metrics import StepMetrics
 from gold.training.objectives import Objectives, check_objectives
 from gold.training.rewards import load_reward_funcs
 from gold.training.steps import StepBatches
+from gold.training.teachers import Routing, TeacherPart, TeacherRouting, build_pair, shared_logits, teacher_models
 from gold.training.trl_args import from_trl_config
 
 logger = logging.getLogger(__name__)
@@ -72,8 +68,9 @@ def _examples(dataset: Any) -> list[Example]:
     return examples_from_rows(rows)
 
 
-class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
-    """Distils ``teacher`` into ``model`` (the student) across tokenizers.
+class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics, Trainer):
+    """Distils ``teacher`` (or several ``teachers``, each with its own tokenizer) into ``model`` (the student) across
+    tokenizers.
 
     Args:
         model: the student causal LM.
@@ -90,6 +87,10 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
             (:class:`gold.evaluation.callback.HeldOutEvalCallback`); ``held_out_samples`` student samples per prompt.
         peft_config: a ``peft.PeftConfig`` or a ``student.peft`` dict (``{r, alpha, dropout, target_modules}``):
             the student is wrapped in those adapters and only they train (:func:`gold.models.lora.peft_student`).
+        teachers: several teachers instead of ``teacher``: ``{id: teacher}``, each a :class:`gold.teacher.Teacher` or a
+            ``(causal_lm, tokenizer)`` tuple; each row's ``teacher_id`` routes it to one (gold.training.teachers).
+        teacher_weights: with ``teachers``, ``{id: w}`` (w ≥ 0, one > 0): every row is scored by every teacher of
+            weight > 0 and their losses are added with those weights (mixing) instead of routed.
         **kwargs: passed to ``transformers.Trainer`` (callbacks, optimizers, ...).
     """
 
@@ -113,12 +114,15 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         reward_funcs: Sequence[Any] = (),
         eval_dataset: Sequence[Any] | None = None,
         peft_config: Any = None,
+        teachers: Mapping[str, Any] | None = None,
+        teacher_weights: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         loss, rollout = from_trl_config(args, loss, rollout)  # a TRL GOLDConfig / GKDConfig / DistillationConfig
         given = {key: kwargs.pop(key, None) for key in TRL_KEYWORDS}
         given.update(student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer)
-        model, teacher, student_tokenizer, teacher_tokenizer = resolve_models(model, teacher, args, given)
+        several = teachers is not None
+        model, teacher, student_tokenizer, teacher_tokenizer = resolve_models(model, teacher, args, given, several)
         self.loss_config = loss or LossConfig()
         self.rollout_config = rollout or RolloutConfig()
         check_vllm(self.rollout_config, device=args.device, num_processes=args.world_size)  # before any loading
@@ -127,24 +131,22 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         alignment_config = alignment or AlignmentConfig()
         if peft_config is not None:
             model = peft_student(model, peft_config)
-        if not isinstance(teacher, LocalTeacher) and hasattr(teacher, "generate"):
-            teacher = LocalTeacher(teacher, teacher_tokenizer, device=args.device)
-        self.teacher: Teacher = teacher
-        if self.rollout_config.seq_kd and self.rollout_config.lmbda < 1 and isinstance(teacher, ServedTeacher):
-            teacher.generator(self.rollout_config)  # refuses now, not at the first off-policy step
+        models = teacher_models(teacher, teachers, teacher_tokenizer=teacher_tokenizer, device=args.device)
+        self.routing = Routing(tuple(models), teacher_weights, several=several)
+        if self.routing.weights is not None and self.loss_config.sft_weight > 0:
+            raise ValueError("loss.sft_weight with teacher_weights (mixing) would count each row once per teacher: "
+                             "mix without SFT, or route rows (no teacher_weights)")  # fmt: skip
         self.student_tokenizer = student_tokenizer
         self.student_stop = model_stop_rule(model, student_tokenizer)
-        tables = PairTables.build(student_tokenizer, teacher.tokenizer, teacher_rows=teacher.num_rows,
-                                  student_rows=logit_rows(model), student_stop=self.student_stop,
-                                  teacher_stop=teacher.stop, vocab_match=self.loss_config.vocab_match,
-                                  teacher_tail=getattr(teacher, "tail_column", None),
-                                  with_prefix_classes=self.loss_config.projection_weight > 0)  # fmt: skip
-        self.collator = Collator(student_tokenizer, teacher.tokenizer, tables,
-                                 max_completion_length=self.rollout_config.max_completion_length,
-                                 max_prompt_length=self.rollout_config.max_prompt_length,
-                                 max_edit_fraction=alignment_config.max_edit_fraction,
-                                 end_group=alignment_config.end_group, student_stop=self.student_stop,
-                                 teacher_stop=teacher.stop)  # fmt: skip
+        # one pair per teacher, built once: its pair tables, collator and stop rules serve every step
+        self.pairs = {teacher_id: build_pair(teacher_id, one, student_model=model, student_tokenizer=student_tokenizer,
+                                             student_stop=self.student_stop, loss=self.loss_config,
+                                             rollout=self.rollout_config, alignment=alignment_config,
+                                             role=f"teacher/{teacher_id}" if several else "teacher")
+                      for teacher_id, one in models.items()}  # fmt: skip
+        first = self.pairs[self.routing.teacher_ids[0]]
+        self.teacher: Teacher = first.teacher  # the one teacher (with several: the first)
+        self.collator = first.collator
         self._prompt_cache: dict[tuple[str, str], list[int]] = {}
         self.streaming = isinstance(train_dataset, torch.utils.data.IterableDataset)
         if self.streaming:  # rows are read as batches need them: checked then (gold.data.files.ExampleStream)
@@ -152,20 +154,25 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
             # every process reads the stream and keeps its share of each batch (accelerate's IterableDatasetShard);
             # dispatching from the main process would broadcast tensors, and a batch here is a list of examples
             args.accelerator_config.dispatch_batches = False
-            warning = unequal_rendering(student_tokenizer, teacher.tokenizer, list(itertools.islice(examples, 64)))
+            warning = unequal_rendering(student_tokenizer, self.teacher.tokenizer,
+                                        list(itertools.islice(examples, 64)))  # fmt: skip
         else:
             examples = _examples(train_dataset)
+            self.routing.check_rows(examples)
             for index, example in enumerate(examples):  # fail before training, naming the row
-                self.collator.from_text(example.completion, index=index, ended=example.ended)
+                for teacher_id, _ in self.routing.routes(example, index):
+                    self.pairs[teacher_id].collator.from_text(example.completion, index=index, ended=example.ended)
             if getattr(train_dataset, "checked_prompt_limit", "unchecked") != self.rollout_config.max_prompt_length:
                 self._check_prompt_lengths(examples, getattr(train_dataset, "labels", None))
-            warning = unequal_rendering(student_tokenizer, teacher.tokenizer, examples)
+            warning = next(filter(None, (unequal_rendering(student_tokenizer, pair.teacher.tokenizer, examples)
+                                         for pair in self.pairs.values())), None)  # fmt: skip
         if warning is not None:
             warnings.warn(warning, UnequalRenderingWarning, stacklevel=2)
         self._student_generator, self._given_generator = student_generator, student_generator
         self._init_metrics()
         self._completions_logged = -1
-        self._hidden_plan: HiddenPlan | None = None
+        self._hidden_plans: dict[str, HiddenPlan] = {}
+        self._shared_student: tuple[Any, Any] | None = None  # a slice's student inputs and logits (compute_loss)
         self._eval_examples = _examples(eval_dataset) if eval_dataset is not None else None
         super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
                          eval_dataset=self._eval_examples, data_collator=list, processing_class=student_tokenizer,
@@ -177,9 +184,14 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         self._check_rollout_batches()
 
     def _check_prompt_lengths(self, examples: Sequence[Example], labels: Sequence[str] | None) -> None:
-        sides = {"student": self.student_tokenizer, "teacher": self.teacher.tokenizer}
-        check_prompt_lengths(examples, sides, limit=self.rollout_config.max_prompt_length, labels=labels,
-                             encode=self._prompt)  # fmt: skip
+        """Every row's prompt, in the student's tokenization and in that of each teacher that scores it."""
+        for pair in self.pairs.values():
+            rows = [i for i, e in enumerate(examples) if pair.teacher_id in dict(self.routing.routes(e, i))]
+            sides = {"student": self.student_tokenizer, "teacher": pair.teacher.tokenizer}
+            check_prompt_lengths([examples[i] for i in rows], sides, limit=self.rollout_config.max_prompt_length,
+                                 labels=[labels[i] if labels else f"row {i}" for i in rows],
+                                 encode=lambda role, tokenizer, prompt, pair=pair: self._prompt(
+                                     pair.role if role == "teacher" else role, tokenizer, prompt))  # fmt: skip
 
     def _check_rollout_batches(self) -> None:
         config, args = self.rollout_config, self.args
@@ -202,6 +214,9 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
     def _scorer(self, examples: list[Example], samples_per_prompt: int, every: int = 1) -> HeldOutEvalCallback:
         """Held-out scoring in both directions (``held_out=`` every ``eval_steps``, ``eval_dataset=`` in
         :meth:`evaluate`)."""
+        if self.routing.several:
+            raise ValueError("held-out evaluation scores against one teacher; with teachers= evaluate checkpoints "
+                             "with `gold eval` instead")  # fmt: skip
         if not isinstance(self.teacher, LocalTeacher):
             raise ValueError("held-out evaluation needs a local teacher model (LocalTeacher), not a served or cached "
                              "one")  # fmt: skip
@@ -271,32 +286,6 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
                 built.close()
                 self._student_generator = None
 
-    def build_batch(self, examples: Sequence[Example], source: str, rollouts: Sequence[Rollout] | None = None,
-                    ) -> TrainBatch:  # fmt: skip
-        """Prompts on both sides, completions from ``source``, aligned into a :class:`TrainBatch`
-        (``rollouts``: the student's samples of these prompts when ``source`` is ``"student"``, else sampled here)."""
-        student_prompts = [self._prompt("student", self.student_tokenizer, e.prompt) for e in examples]
-        teacher_prompts = [self._prompt("teacher", self.teacher.tokenizer, e.prompt_for_teacher) for e in examples]
-        if source == "dataset":
-            completions = [self.collator.from_text(e.completion, index=i, ended=e.ended)
-                           for i, e in enumerate(examples)]  # fmt: skip
-            return self.collator(student_prompts, teacher_prompts, completions, source=source)
-        copies = self.rollout_config.num_generations
-        engine_logprobs = None
-        if source == "student":
-            if rollouts is None:
-                rollouts = self.student_generator().rollout(student_prompts)
-            completions = [self.collator.from_rollout(r.ids) for r in rollouts]
-            if all(r.logprobs is not None for r in rollouts):
-                engine_logprobs = tuple(tuple(r.logprobs or ()) for r in rollouts)
-        else:
-            sampled = self.teacher.generator(self.rollout_config).rollout(teacher_prompts)
-            completions = [self._teacher_sample(r.ids, i) for i, r in enumerate(sampled)]
-        student_prompts = [p for p in student_prompts for _ in range(copies)]
-        teacher_prompts = [p for p in teacher_prompts for _ in range(copies)]
-        batch = self.collator(student_prompts, teacher_prompts, completions, source=source)
-        return dataclasses.replace(batch, engine_logprobs=engine_logprobs)
-
     def student_state_dict(self) -> dict[str, torch.Tensor]:
         """The student's full state dict with Hugging Face names: DDP unwrapped, FSDP shards gathered (to the
         host), a PEFT student's adapters merged under its base model's names; what a weight push sends to vLLM."""
@@ -307,67 +296,82 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
             return get_model_state_dict(self.model, options=options)
         return student_weights(self.accelerator.unwrap_model(self.model))
 
-    def _teacher_sample(self, ids: Sequence[int], index: int) -> Completion:
-        """A teacher sample (``seq_kd``) as a completion: the teacher keeps its own tokens and stop id."""
-        try:
-            return self.collator.from_teacher_sample(ids, index=index)
-        except DataError as err:
-            raise DataError(f"teacher sample {index} at step {self.state.global_step}: {err}") from None
-
     # ---- loss ----
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:  # fmt: skip
-        batch: TrainBatch = inputs["batch"].to(self.args.device)
-        plan = self.hidden_plan()
-        if plan.student is None:
-            student_logits: Any = batch.student.logits(model)
+        loss, self._shared_student = None, None
+        for part in self.slice_parts(inputs):  # one per teacher that scores rows of this slice
+            part_loss = self._part_loss(model, part, inputs, num_items_in_batch)
+            loss = part_loss if loss is None else loss + part_loss
+        self._shared_student = None
+        # each process holds its share of the global mean; DDP averages gradients over processes
+        loss = loss * self.accelerator.num_processes
+        return (loss, None) if return_outputs else loss
+
+    def _part_loss(self, model: Any, part: TeacherPart, inputs: dict[str, Any], num_items: Any) -> torch.Tensor:
+        """One teacher's rows of a slice: forwards → ``cross_tokenizer_loss`` (weighted by the part's weight) →
+        metrics."""
+        batch: TrainBatch = part.batch.to(self.args.device)
+        teacher = self.pairs[part.teacher_id].teacher
+        plan = self.hidden_plan(part.teacher_id)
+        if plan.student is None:  # mixing: the parts' student rows are often the same, one forward serves them all
+            student_logits: Any = shared_logits(self._shared_student, batch.student)
+            if student_logits is None:
+                student_logits = batch.student.logits(model)
+                self._shared_student = (batch.student, student_logits)
         else:  # the GPU path: hidden states and the output layer, no (B, T, V) logits (gold.losses.hidden)
             student_logits = hidden_logits(model, batch.student, plan.student,
                                            module=self.accelerator.unwrap_model(model))  # fmt: skip
-        began, hits = time.perf_counter(), getattr(self.teacher, "hits", None)
+        began, hits = time.perf_counter(), getattr(teacher, "hits", None)
         if plan.teacher is None:
-            teacher_logits: Any = self.teacher.logits(batch.teacher)
+            teacher_logits: Any = teacher.logits(batch.teacher)
         else:
-            teacher_logits = teacher_hidden_logits(self.teacher, batch.teacher, plan.teacher)  # type: ignore[arg-type]
+            teacher_logits = teacher_hidden_logits(teacher, batch.teacher, plan.teacher)  # type: ignore[arg-type]
         self._sums["teacher_s"] += time.perf_counter() - began
         if hits is not None:  # a teacher cache: the rows it had (the others came from the teacher)
-            self._sums["teacher_cache_hits"] += self.teacher.hits - hits  # type: ignore[attr-defined]
+            self._sums["teacher_cache_hits"] += teacher.hits - hits  # type: ignore[attr-defined]
             self._sums["teacher_cache_rows"] += batch.teacher.input_ids.shape[0]
-        loss, metrics = self.objective(student_logits, teacher_logits, batch, inputs, num_items_in_batch)
+        part_inputs = {**inputs, "advantages": part.advantages}
+        loss, metrics = self.objective(student_logits, teacher_logits, batch, part_inputs, num_items,
+                                       weight=part.weight)  # fmt: skip
+        self._record_part(part, batch, metrics, num_items)
         self._note_loss_terms(loss, metrics)
-        self._maybe_log_completions(batch, student_logits, teacher_logits)
+        self._maybe_log_completions(batch, student_logits, teacher_logits, teacher.tokenizer,
+                                    part.teacher_id if self.routing.several else None)  # fmt: skip
         if batch.engine_logprobs is not None and self.rollout_config.vllm_structured_outputs_regex is None:
             # does the engine hold the weights being trained? (a grammar reshapes the engine's log-probs)
             gap, tokens = logprob_gap(student_logits, batch.student.completion_targets(), batch.engine_logprobs)
             self._sums["engine_gap"] += gap
             self._sums["engine_gap_tokens"] += tokens
-        # each process holds its share of the global mean; DDP averages gradients over processes
-        loss = loss * self.accelerator.num_processes
-        return (loss, None) if return_outputs else loss
+        return loss
 
-    def hidden_plan(self) -> HiddenPlan:
-        """Which side's loss runs from hidden states (``loss.hidden_states``), decided at the first step (when the
-        model is placed and wrapped); a side asked for that cannot is logged once, with the reason."""
-        if self._hidden_plan is None:
+    def hidden_plan(self, teacher_id: str | None = None) -> HiddenPlan:
+        """Which side's loss runs from hidden states (``loss.hidden_states``) with the teacher ``teacher_id``
+        (default: the first), decided at the first step (when the model is placed and wrapped); a side asked for
+        that cannot is logged once, with the reason."""
+        teacher_id = teacher_id or self.routing.teacher_ids[0]
+        if teacher_id not in self._hidden_plans:
             zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
             sharded = "FSDP" if self.is_fsdp_enabled else ("DeepSpeed ZeRO-3" if zero3 else None)
             replicated = ("nn.DataParallel runs the decoder once per GPU (launch one process per GPU instead)"
                           if self.args.n_gpu > 1 else "training.torch_compile would recompile for every step's hook"
                           if self.args.torch_compile else None)  # fmt: skip
-            self._hidden_plan = hidden_plan(self.loss_config.hidden_states, device=self.args.device, sharded=sharded,
-                                            student_model=self.accelerator.unwrap_model(self.model),
-                                            teacher=self.teacher, replicated=replicated)  # fmt: skip
-            for note in self._hidden_plan.notes:
+            plan = hidden_plan(self.loss_config.hidden_states, device=self.args.device, sharded=sharded,
+                               student_model=self.accelerator.unwrap_model(self.model),
+                               teacher=self.pairs[teacher_id].teacher, replicated=replicated)  # fmt: skip
+            self._hidden_plans[teacher_id] = plan
+            for note in plan.notes:
                 logger.warning("loss.hidden_states=%s: the %s; that side takes its logits",
                                self.loss_config.hidden_states, note)  # fmt: skip
-        return self._hidden_plan
+        return self._hidden_plans[teacher_id]
 
-    def _maybe_log_completions(self, batch: TrainBatch, student_logits: torch.Tensor,
-                               teacher_logits: torch.Tensor) -> None:  # fmt: skip
-        """The first slice of every ``rollout.log_completions_steps``-th step (and the first step), main process."""
+    def _maybe_log_completions(self, batch: TrainBatch, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                               teacher_tokenizer: Any, teacher_id: str | None) -> None:  # fmt: skip
+        """The first slice of every ``rollout.log_completions_steps``-th step (and the first step), main process;
+        ``teacher_id``: the teacher of these rows, named in the log (several teachers)."""
         every, step = self.rollout_config.log_completions_steps, self.state.global_step
         if every is None or step % every or self._completions_logged == step or not self.is_world_process_zero():
             return
@@ -375,8 +379,10 @@ class GoldTrainer(StepBatches, Objectives, RunGuard, StepMetrics, Trainer):
         with torch.no_grad():
             views = completion_views(batch, student_logits.detach(), teacher_logits.detach(),
                                      student_tokenizer=self.student_tokenizer,
-                                     teacher_tokenizer=self.teacher.tokenizer,
+                                     teacher_tokenizer=teacher_tokenizer,
                                      rows=self.rollout_config.num_completions_to_print)  # fmt: skip
+        if teacher_id is not None:
+            views = [dataclasses.replace(view, source=f"{view.source}, teacher {teacher_id}") for view in views]
         report_completions(self, views, step + 1)
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:

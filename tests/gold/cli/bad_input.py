@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.gold.cli.test_commands import _recipe
+from tests.gold.conftest import ROWS
 
 BAD_RECIPES = {
     "yaml syntax": ("student: [1,\n", "line 2"),
@@ -43,6 +44,22 @@ def _data_at(tmp: Path, name: str, content: str) -> list[str]:
     _write(tmp / name, content)
     quoted = json.dumps(f"{tmp}/{name}")  # JSON string escapes are YAML double-quoted escapes
     return _train(tmp, f"data.path={quoted}")
+
+
+TINY = "{model: tiny, tokenizer: %s, tiny: {hidden_size: 16, layers: 1}}"
+TWO_TEACHERS = f"teachers:\n  mistral: {TINY % 'mistral-v1'}\n  qwen: {TINY % 'qwen2.5'}\n"
+
+
+def _teachers(tmp: Path, teachers: str = TWO_TEACHERS, *, routes: tuple[str | None, ...] = ("mistral", "qwen"),
+              extra: str = "") -> list[str]:  # fmt: skip
+    """``gold train`` on a recipe with ``teachers`` (YAML lines, ``extra`` after them) whose rows name the teachers
+    ``routes`` in turn (None: no teacher_id)."""
+    rows = [{**row, "teacher_id": routes[i % len(routes)]} for i, row in enumerate(ROWS[:4])]
+    data = _write(tmp / "routed.jsonl", "\n".join(json.dumps({k: v for k, v in r.items() if v is not None})
+                                                  for r in rows))  # fmt: skip
+    recipe = (f"student: {TINY % 'smollm2'}\n{teachers}{extra}data: {{path: {data}}}\n"
+              f"training: {{output_dir: {tmp / 'out'}, max_steps: 1, use_cpu: true}}\n")  # fmt: skip
+    return ["train", str(_write(tmp / "teachers.yaml", recipe))]
 
 
 def _folder(tmp: Path, *, weights: bool, tokenizer: bool) -> Path:

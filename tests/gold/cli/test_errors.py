@@ -15,6 +15,7 @@ from tests.gold.cli.bad_input import (
     BAD_RECIPES,
     CSV_FIELDS,
     CSV_QUOTE,
+    TINY,
     _blocker,
     _checkpoint,
     _cut,
@@ -27,6 +28,7 @@ from tests.gold.cli.bad_input import (
     _no_wandb,
     _own_folder,
     _run,
+    _teachers,
     _train,
     _write,
 )
@@ -80,6 +82,29 @@ CASES = {
         lambda t: _train(t, "rollout.max_prompt_length=12", f"data.path={_long_third_prompt(t)}"),
         "long.jsonl line 3: the student prompt has",
     ),
+    # several teachers (issue 31)
+    "teacher and teachers": (
+        lambda t: _teachers(t, extra=f"teacher: {TINY % 'mistral-v1'}\n"),
+        "the recipe has both teacher: and teachers:",
+    ),
+    "teachers empty": (lambda t: _teachers(t, "teachers: {}\n"), "teachers must be a non-empty mapping"),
+    "teacher_weights unknown id": (
+        lambda t: _teachers(t, extra="teacher_weights: {mistral: 1, llama: 1}\n"),
+        "teacher_weights names 'llama', which is not a teacher; the teachers are 'mistral', 'qwen'",
+    ),
+    "teacher_weights negative": (
+        lambda t: _teachers(t, extra="teacher_weights: {mistral: -1, qwen: 1}\n"),
+        "teacher_weights['mistral'] must be a finite number >= 0, got -1",
+    ),
+    "teacher_weights all zero": (
+        lambda t: _teachers(t, extra="teacher_weights: {mistral: 0, qwen: 0.0}\n"),
+        "teacher_weights are all 0",
+    ),
+    "row names an unknown teacher": (
+        lambda t: _teachers(t, routes=("mistral", "qwen", "llama")),
+        "routed.jsonl line 3) names teacher 'llama'; each row's teacher_id (data.teacher_field) must be one of",
+    ),
+    "row names no teacher": (lambda t: _teachers(t, routes=("qwen", None)), "routed.jsonl line 2) names no teacher"),
     # outputs, checkpoints, model folders
     "output_dir unwritable": (
         lambda t: _train(t, f"training.output_dir={_blocker(t) / 'out'}"),
