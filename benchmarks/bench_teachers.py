@@ -115,11 +115,15 @@ def format_summary(table: dict[str, dict[str, Any]]) -> str:
     head = f"{'arm':<32}" + "".join(f"{f'{d} acc':>16}{f'{d} KL b/B':>20}" for d in domains) + f"{'s':>6}"
     lines = [head]
     for arm, row in table.items():
-        cells = "".join(f"{row[d]['accuracy']:>10.1%} ±{row[d]['accuracy_spread']:>4.0%}"
-                        f"{row[d]['kl_bits_per_byte']:>13.3f} ±{row[d]['kl_bits_per_byte_spread']:.3f}"
+        cells = "".join(_cell(row[d], "accuracy", ".1%", 16) + _cell(row[d], "kl_bits_per_byte", ".3f", 20)
                         for d in domains)  # fmt: skip
         lines.append(f"{arm:<32}{cells}{row.get('train_seconds', 0):>6.0f}")
     return "\n".join(lines)
+
+
+def _cell(row: dict[str, float], metric: str, spec: str, width: int) -> str:
+    text = f"{format(row[metric], spec)} ± {format(row[f'{metric}_spread'], spec)}"
+    return f"{text:>{width}}"
 
 
 def main() -> None:
