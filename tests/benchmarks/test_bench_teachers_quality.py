@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bench_teachers import format_summary, summary, target
+from benchmarks.bench_teachers_quality import format_summary, summary, target
 from gold.cli.demo_teachers import ADDITION, ANIMALS, ROUTED, SFT_UNION, SINGLE
 
 
