@@ -159,15 +159,16 @@ class StepBatches:
                 engine_logprobs = tuple(tuple(r.logprobs or ()) for r in rollouts)
         else:  # seq_kd: this teacher's own samples, kept in its own tokens and stop id
             sampled = pair.teacher.generator(self.rollout_config).rollout(teacher_prompts)
-            completions = [self._teacher_sample(collator, r.ids, i) for i, r in enumerate(sampled)]
+            completions = [self._teacher_sample(r.ids, i, collator) for i, r in enumerate(sampled)]
         student_prompts = [p for p in student_prompts for _ in range(copies)]
         teacher_prompts = [p for p in teacher_prompts for _ in range(copies)]
         batch = collator(student_prompts, teacher_prompts, completions, source=source)
         return dataclasses.replace(batch, engine_logprobs=engine_logprobs)
 
-    def _teacher_sample(self, collator: Collator, ids: Sequence[int], index: int) -> Completion:
-        """A teacher sample (``seq_kd``) as a completion: the teacher keeps its own tokens and stop id."""
+    def _teacher_sample(self, ids: Sequence[int], index: int, collator: Collator | None = None) -> Completion:
+        """A teacher sample (``seq_kd``) as a completion: the teacher (``collator``'s; default the first) keeps its
+        own tokens and stop id."""
         try:
-            return collator.from_teacher_sample(ids, index=index)
+            return (collator or self.pairs[self.routing.teacher_ids[0]].collator).from_teacher_sample(ids, index=index)
         except DataError as err:
             raise DataError(f"teacher sample {index} at step {self.state.global_step}: {err}") from None

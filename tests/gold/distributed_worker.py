@@ -10,6 +10,8 @@ only when every term is normalised by the global counts.
 ``sgd``: three SGD steps; launched plain (DDP) and with FSDP2, the gathered weights must agree.
 ``sgd_sharded_teacher``: the same steps with the teacher sharded over the processes (``LocalTeacher(shard=True)``).
 ``manual_ddp`` / ``manual_fsdp2``: GoldTrainer's batches and loss on a student wrapped by hand in DDP or FSDP2.
+``teachers``: one SGD step with two teachers of different tokenizers, routed and mixed, over the same 4 rows; the
+weights must equal one process's over all 4 rows (the step's denominator is the global weighted group count).
 """
 
 from __future__ import annotations
@@ -199,6 +201,25 @@ def objective_run(out: Path, name: str, batch_size: int, reward: Any = ends_with
     return trainer
 
 
+def teachers_run(out: Path, name: str, batch_size: int) -> GoldTrainer:
+    """One SGD step (no clipping) with two teachers of different tokenizers (Mistral's SentencePiece, Qwen2.5's byte
+    BPE): ``routing`` (each row's teacher_id) or ``mixing`` (both teachers on every row, weights 0.3 / 0.7)."""
+    student_tokenizer, mistral = tokenizers()
+    qwen = load_tokenizer("qwen2.5")
+    args = TrainingArguments(output_dir=str(out / name), max_steps=1, per_device_train_batch_size=batch_size,
+                             learning_rate=0.5, optim="sgd", max_grad_norm=0.0, report_to=[], save_strategy="no",
+                             use_cpu=True, seed=0, disable_tqdm=True, logging_steps=1)  # fmt: skip
+    routes = ("mistral", "qwen", "qwen", "mistral")
+    rows = [{**row, "teacher_id": teacher_id} for row, teacher_id in zip(OBJECTIVE_ROWS, routes, strict=True)]
+    weights = {"mistral": 0.3, "qwen": 0.7} if name == "mixing" else None
+    trainer = GoldTrainer(tiny(student_tokenizer, seed=0), teachers={"mistral": (tiny(mistral, seed=1), mistral),
+                                                                     "qwen": (tiny(qwen, seed=2), qwen)},
+                          teacher_weights=weights, args=args, train_dataset=rows, student_tokenizer=student_tokenizer,
+                          rollout=RolloutConfig(lmbda=0.0, max_completion_length=40))  # fmt: skip
+    trainer.train()
+    return trainer
+
+
 def _state(trainer: GoldTrainer) -> dict[str, torch.Tensor]:
     model = trainer.accelerator.unwrap_model(trainer.model)
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -225,6 +246,8 @@ def main(out: Path, mode: str) -> None:
         result = manual_run(out, "ddp", hidden_states="always")
     elif mode == "sgd_sharded_teacher":
         result = sgd_run(out, shard_teacher=True)
+    elif mode == "teachers":
+        result = {name: _state(teachers_run(out, name, batch_size=2)) for name in ("routing", "mixing")}
     else:
         result = {name: _state(objective_run(out, name, batch_size=2)) for name in ("sft", "opd")}
     torch.save({**result, "world": state.num_processes}, out / f"rank{state.process_index}.pt")

@@ -14,8 +14,8 @@ from gold.cli import main
 from tests.gold.cli.bad_input import (
     BAD_RECIPES,
     CSV_FIELDS,
-    TINY,
     CSV_QUOTE,
+    TINY,
     _blocker,
     _checkpoint,
     _cut,

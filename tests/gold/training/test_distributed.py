@@ -14,7 +14,7 @@ import torch
 
 from tests.conftest import zoo
 from tests.gold.conftest import tiny
-from tests.gold.distributed_worker import objective_run
+from tests.gold.distributed_worker import objective_run, teachers_run
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -61,18 +61,31 @@ def test_two_processes_end_with_identical_weights(tmp_path) -> None:
 def test_sft_mixing_and_opd_are_normalised_over_all_processes(tmp_path) -> None:
     """One SGD step on 4 rows split over 2 processes equals one process on all 4 (no clipping, no Adam: a term
     normalised by a process's own count instead of the global one changes the step)."""
-    result = launch(tmp_path, "objectives")
+    _split_step_equals_one_process(tmp_path, "objectives", objective_run, ("sft", "opd"))
+
+
+def _split_step_equals_one_process(tmp_path, mode: str, run, names: Sequence[str]) -> None:
+    """``mode``'s runs ``names`` in 2 processes of 2 rows each end with the weights of ``run(..., batch_size=4)``
+    in this one process, and the step moved them."""
+    result = launch(tmp_path, mode)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     initial = tiny(zoo("smollm2"), seed=0).state_dict()
-    for name in ("sft", "opd"):
-        single = objective_run(tmp_path / "single", name, batch_size=4)
+    for name in names:
+        single = run(tmp_path / "single", name, batch_size=4)
         assert single.state.global_step == 1
         one_process = {k: v.detach() for k, v in single.model.state_dict().items()}
         for key, value in one_process.items():
             torch.testing.assert_close(ranks[0][name][key], ranks[1][name][key], rtol=0, atol=0, msg=key)
             torch.testing.assert_close(ranks[0][name][key], value, rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
         assert any(not torch.equal(initial[k], v) for k, v in one_process.items())  # the step moved the weights
+
+
+@pytest.mark.slow
+def test_two_teachers_routed_or_mixed_are_normalised_over_all_processes(tmp_path) -> None:
+    """Two teachers of different tokenizers (issue 31): one SGD step on 4 rows split over 2 processes equals one
+    process on all 4, routed by teacher_id and mixed with weights (each process's rows split unevenly by teacher)."""
+    _split_step_equals_one_process(tmp_path, "teachers", teachers_run, ("routing", "mixing"))
 
 
 @pytest.mark.slow
