@@ -26,6 +26,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -126,36 +127,51 @@ def _cell(row: dict[str, float], metric: str, spec: str, width: int) -> str:
     return f"{text:>{width}}"
 
 
+def _combined(parser: argparse.ArgumentParser, paths: list[Path]) -> tuple[list[dict[str, Any]], list[str], int, float]:
+    """The runs, arms, steps and learning rate of several ``--json`` files of one configuration (seeds apart)."""
+    parts = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    settings = {json.dumps(part["settings"] | {"seed": 0}, sort_keys=True) for part in parts}
+    if len(settings) != 1 or len({tuple(part["arms"]) for part in parts}) != 1:
+        parser.error("--combine: the files differ in settings or arms; combine only runs of one configuration")
+    return [run for part in parts for run in part["runs"]], parts[0]["arms"], parts[0]["steps"], parts[0]["lr"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST … FIRST + SEEDS - 1")
     parser.add_argument("--steps", type=int, default=task.TeachersSettings.steps, help="student steps per arm")
     parser.add_argument("--lr", type=float, default=task.TeachersSettings.lr, help="student learning rate")
     parser.add_argument("--arms", help=f"arms to run, separated by commas (default all: {', '.join(task.ARMS)})")
     parser.add_argument("--out", type=Path, default=Path("out/bench_teachers_quality"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, help="torch threads (1 is faster on a machine shared with other jobs)")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: summarise the runs of these --json files together")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    arms = args.arms.split(",") if args.arms else list(task.ARMS)
-    unknown = [arm for arm in arms if arm not in task.ARMS]
-    if unknown:
-        parser.error(f"unknown arms {unknown}; known: {', '.join(task.ARMS)}")
     started = time.perf_counter()
-    runs = []
-    for seed in range(args.seeds):
-        print(f"seed {seed}: two teachers, {len(arms)} arms of {args.steps} steps", flush=True)
-        settings = task.TeachersSettings(seed=seed, steps=args.steps, lr=args.lr)
-        runs.append(run_seed(settings, arms, args.out))
+    if args.combine:
+        runs, arms, args.steps, args.lr = _combined(parser, args.combine)
+    else:
+        arms = args.arms.split(",") if args.arms else list(task.ARMS)
+        unknown = [arm for arm in arms if arm not in task.ARMS]
+        if unknown:
+            parser.error(f"unknown arms {unknown}; known: {', '.join(task.ARMS)}")
+        runs = []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            print(f"seed {seed}: two teachers, {len(arms)} arms of {args.steps} steps", flush=True)
+            settings_of_seed = task.TeachersSettings(seed=seed, steps=args.steps, lr=args.lr)
+            runs.append({"seed": seed, **run_seed(settings_of_seed, arms, args.out)})
     table = summary(runs)
     checks = target(table)
-    print(f"\nmean ± half the range over {args.seeds} seed(s)\n{format_summary(table)}")
+    print(f"\nmean ± half the range over {len(runs)} seed(s)\n{format_summary(table)}")
     print(json.dumps(checks, indent=2))
     print(f"({time.perf_counter() - started:.0f} s in all)")
     if args.json:
-        payload = {"steps": args.steps, "lr": args.lr, "seeds": args.seeds, "arms": arms,
-                   "settings": task.TeachersSettings(steps=args.steps, lr=args.lr).__dict__, "runs": runs,
+        payload = {"steps": args.steps, "lr": args.lr, "seeds": len(runs), "arms": arms,
+                   "settings": asdict(task.TeachersSettings(steps=args.steps, lr=args.lr)), "runs": runs,
                    "summary": table, "target": checks, "seconds": time.perf_counter() - started}  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 
 from benchmarks.bench_teachers_quality import format_summary, summary, target
@@ -48,3 +51,21 @@ def test_target_compares_routed_with_each_single_teacher_student_and_with_sft_be
     assert addition["accuracy_margin_over_sft"] == pytest.approx(0.05)
     assert not addition["accuracy_beats_sft_beyond_spread"]
     assert not addition["kl_bits_per_byte_beats_sft_beyond_spread"]
+
+
+def test_combine_summarises_the_runs_of_several_files_and_refuses_other_settings(tmp_path, monkeypatch) -> None:
+    from benchmarks.bench_teachers_quality import main
+
+    part = {"steps": 400, "lr": 0.003, "arms": [ROUTED, SFT_UNION, *SINGLE.values()], "settings": {"seed": 0}}
+    paths = [tmp_path / "seed0.json", tmp_path / "seed1.json", tmp_path / "other.json"]
+    settings_of = [{"seed": 0}, {"seed": 1}, {"seed": 0, "steps": 9}]
+    for path, run_, settings in zip(paths, [*RUNS, RUNS[0]], settings_of, strict=True):
+        path.write_text(json.dumps(part | {"runs": [run_], "settings": settings}), encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["bench", "--combine", *map(str, paths[:2]), "--json", str(tmp_path / "all.json")])
+    main()
+    combined = json.loads((tmp_path / "all.json").read_text(encoding="utf-8"))
+    assert combined["seeds"] == 2 and combined["steps"] == 400
+    assert combined["summary"] == json.loads(json.dumps(summary(RUNS)))
+    monkeypatch.setattr(sys, "argv", ["bench", "--combine", str(paths[0]), str(paths[2])])
+    with pytest.raises(SystemExit):
+        main()
