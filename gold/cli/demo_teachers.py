@@ -56,7 +56,7 @@ class TeachersSettings:
     animals_teacher_steps: int = DemoSettings.teacher_steps
     addition_teacher_steps: int = 300  # batch 32 and lr as the animals teacher's, on 75 prompts against 60
     held_out_samples: int = 4  # teacher samples per held-out prompt (KL per byte)
-    steps: int = 600  # every arm, single-teacher ones included (see benchmarks/bench_teachers_quality.py)
+    steps: int = 400  # every arm, single-teacher ones included (benchmarks/bench_teachers_quality.py, RESULTS.md)
     batch_size: int = 16
     lr: float = 3e-3
     seed: int = 0  # the teachers' samples, the student's start and the batches
