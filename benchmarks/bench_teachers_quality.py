@@ -128,12 +128,14 @@ def _cell(row: dict[str, float], metric: str, spec: str, width: int) -> str:
 
 
 def _combined(parser: argparse.ArgumentParser, paths: list[Path]) -> tuple[list[dict[str, Any]], list[str], int, float]:
-    """The runs, arms, steps and learning rate of several ``--json`` files of one configuration (seeds apart)."""
+    """The runs, arms, steps and learning rate of several ``--json`` files of one configuration (seeds apart); each
+    run keeps its file's ``seconds`` as ``run_seconds``."""
     parts = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
     settings = {json.dumps(part["settings"] | {"seed": 0}, sort_keys=True) for part in parts}
     if len(settings) != 1 or len({tuple(part["arms"]) for part in parts}) != 1:
         parser.error("--combine: the files differ in settings or arms; combine only runs of one configuration")
-    return [run for part in parts for run in part["runs"]], parts[0]["arms"], parts[0]["steps"], parts[0]["lr"]
+    runs = [run | {"run_seconds": part["seconds"]} for part in parts for run in part["runs"]]
+    return runs, parts[0]["arms"], parts[0]["steps"], parts[0]["lr"]
 
 
 def main() -> None:

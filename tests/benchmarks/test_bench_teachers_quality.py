@@ -56,7 +56,7 @@ def test_target_compares_routed_with_each_single_teacher_student_and_with_sft_be
 def test_combine_summarises_the_runs_of_several_files_and_refuses_other_settings(tmp_path, monkeypatch) -> None:
     from benchmarks.bench_teachers_quality import main
 
-    part = {"steps": 400, "lr": 0.003, "arms": [ROUTED, SFT_UNION, *SINGLE.values()], "settings": {"seed": 0}}
+    part = {"steps": 400, "lr": 0.003, "arms": [ROUTED, SFT_UNION, *SINGLE.values()], "seconds": 5.0}
     paths = [tmp_path / "seed0.json", tmp_path / "seed1.json", tmp_path / "other.json"]
     settings_of = [{"seed": 0}, {"seed": 1}, {"seed": 0, "steps": 9}]
     for path, run_, settings in zip(paths, [*RUNS, RUNS[0]], settings_of, strict=True):
