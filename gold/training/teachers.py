@@ -28,7 +28,7 @@ import torch
 
 from gold.config import AlignmentConfig, LossConfig, RolloutConfig, check_teacher_weights
 from gold.data.collate import Collator
-from gold.data.examples import DataError, Example, TrainBatch, logit_rows
+from gold.data.examples import DataError, Example, SideInputs, TrainBatch, logit_rows
 from gold.losses import PairTables
 from gold.models.stops import StopRule
 from gold.teacher import LocalTeacher, Teacher
@@ -119,6 +119,20 @@ def build_pair(teacher_id: str, teacher: Teacher, *, student_model: Any, student
                         end_group=alignment.end_group, student_stop=student_stop,
                         teacher_stop=teacher.stop)  # fmt: skip
     return TeacherPair(teacher_id, teacher, collator, role)
+
+
+def shared_logits(previous: tuple[SideInputs, torch.Tensor] | None, inputs: SideInputs) -> torch.Tensor | None:
+    """The student logits of ``previous`` (the slice's last part: its student inputs and logits) when ``inputs`` are
+    the same rows, else None. Mixing hands every teacher the same completions; a row cut at a group boundary of one
+    teacher's alignment can differ for another, so the inputs are compared, not assumed."""
+    if previous is None:
+        return None
+    seen, logits = previous
+    same = seen.prompt_width == inputs.prompt_width and all(
+        a.shape == b.shape and torch.equal(a, b)
+        for a, b in ((seen.input_ids, inputs.input_ids), (seen.attention_mask, inputs.attention_mask),
+                     (seen.position_ids, inputs.position_ids)))  # fmt: skip
+    return logits if same else None
 
 
 @dataclass(frozen=True)
@@ -228,15 +242,14 @@ class TeacherRouting:
 
     def _logged_sums(self) -> dict[str, float]:
         out: dict[str, float] = super()._logged_sums()  # type: ignore[misc]
-        if not self.routing.several:
-            return out
-        sums = self._sums
-        ids = self.routing.teacher_ids
+        sums, ids = self._sums, self.routing.teacher_ids
         weighted = sum(sums.get(f"per_teacher/{t}/weighted_groups", 0.0) for t in ids)
+        if not self.routing.several or not weighted:  # one teacher, or nothing recorded per teacher (SFT baseline)
+            return out
         rows = sum(sums.get(f"per_teacher/{t}/rows", 0.0) for t in ids)
         for teacher_id in ids:
             key = f"per_teacher/{teacher_id}"
-            out[f"teacher/{teacher_id}/group_fraction"] = sums.get(f"{key}/weighted_groups", 0.0) / max(weighted, 1e-12)
+            out[f"teacher/{teacher_id}/group_fraction"] = sums.get(f"{key}/weighted_groups", 0.0) / weighted
             out[f"teacher/{teacher_id}/row_fraction"] = sums.get(f"{key}/rows", 0.0) / max(rows, 1.0)
             if sums.get(f"{key}/completions"):
                 out[f"teacher/{teacher_id}/stop_rate"] = sums[f"{key}/ended"] / sums[f"{key}/completions"]

@@ -10,6 +10,7 @@ as one line per stage: forwards → ``cross_tokenizer_loss`` → metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -46,7 +47,7 @@ from gold.training.metrics import StepMetrics
 from gold.training.objectives import Objectives, check_objectives
 from gold.training.rewards import load_reward_funcs
 from gold.training.steps import StepBatches
-from gold.training.teachers import Routing, TeacherPart, TeacherRouting, build_pair, teacher_models
+from gold.training.teachers import Routing, TeacherPart, TeacherRouting, build_pair, shared_logits, teacher_models
 from gold.training.trl_args import from_trl_config
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ def _examples(dataset: Any) -> list[Example]:
 
 
 class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics, Trainer):
-    """Distils ``teacher`` into ``model`` (the student) across tokenizers.
+    """Distils ``teacher`` (or several ``teachers``, each with its own tokenizer) into ``model`` (the student) across
+    tokenizers.
 
     Args:
         model: the student causal LM.
@@ -85,6 +87,10 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
             (:class:`gold.evaluation.callback.HeldOutEvalCallback`); ``held_out_samples`` student samples per prompt.
         peft_config: a ``peft.PeftConfig`` or a ``student.peft`` dict (``{r, alpha, dropout, target_modules}``):
             the student is wrapped in those adapters and only they train (:func:`gold.models.lora.peft_student`).
+        teachers: several teachers instead of ``teacher``: ``{id: teacher}``, each a :class:`gold.teacher.Teacher` or a
+            ``(causal_lm, tokenizer)`` tuple; each row's ``teacher_id`` routes it to one (gold.training.teachers).
+        teacher_weights: with ``teachers``, ``{id: w}`` (w ≥ 0, one > 0): every row is scored by every teacher of
+            weight > 0 and their losses are added with those weights (mixing) instead of routed.
         **kwargs: passed to ``transformers.Trainer`` (callbacks, optimizers, ...).
     """
 
@@ -166,6 +172,7 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
         self._init_metrics()
         self._completions_logged = -1
         self._hidden_plans: dict[str, HiddenPlan] = {}
+        self._shared_student: tuple[Any, Any] | None = None  # a slice's student inputs and logits (compute_loss)
         self._eval_examples = _examples(eval_dataset) if eval_dataset is not None else None
         super().__init__(model=model, args=args, train_dataset=examples,  # type: ignore[arg-type]
                          eval_dataset=self._eval_examples, data_collator=list, processing_class=student_tokenizer,
@@ -295,10 +302,11 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:  # fmt: skip
-        loss = None
+        loss, self._shared_student = None, None
         for part in self.slice_parts(inputs):  # one per teacher that scores rows of this slice
             part_loss = self._part_loss(model, part, inputs, num_items_in_batch)
             loss = part_loss if loss is None else loss + part_loss
+        self._shared_student = None
         # each process holds its share of the global mean; DDP averages gradients over processes
         loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
@@ -309,8 +317,11 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
         batch: TrainBatch = part.batch.to(self.args.device)
         teacher = self.pairs[part.teacher_id].teacher
         plan = self.hidden_plan(part.teacher_id)
-        if plan.student is None:
-            student_logits: Any = batch.student.logits(model)
+        if plan.student is None:  # mixing: the parts' student rows are often the same, one forward serves them all
+            student_logits: Any = shared_logits(self._shared_student, batch.student)
+            if student_logits is None:
+                student_logits = batch.student.logits(model)
+                self._shared_student = (batch.student, student_logits)
         else:  # the GPU path: hidden states and the output layer, no (B, T, V) logits (gold.losses.hidden)
             student_logits = hidden_logits(model, batch.student, plan.student,
                                            module=self.accelerator.unwrap_model(model))  # fmt: skip
@@ -328,7 +339,8 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
                                        weight=part.weight)  # fmt: skip
         self._record_part(part, batch, metrics, num_items)
         self._note_loss_terms(loss, metrics)
-        self._maybe_log_completions(batch, student_logits, teacher_logits, teacher.tokenizer)
+        self._maybe_log_completions(batch, student_logits, teacher_logits, teacher.tokenizer,
+                                    part.teacher_id if self.routing.several else None)  # fmt: skip
         if batch.engine_logprobs is not None and self.rollout_config.vllm_structured_outputs_regex is None:
             # does the engine hold the weights being trained? (a grammar reshapes the engine's log-probs)
             gap, tokens = logprob_gap(student_logits, batch.student.completion_targets(), batch.engine_logprobs)
@@ -357,8 +369,9 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
         return self._hidden_plans[teacher_id]
 
     def _maybe_log_completions(self, batch: TrainBatch, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                               teacher_tokenizer: Any) -> None:  # fmt: skip
-        """The first slice of every ``rollout.log_completions_steps``-th step (and the first step), main process."""
+                               teacher_tokenizer: Any, teacher_id: str | None) -> None:  # fmt: skip
+        """The first slice of every ``rollout.log_completions_steps``-th step (and the first step), main process;
+        ``teacher_id``: the teacher of these rows, named in the log (several teachers)."""
         every, step = self.rollout_config.log_completions_steps, self.state.global_step
         if every is None or step % every or self._completions_logged == step or not self.is_world_process_zero():
             return
@@ -368,6 +381,8 @@ class GoldTrainer(StepBatches, Objectives, TeacherRouting, RunGuard, StepMetrics
                                      student_tokenizer=self.student_tokenizer,
                                      teacher_tokenizer=teacher_tokenizer,
                                      rows=self.rollout_config.num_completions_to_print)  # fmt: skip
+        if teacher_id is not None:
+            views = [dataclasses.replace(view, source=f"{view.source}, teacher {teacher_id}") for view in views]
         report_completions(self, views, step + 1)
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:

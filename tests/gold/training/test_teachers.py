@@ -15,6 +15,7 @@ from gold.training.teachers import UnusedTeacherWarning
 from gold.training.trainer import GoldTrainer
 from tests.conftest import zoo
 from tests.gold.conftest import ROWS, tiny, training_args
+from tests.gold.distributed_worker import FixedGenerator, ends_with_a_full_stop
 
 TOKENIZERS = {"mistral": "mistral-v1", "qwen": "qwen2.5"}
 TEXT_ROWS = ROWS[:9]  # text prompts: every tokenizer renders them alike (no chat-template warning)
@@ -31,20 +32,31 @@ def _teachers() -> dict[str, Any]:
     return {teacher_id: _teacher(teacher_id) for teacher_id in TOKENIZERS}
 
 
-def _routed(tmp_path, rows=ROUTED, *, teachers=None, rollout=None, loss=None, **args) -> GoldTrainer:
+def _routed(tmp_path, rows=ROUTED, *, teachers=None, rollout=None, loss=None, extra=None, **args) -> GoldTrainer:
     """Two teachers (Mistral's SentencePiece, Qwen2.5's byte BPE) and a SmolLM2 student, all tiny."""
     return GoldTrainer(tiny(zoo("smollm2"), seed=0), teachers=teachers or _teachers(),
                        args=training_args(tmp_path, **args), train_dataset=rows, student_tokenizer=zoo("smollm2"),
                        loss=loss or LossConfig(),
-                       rollout=rollout or RolloutConfig(lmbda=0.0, max_completion_length=12))  # fmt: skip
+                       rollout=rollout or RolloutConfig(lmbda=0.0, max_completion_length=12),
+                       **(extra or {}))  # fmt: skip
 
 
-def _single(tmp_path, teacher_id: str, rows, **args) -> GoldTrainer:
+def _single(tmp_path, teacher_id: str, rows, *, rollout=None, loss=None, extra=None, **args) -> GoldTrainer:
     """The one-teacher trainer of ``teacher_id`` (the reference)."""
     model, tokenizer = _teacher(teacher_id)
     return GoldTrainer(tiny(zoo("smollm2"), seed=0), model, args=training_args(tmp_path, **args), train_dataset=rows,
-                       student_tokenizer=zoo("smollm2"), teacher_tokenizer=tokenizer,
-                       rollout=RolloutConfig(lmbda=0.0, max_completion_length=12))  # fmt: skip
+                       student_tokenizer=zoo("smollm2"), teacher_tokenizer=tokenizer, loss=loss or LossConfig(),
+                       rollout=rollout or RolloutConfig(lmbda=0.0, max_completion_length=12),
+                       **(extra or {}))  # fmt: skip
+
+
+def _opd_setting() -> dict[str, Any]:
+    """OPD-RL with a task reward on fixed student rollouts (2 per prompt), beside the hybrid."""
+    return {
+        "loss": LossConfig(hybrid_weight=0.5, opd_weight=1.0, opd_alpha=1.0),
+        "rollout": RolloutConfig(lmbda=1.0, num_generations=2, max_completion_length=40, temperature=1.0),
+        "extra": {"student_generator": FixedGenerator(zoo("smollm2")), "reward_funcs": [ends_with_a_full_stop]},
+    }
 
 
 def _loss_and_grads(trainer: GoldTrainer, rows) -> tuple[torch.Tensor, float, dict[str, torch.Tensor]]:
@@ -85,33 +97,40 @@ class Recording:
         return Sampler()
 
 
+def _assert_each_saw_only_its_rows(teachers: dict[str, Recording]) -> None:
+    prompts = {t: [r["prompt"].strip() for r in ROUTED if r["teacher_id"] == t] for t in TOKENIZERS}
+    for teacher_id, teacher in teachers.items():
+        assert teacher.seen, teacher_id
+        others = [p for other, ps in prompts.items() if other != teacher_id for p in ps]
+        for text in teacher.seen:
+            assert any(p in text for p in prompts[teacher_id]), (teacher_id, text)
+            assert not any(p in text for p in others), (teacher_id, text)
+
+
 def test_each_row_is_scored_and_sampled_only_by_its_own_teacher(tmp_path) -> None:
     """Dataset rows, student rollouts and teacher samples (seq_kd) of every slice reach their row's teacher only."""
     teachers = {teacher_id: Recording(LocalTeacher(*_teacher(teacher_id))) for teacher_id in TOKENIZERS}
     rollout = RolloutConfig(lmbda=0.5, seq_kd=True, max_completion_length=6, temperature=1.0)
     trainer = _routed(tmp_path, teachers=teachers, rollout=rollout, max_steps=4, per_device_train_batch_size=3)
     trainer.train()
-    prompts = {t: [r["prompt"].strip() for r in ROUTED if r["teacher_id"] == t] for t in TOKENIZERS}
-    for teacher_id, teacher in teachers.items():
-        assert teacher.seen, teacher_id
-        for text in teacher.seen:
-            assert any(p in text for p in prompts[teacher_id]), (teacher_id, text)
-            others = [p for other, ps in prompts.items() if other != teacher_id for p in ps]
-            assert not any(p in text for p in others), (teacher_id, text)
+    _assert_each_saw_only_its_rows(teachers)
     sources = {e.get("rollout/on_policy_fraction") for e in trainer.state.log_history} - {None}
     assert sources == {0.0, 1.0}  # both teacher samples and student rollouts were routed
 
 
-def test_routed_loss_is_the_group_weighted_mean_of_each_teachers_own_loss(tmp_path) -> None:
+@pytest.mark.parametrize("setting", ["hybrid", "opd"])
+def test_routed_loss_is_the_group_weighted_mean_of_each_teachers_own_loss(tmp_path, setting) -> None:
     """A slice of both teachers' rows: loss and gradients equal (G_m · L_m + G_q · L_q) / (G_m + G_q), each L_t the
-    one-teacher trainer's mean over its own rows' G_t groups."""
+    one-teacher trainer's mean over its own rows' G_t groups; with OPD-RL on rollouts each row's reward is its own
+    teacher's log-ratio."""
     rows = ROUTED[:5]
-    routed = _routed(tmp_path / "routed", rows)
+    options = _opd_setting() if setting == "opd" else {}
+    routed = _routed(tmp_path / "routed", rows, **options)
     loss, items, grads = _loss_and_grads(routed, routed.train_dataset)
     parts = {}
     for teacher_id in TOKENIZERS:
         own = [r for r in rows if r["teacher_id"] == teacher_id]
-        single = _single(tmp_path / teacher_id, teacher_id, own)
+        single = _single(tmp_path / teacher_id, teacher_id, own, **options)
         parts[teacher_id] = _loss_and_grads(single, single.train_dataset)
     total = sum(groups for _, groups, _ in parts.values())
     assert items == total and all(groups > 0 for _, groups, _ in parts.values())
@@ -181,9 +200,12 @@ def test_gradient_accumulation_with_two_teachers_matches_one_big_batch(tmp_path,
     torch.testing.assert_close(final[0], final[1], rtol=1e-4, atol=1e-6)
 
 
-def test_per_teacher_logs_and_group_fractions_that_sum_to_one(tmp_path) -> None:
-    trainer = _routed(tmp_path, max_steps=2, per_device_train_batch_size=4)
+def test_per_teacher_logs_and_group_fractions_that_sum_to_one(tmp_path, capsys) -> None:
+    rollout = RolloutConfig(lmbda=0.0, max_completion_length=12, log_completions_steps=1)
+    trainer = _routed(tmp_path, max_steps=2, per_device_train_batch_size=4, rollout=rollout)
     trainer.train()
+    printed = capsys.readouterr().out
+    assert any(f"[dataset, teacher {t}]" in printed for t in TOKENIZERS)  # the completion log names the rows' teacher
     for logged in (e for e in trainer.state.log_history if "loss" in e):
         fractions = [logged[f"teacher/{t}/group_fraction"] for t in TOKENIZERS]
         assert sum(fractions) == pytest.approx(1.0) and all(0 <= f <= 1 for f in fractions)
@@ -231,3 +253,41 @@ def test_teacher_and_teachers_together_are_refused(tmp_path) -> None:
         GoldTrainer(tiny(zoo("smollm2"), seed=0), teachers=_teachers(), teacher_weights={"qwen": 1},
                     args=training_args(tmp_path), train_dataset=ROUTED, student_tokenizer=zoo("smollm2"),
                     loss=LossConfig(sft_weight=0.5))  # fmt: skip
+
+
+def test_the_sft_baseline_trains_on_each_rows_own_teachers_samples(tmp_path) -> None:
+    """SequenceKDTrainer with teachers= and seq_kd: SFT on the union of the teachers' samples, each row's sample
+    drawn from its own teacher (the demo's SFT arm)."""
+    from gold.training.baselines import SequenceKDTrainer
+
+    teachers = {teacher_id: Recording(LocalTeacher(*_teacher(teacher_id))) for teacher_id in TOKENIZERS}
+    trainer = SequenceKDTrainer(tiny(zoo("smollm2"), seed=0), teachers=teachers,
+                                args=training_args(tmp_path, max_steps=2), train_dataset=ROUTED,
+                                student_tokenizer=zoo("smollm2"),
+                                rollout=RolloutConfig(lmbda=0.0, seq_kd=True, max_completion_length=6,
+                                                      temperature=1.0))  # fmt: skip
+    trainer.train()
+    _assert_each_saw_only_its_rows(teachers)
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert logged and all(e["loss/cross_entropy"] == pytest.approx(e["loss"], rel=1e-4) for e in logged)
+
+
+def test_mixing_runs_the_student_once_for_teachers_that_see_the_same_rows(tmp_path, monkeypatch) -> None:
+    """Both teachers score the same completions (none cut): one student forward serves both parts, with the loss and
+    gradients of one forward per part."""
+    import gold.training.trainer
+
+    rollout = RolloutConfig(lmbda=0.0, max_completion_length=64)
+    mixed = GoldTrainer(tiny(zoo("smollm2"), seed=0), teachers=_teachers(), teacher_weights={"mistral": 1, "qwen": 2},
+                        args=training_args(tmp_path), train_dataset=TEXT_ROWS[:3], student_tokenizer=zoo("smollm2"),
+                        rollout=rollout)  # fmt: skip
+    calls = []
+    mixed.model.register_forward_hook(lambda module, args, output: calls.append(1))
+    shared = _loss_and_grads(mixed, mixed.train_dataset)
+    assert len(calls) == 1
+    monkeypatch.setattr(gold.training.trainer, "shared_logits", lambda previous, inputs: None)
+    separate = _loss_and_grads(mixed, mixed.train_dataset)
+    assert len(calls) == 3  # one forward per teacher
+    torch.testing.assert_close(shared[0], separate[0])
+    for name, grad in shared[2].items():
+        torch.testing.assert_close(grad, separate[2][name], rtol=1e-5, atol=1e-8, msg=name)

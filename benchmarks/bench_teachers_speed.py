@@ -1,11 +1,12 @@
 """Several teachers vs one: seconds per optimizer step of GoldTrainer on the same rows, in one run (issue 31, item 5).
 
-    python -m benchmarks.bench_teachers [--rows 8] [--steps 6] [--lmbda 0] [--json OUT]
+    python -m benchmarks.bench_teachers_speed [--rows 8] [--steps 6] [--lmbda 0] [--repeats 3] [--json OUT]
 
 Student: a tiny random Llama (hidden 64, 2 layers) on SmolLM2's tokenizer (49,152 ids). Teachers: the same size on
 Mistral-v1's SentencePiece (32,000 ids) and on Qwen2.5's byte BPE (151,665 ids). Arms, each ``--steps`` optimizer
 steps of ``--rows`` rows (dataset completions at ``--lmbda`` 0, student rollouts at 1), median of the steps after the
-first:
+first; the arms run in turn ``--repeats`` times and each keeps its fastest median (on a shared 2-core machine the
+first arm of a process and any arm beside another job run slower):
 
 * ``mistral`` / ``qwen``: one teacher on every row (``teacher=``);
 * ``routed``: both teachers, half the rows each (``teachers=`` and each row's ``teacher_id``);
@@ -92,15 +93,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--lmbda", type=float, default=0.0)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     data = rows(args.rows * args.steps)
+    runs: dict[str, list[float]] = {arm: [] for arm in ("mistral", "qwen", "routed", "mixed")}
     with tempfile.TemporaryDirectory() as folder:
-        seconds = {arm: run_arm(arm, data, args, Path(folder)) for arm in ("mistral", "qwen", "routed", "mixed")}
+        for repeat in range(args.repeats):
+            for arm in runs:
+                runs[arm].append(run_arm(arm, data, args, Path(folder) / str(repeat)))
+    seconds = {arm: min(values) for arm, values in runs.items()}
     one = (seconds["mistral"] + seconds["qwen"]) / 2
-    result = {"step_s": seconds, "routed_vs_one_teacher": seconds["routed"] / one,
+    result = {"step_s": seconds, "step_s_every_repeat": runs, "routed_vs_one_teacher": seconds["routed"] / one,
               "mixed_vs_one_teacher": seconds["mixed"] / one, "rows": args.rows, "steps": args.steps,
-              "lmbda": args.lmbda, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}  # fmt: skip
+              "lmbda": args.lmbda, "repeats": args.repeats,
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}  # fmt: skip
     for arm, value in seconds.items():
         print(f"{arm:8s} {value:.3f} s/step")
     print(f"routed / one teacher: {result['routed_vs_one_teacher']:.2f}×, mixed / one teacher: "
