@@ -14,7 +14,7 @@ numbers asked in a question form never trained on for it, with teacher samples f
 (:data:`ARMS`) train copies of one random student from the same start, on the same batches, for the same steps;
 :func:`score_student` gives each domain's greedy exact-answer accuracy and KL(teacher‖student) per byte to that
 domain's teacher. ``gold demo --teachers 2`` runs the routed arm (:func:`run_teachers_demo`);
-``benchmarks/bench_teachers_quality.py`` runs every arm over seeds.
+``benchmarks/bench_teachers.py`` runs every arm over seeds.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class TeachersSettings:
     animals_teacher_steps: int = DemoSettings.teacher_steps
     addition_teacher_steps: int = 300  # batch 32 and lr as the animals teacher's, on 75 prompts against 60
     held_out_samples: int = 4  # teacher samples per held-out prompt (KL per byte)
-    steps: int = 400  # every arm, single-teacher ones included (benchmarks/bench_teachers_quality.py, RESULTS.md)
+    steps: int = 400  # every arm, single-teacher ones included (benchmarks/bench_teachers.py, RESULTS.md)
     batch_size: int = 16
     lr: float = 3e-3
     seed: int = 0  # the teachers' samples, the student's start and the batches
@@ -229,7 +229,7 @@ def run_teachers_demo(out: Path, settings: TeachersSettings | None = None) -> in
                "seconds": time.perf_counter() - started}  # fmt: skip
     (out / "metrics_teachers.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(f"\nwrote {out / 'metrics_teachers.json'} ({summary['seconds']:.0f} s in all); every arm with baselines "
-          "and seeds: python -m benchmarks.bench_teachers_quality")  # fmt: skip
+          "and seeds: python -m benchmarks.bench_teachers")  # fmt: skip
     if not improved:
         print("the routed student's KL to a teacher did NOT fall on its domain: something is wrong")
         return 1

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks.bench_teachers_quality import format_summary, summary, target
+from benchmarks.bench_teachers import format_summary, summary, target
 from gold.cli.demo_teachers import ADDITION, ANIMALS, ROUTED, SFT_UNION, SINGLE
 
 
@@ -54,7 +54,7 @@ def test_target_compares_routed_with_each_single_teacher_student_and_with_sft_be
 
 
 def test_combine_summarises_the_runs_of_several_files_and_refuses_other_settings(tmp_path, monkeypatch) -> None:
-    from benchmarks.bench_teachers_quality import main
+    from benchmarks.bench_teachers import main
 
     part = {"steps": 400, "lr": 0.003, "arms": [ROUTED, SFT_UNION, *SINGLE.values()], "seconds": 5.0}
     paths = [tmp_path / "seed0.json", tmp_path / "seed1.json", tmp_path / "other.json"]

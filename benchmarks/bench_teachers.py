@@ -1,6 +1,6 @@
 """Several teachers of different tokenizer families teaching one student (issue 31, item 7), with baselines.
 
-    python -m benchmarks.bench_teachers_quality [--seeds 2] [--steps N] [--arms "A,B"] [--json OUT]
+    python -m benchmarks.bench_teachers [--seeds 2] [--steps N] [--arms "A,B"] [--json OUT]
 
 The task is :mod:`gold.cli.demo_teachers`'s: an animal-sounds teacher with Mistral's SentencePiece tokenizer, a
 two-digit-addition teacher with Llama-3's byte BPE, one sample per training prompt from each, and a random student
@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=task.TeachersSettings.steps, help="student steps per arm")
     parser.add_argument("--lr", type=float, default=task.TeachersSettings.lr, help="student learning rate")
     parser.add_argument("--arms", help=f"arms to run, separated by commas (default all: {', '.join(task.ARMS)})")
-    parser.add_argument("--out", type=Path, default=Path("out/bench_teachers_quality"))
+    parser.add_argument("--out", type=Path, default=Path("out/bench_teachers"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, help="torch threads (1 is faster on a machine shared with other jobs)")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
