@@ -5,7 +5,8 @@ The parser (:mod:`gold.cli.parser`, light: ``gold --help`` answers before torch 
 ``vllm-serve``), their up-front checks and one-line errors (:mod:`gold.cli.checks`), YAML recipes with
 ``section.key=value`` overrides (:mod:`gold.cli.recipe`), building a run from a recipe (:mod:`gold.cli.run`), the
 output-folder and resume guard (:mod:`gold.cli.guard`), the teacher cache's build command
-(:mod:`gold.cli.teacher_cache`) and the embedded demo (:mod:`gold.cli.demo`, its task in :mod:`gold.cli.demo_task`).
+(:mod:`gold.cli.teacher_cache`) and the embedded demo (:mod:`gold.cli.demo`, its task in :mod:`gold.cli.demo_task`;
+with two teachers, ``gold demo --teachers 2``, :mod:`gold.cli.demo_teachers`).
 
 Imports: every wing. Nothing below imports this wing.
 """

@@ -90,6 +90,11 @@ def run_demo(args: argparse.Namespace) -> int:
         raise CommandError(f"gold demo: {err}") from None
     if args.alignment_only:
         return run_alignment_demo(args)
+    if args.teachers == 2:
+        from gold.cli.demo_teachers import TeachersSettings, run_teachers_demo
+
+        settings = TeachersSettings() if args.steps is None else TeachersSettings(steps=args.steps)
+        return run_teachers_demo(args.out, settings)
     return demo_main(args.out, DemoSettings() if args.steps is None else DemoSettings(steps=args.steps))
 
 

@@ -51,6 +51,23 @@ def task_prompts() -> tuple[list[Prompt], list[Prompt]]:
     return train, held_out
 
 
+SUM_QUESTIONS = ("What is {a} + {b}?", "Add {a} and {b}.", "How much is {a} plus {b}?", "Compute {a} + {b}.")
+SUM_OPERANDS = range(10, 15)
+
+
+def sum_prompts() -> tuple[list[Prompt], list[Prompt]]:
+    """(train, held-out) two-digit sums of ``SUM_OPERANDS`` asked four ways, as the animals are ("Add 13 and 15." →
+    "28."): every pair appears in both, held out with a question form unseen for it. A table small enough that a
+    tiny student learns it in minutes (``benchmarks/bench_arithmetic.py`` asks for sums of unseen pairs)."""
+    train, held_out = [], []
+    pairs = [(a, b) for a in SUM_OPERANDS for b in SUM_OPERANDS]
+    for i, (a, b) in enumerate(pairs):
+        for j, question in enumerate(SUM_QUESTIONS):
+            prompt = Prompt("", question.format(a=a, b=b) + "\n", answer=f"{a + b}.")
+            (held_out if j == (i + i // len(SUM_QUESTIONS)) % len(SUM_QUESTIONS) else train).append(prompt)
+    return train, held_out
+
+
 def true_answer(prompt: Prompt, rng: random.Random) -> str:
     """A sample from the task's answer distribution (a prompt's own ``answer`` when it has one)."""
     if prompt.answer:

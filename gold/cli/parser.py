@@ -11,6 +11,7 @@ gold align --student qwen2.5 --teacher llama-3 "Some text"
 gold align --student gemma-3 --teacher smollm2 --file notes.txt --html out.html
 gold demo                    # cross-family distillation on 2 CPU cores, a few minutes
 gold demo --alignment-only   # just the alignment of a built-in multilingual sample
+gold demo --teachers 2       # two teachers of two tokenizer families distilled into one student, routed per row
 gold vllm-serve out/student-start --port 8001   # a vLLM server for rollout.vllm_mode: server
 gold export --merge out/lora/checkpoint-32 out/lora-merged   # a LoRA checkpoint as a plain model folder
 """
@@ -72,6 +73,9 @@ def _add_demo(commands: Any) -> None:
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     demo.add_argument("--steps", type=at_least(1), help="student training steps per run (default: the demo's, 300)")
     demo.add_argument("--alignment-only", action="store_true", help="only align two tokenizers on a built-in sample")
+    demo.add_argument("--teachers", type=int, choices=(1, 2), default=1,
+                      help="2: an animal-sounds teacher (Mistral tokenizer) and an addition teacher (Llama-3) "
+                      "taught to one SmolLM2-tokenizer student, each row routed to its teacher")  # fmt: skip
     demo.add_argument("--student", default=DEMO_STUDENT, help="zoo tokenizer of the student (--alignment-only)")
     demo.add_argument("--teacher", default=DEMO_TEACHER, help="zoo tokenizer of the teacher (--alignment-only)")
 
