@@ -3,7 +3,7 @@
 Shape legend: B batch, Ts / Tt sequence lengths, Vs / Vt logit sizes, G groups, g groups per chunk.
 
 On float32 CPU logits the hybrid and ULD terms run in fused numba kernels (:mod:`gold.losses.fused`).
-Otherwise (and for the span and byte-marginal terms) rows are computed only for aligned groups,
+Otherwise (and for the span, byte-marginal and projection terms) rows are computed only for aligned groups,
 never as full ``[B, T, V]`` probabilities. With ``chunk_groups`` set, each chunk of groups is
 wrapped in activation checkpointing, so its (g, V) rows are recomputed in backward instead of being
 kept: peak memory grows with the chunk, not with G. Rows, terms and the loss are float32 for bf16 /
@@ -160,7 +160,7 @@ def cross_tokenizer_loss(
     """The configured mix of loss terms, averaged over the groups of the global batch.
 
     On float32 CPU logits the hybrid and ULD terms run fused (:mod:`gold.losses.fused`) unless
-    ``config.implementation`` is "torch"; span and byte-marginal terms always take the torch path.
+    ``config.implementation`` is "torch"; span, byte-marginal and projection terms always take the torch path.
 
     Args:
         student_logits: (B, Ts, Vs) student logits (with grad).
